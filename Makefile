@@ -1,0 +1,30 @@
+# Two-command quickstart: `make train` and `make test` each set up .venv first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup train test test-all lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+train: setup
+	$(PY) train.py $(ARGS)
+
+test: setup
+	$(PY) -m pytest $(ARGS)
+
+test-all: setup
+	$(PY) -m pytest -m "slow or not slow" $(ARGS)
+
+lint: setup
+	$(PY) -m ruff check procmem tests benchmarks train.py evaluate.py
+
+clean:
+	rm -rf $(VENV) outputs

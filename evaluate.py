@@ -1,0 +1,35 @@
+"""Evaluate a run, or compare the runs of multiruns.
+
+``python evaluate.py run=<run dir> [episodes=N]`` writes ``eval.json`` in the run dir;
+``python evaluate.py compare=<multirun dir>`` (or ``compare=[dir1,dir2]``) writes
+``comparison.csv`` and ``comparison.png`` into the first dir (or ``out=<dir>``).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig, ListConfig
+
+from procmem.app import compare_runs, evaluate_run, format_metrics
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    if (cfg.run is None) == (cfg.compare is None):
+        sys.exit("evaluate.py needs exactly one of run=<run dir> or compare=<multirun dir>")
+    if cfg.run is not None:
+        result = evaluate_run(cfg.run, episodes=cfg.episodes, device=cfg.device, log=cfg.log)
+        print(format_metrics(result))
+        print(f"eval.json: {cfg.run}/eval.json")
+        return
+    paths = list(cfg.compare) if isinstance(cfg.compare, ListConfig) else [cfg.compare]
+    metrics = list(cfg.metrics) if cfg.metrics else None
+    table, csv_path, png_path = compare_runs(paths, cfg.out or paths[0], metrics)
+    print(table)
+    print(f"comparison.csv: {csv_path}\ncomparison.png: {png_path}")
+
+
+if __name__ == "__main__":
+    main()

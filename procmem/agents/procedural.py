@@ -1,0 +1,303 @@
+"""The skill-library agent: explore, turn successful episodes into skills, reuse them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from procmem.agents.explorers import OracleExplorer, RandomExplorer
+from procmem.envs.gridworld import OBS_FIELDS, GridWorld
+from procmem.logging import MetricLogger
+from procmem.memory.skill_library import SkillLibrary
+from procmem.plots import SKILL_LIBRARY_PANELS, plot_curves
+
+EXPLORERS = ("random", "oracle")
+_FLAGS = [OBS_FIELDS.index("has_key"), OBS_FIELDS.index("door_open")]
+_POSITIONS = {name: [OBS_FIELDS.index(f"{name}_x"), OBS_FIELDS.index(f"{name}_y")]
+              for name in ("key", "door", "goal")}
+_EVAL_SEED_OFFSET = 1_000_003
+
+
+class StateEmbedding:
+    """A fixed, seeded random projection of gridworld state features onto the unit sphere.
+
+    Features: agent position, the two flags, and the key/door/goal offsets from the agent,
+    all scaled by the grid size, plus a constant. The same seed gives the same embedding in
+    every process.
+    """
+
+    def __init__(self, size: int, dim: int, seed: int, device: torch.device) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        self.num_features = 2 + 2 + 2 * len(_POSITIONS) + 1
+        self.projection = torch.randn(self.num_features, dim, generator=generator).to(device)
+        self.scale = float(max(size - 1, 1))
+        self.device = device
+
+    def features(self, obs: np.ndarray) -> torch.Tensor:
+        obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+        position = obs[:, :2]
+        offsets = [obs[:, idx] - position for idx in _POSITIONS.values()]
+        ones = torch.ones(len(obs), 1, device=self.device)
+        return torch.cat([position / self.scale, obs[:, _FLAGS],
+                          *(o / self.scale for o in offsets), ones], dim=1)
+
+    def __call__(self, obs: np.ndarray) -> torch.Tensor:
+        return torch.nn.functional.normalize(self.features(obs) @ self.projection, dim=1)
+
+
+@dataclass
+class _Stream:
+    """Per-env state of an ongoing stream of episodes (current episode and skill plan)."""
+
+    obs: np.ndarray
+    trajectory_obs: np.ndarray  # [B, max_steps, obs_dim]: obs before each step
+    trajectory_actions: np.ndarray  # [B, max_steps]
+    length: np.ndarray  # steps taken in the current episode
+    reward: np.ndarray  # return so far
+    skill_steps: np.ndarray  # steps taken by executing skills
+    plan: np.ndarray  # [B, L] actions of the skill being executed
+    plan_length: np.ndarray  # 0 when no skill is running
+    plan_position: np.ndarray
+    plan_skill: np.ndarray  # index of the running skill, -1 for none
+    finished: list[dict[str, float]] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, env: GridWorld, seed: int, plan_width: int) -> _Stream:
+        obs, _ = env.reset(seed=seed)
+        b = env.num_envs
+        return cls(
+            obs=obs,
+            trajectory_obs=np.zeros((b, env.max_steps, env.obs_dim), dtype=obs.dtype),
+            trajectory_actions=np.zeros((b, env.max_steps), dtype=np.int64),
+            length=np.zeros(b, dtype=np.int64),
+            reward=np.zeros(b, dtype=np.float64),
+            skill_steps=np.zeros(b, dtype=np.int64),
+            plan=np.zeros((b, plan_width), dtype=np.int64),
+            plan_length=np.zeros(b, dtype=np.int64),
+            plan_position=np.zeros(b, dtype=np.int64),
+            plan_skill=np.full(b, -1, dtype=np.int64),
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: (v.copy() if isinstance(v, np.ndarray) else list(v))
+                for k, v in vars(self).items()}
+
+
+class ProceduralMemoryAgent:
+    """The original procedural-memory loop, batched over ``env.num_envs`` envs.
+
+    Each step, an env with no running skill retrieves the best applicable skill for its
+    state (cosine similarity of the state embedding to skill keys, at least
+    ``retrieval_threshold``) and executes its whole action sequence; without one it takes
+    an exploration action. When an episode succeeds in at least ``min_success_steps``
+    steps, its last (up to) ``skill_length`` transitions become a skill, keyed by the
+    embedding of the state they started from. One iteration collects ``num_envs`` episodes.
+    """
+
+    def __init__(
+        self,
+        env: GridWorld,
+        eval_env: GridWorld,
+        memory: SkillLibrary | None,
+        curriculum: Any,
+        device: torch.device,
+        seed: int,
+        explorer: str = "random",
+        skill_length: int = 5,
+        min_success_steps: int = 3,
+        retrieval_threshold: float = 0.9,
+    ) -> None:
+        if explorer not in EXPLORERS:
+            raise ValueError(f"explorer must be one of {EXPLORERS}, got {explorer!r}")
+        self.env, self.eval_env, self.memory = env, eval_env, memory
+        self.explorer = (RandomExplorer(env.num_actions) if explorer == "random"
+                         else OracleExplorer())
+        self.skill_length = skill_length
+        self.min_success_steps = min_success_steps
+        self.retrieval_threshold = retrieval_threshold
+        self.seed = seed
+        dim = memory.embedding_dim if memory is not None else 1
+        self.embed = StateEmbedding(env.size, dim, seed, device)
+        self.rng = np.random.default_rng(seed)
+        self.stream = _Stream.start(env, seed, skill_length)
+        self.env_steps = 0
+        self._skill_actions = np.zeros((0, skill_length), dtype=np.int64)
+        self._skill_lengths = np.zeros(0, dtype=np.int64)
+
+    # --- the algorithm protocol ---------------------------------------------------------------
+
+    def train_iteration(self) -> dict[str, float]:
+        """Collect ``num_envs`` episodes, learning skills from the successful ones."""
+        episodes = self._collect(self.env, self.stream, self.rng, self.env.num_envs, learn=True)
+        metrics = {
+            "train/episode_reward": float(np.mean([e["reward"] for e in episodes])),
+            "train/episode_steps": float(np.mean([e["steps"] for e in episodes])),
+            "train/success": float(np.mean([e["success"] for e in episodes])),
+            "train/env_steps": float(self.env_steps),
+        }
+        return {**metrics, **self._memory_metrics(episodes)}
+
+    def evaluate(self, episodes: int) -> dict[str, float]:
+        """Run ``episodes`` episodes on the eval env with a fixed seed; the library is untouched."""
+        seed = self.seed + _EVAL_SEED_OFFSET
+        stream = _Stream.start(self.eval_env, seed, self.skill_length)
+        done = self._collect(self.eval_env, stream, np.random.default_rng(seed), episodes,
+                             learn=False)
+        solved = [e["steps"] for e in done if e["success"]]
+        metrics = {
+            "eval/success_rate": float(np.mean([e["success"] for e in done])),
+            "eval/mean_steps": float(np.mean([e["steps"] for e in done])),
+            "eval/mean_reward": float(np.mean([e["reward"] for e in done])),
+        }
+        if solved:
+            metrics["eval/mean_steps_solved"] = float(np.mean(solved))
+        return {**metrics, **self._memory_metrics(done)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "memory": None if self.memory is None else self.memory.state_dict(),
+            "env": self.env.state_dict(),
+            "stream": self.stream.state_dict(),
+            "rng": self.rng.bit_generator.state,
+            "env_steps": self.env_steps,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if (state["memory"] is None) != (self.memory is None):
+            raise ValueError("the checkpoint and this agent disagree on having a memory")
+        if self.memory is not None:
+            self.memory.load_state_dict(state["memory"])
+        self.env.load_state_dict(state["env"])
+        self.stream = _Stream(**{k: (np.array(v) if k != "finished" else list(v))
+                                 for k, v in state["stream"].items()})
+        self.rng.bit_generator.state = state["rng"]
+        self.env_steps = int(state["env_steps"])
+        self._skill_actions = self._skill_actions[:0]
+        self._skill_lengths = self._skill_lengths[:0]
+
+    def on_train_end(self, run_dir: Path, logger: MetricLogger) -> None:
+        """Save ``skills.json``, log the skills table and draw ``plots/training.png``."""
+        if self.memory is not None:
+            self.memory.save(run_dir / "skills.json")
+            logger.log_table("memory/skills_table", self.memory.to_records())
+        figure = plot_curves(logger.rows, SKILL_LIBRARY_PANELS, run_dir / "plots" / "training.png",
+                             title="Procedural memory: training")
+        logger.log_image("plots/training", figure)
+
+    # --- acting -------------------------------------------------------------------------------
+
+    def _collect(self, env: GridWorld, stream: _Stream, rng: np.random.Generator, episodes: int,
+                 learn: bool) -> list[dict[str, float]]:
+        """Step ``env`` until ``episodes`` episodes have finished; return their summaries."""
+        while len(stream.finished) < episodes:
+            self._step(env, stream, rng, learn)
+        done, stream.finished = stream.finished[:episodes], stream.finished[episodes:]
+        return done
+
+    def _step(self, env: GridWorld, stream: _Stream, rng: np.random.Generator,
+              learn: bool) -> None:
+        self._start_skills(stream)
+        running = stream.plan_position < stream.plan_length
+        rows = np.arange(env.num_envs)
+        planned = stream.plan[rows, np.minimum(stream.plan_position, stream.plan.shape[1] - 1)]
+        actions = np.where(running, planned, self.explorer.act(stream.obs, rng))
+
+        stream.trajectory_obs[rows, stream.length] = stream.obs
+        stream.trajectory_actions[rows, stream.length] = actions
+        obs, reward, terminated, truncated, info = env.step(actions)
+        if learn:
+            self.env_steps += env.num_envs
+        stream.length += 1
+        stream.reward += reward
+        stream.skill_steps += running
+        stream.plan_position += running
+
+        ended = terminated | truncated
+        skill_over = running & ((stream.plan_position >= stream.plan_length) | ended)
+        if learn and self.memory is not None and skill_over.any():
+            self.memory.record_use(stream.plan_skill[skill_over], info["success"][skill_over])
+        stream.plan_length[skill_over | ended] = 0
+        stream.plan_skill[skill_over | ended] = -1
+
+        for i in np.flatnonzero(ended):
+            success = bool(info["success"][i])
+            if learn and success:
+                self._extract_skill(stream, i, info["final_obs"][i])
+            stream.finished.append({
+                "reward": float(stream.reward[i]),
+                "steps": int(stream.length[i]),
+                "success": float(success),
+                "skill_steps": int(stream.skill_steps[i]),
+            })
+        stream.length[ended] = 0
+        stream.reward[ended] = 0.0
+        stream.skill_steps[ended] = 0
+        stream.obs = obs
+
+    def _start_skills(self, stream: _Stream) -> None:
+        """Envs with no running skill start the best applicable one, if close enough."""
+        idle = stream.plan_position >= stream.plan_length
+        if self.memory is None or len(self.memory) == 0 or not idle.any():
+            return
+        idle_rows = np.flatnonzero(idle)
+        obs = stream.obs[idle_rows]
+        indices, scores = self.memory.retrieve(obs[:, _FLAGS].astype(bool), self.embed(obs), k=1)
+        indices, scores = indices[:, 0].cpu().numpy(), scores[:, 0].cpu().numpy()
+        use = (indices >= 0) & (scores >= self.retrieval_threshold)
+        if not use.any():
+            return
+        actions, lengths = self._padded_skill_actions()
+        rows, chosen = idle_rows[use], indices[use]
+        stream.plan[rows] = actions[chosen]
+        stream.plan_length[rows] = lengths[chosen]
+        stream.plan_position[rows] = 0
+        stream.plan_skill[rows] = chosen
+
+    def _padded_skill_actions(self) -> tuple[np.ndarray, np.ndarray]:
+        """All skills' actions as one ``[N, skill_length]`` array, extended as skills are added."""
+        known = len(self._skill_lengths)
+        if known < len(self.memory):
+            new = [self.memory[i].actions[: self.skill_length]
+                   for i in range(known, len(self.memory))]
+            block = np.zeros((len(new), self.skill_length), dtype=np.int64)
+            for row, actions in enumerate(new):
+                block[row, : len(actions)] = actions
+            self._skill_actions = np.concatenate([self._skill_actions, block])
+            self._skill_lengths = np.concatenate([self._skill_lengths, [len(a) for a in new]])
+        return self._skill_actions, self._skill_lengths
+
+    def _extract_skill(self, stream: _Stream, env_index: int, final_obs: np.ndarray) -> None:
+        """Store the last transitions of a successful episode as a skill."""
+        length = int(stream.length[env_index])
+        if self.memory is None or length < self.min_success_steps:
+            return
+        n = min(self.skill_length, length)
+        start_obs = stream.trajectory_obs[env_index, length - n]
+        actions = stream.trajectory_actions[env_index, length - n : length].tolist()
+        has_key, door_open = (bool(start_obs[i]) for i in _FLAGS)
+        if final_obs[_FLAGS[1]] and not door_open:
+            name = "open_door_sequence"
+        elif final_obs[_FLAGS[0]] and not has_key:
+            name = "acquire_key"
+        else:
+            name = f"navigate_{n}_steps"
+        self.memory.add(name, actions, {"has_key": has_key, "door_open": door_open},
+                        self.embed(start_obs[None])[0])
+
+    def _memory_metrics(self, episodes: list[dict[str, float]]) -> dict[str, float]:
+        if self.memory is None:
+            return {}
+        stats = self.memory.stats()
+        steps = sum(e["steps"] for e in episodes)
+        return {
+            "memory/skills": float(stats["skills"]),
+            "memory/skill_uses": float(stats["skill_uses"]),
+            "memory/reuse_rate": sum(e["skill_steps"] for e in episodes) / max(steps, 1),
+            "memory/avg_success_rate": float(stats["avg_success_rate"]),
+            "memory/merges": float(stats["merges"]),
+        }

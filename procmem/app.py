@@ -1,0 +1,167 @@
+"""From a composed config to a finished run: the glue that ``train.py`` and ``evaluate.py`` share.
+
+Only this module and the two entrypoints touch Hydra; everything it builds takes plain
+arguments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from procmem.checkpoint import CheckpointManager
+from procmem.compare import aggregate, find_runs, format_table, load_run, write_comparison
+from procmem.io import atomic_write_json
+from procmem.logging import MetricLogger
+from procmem.runner import Runner
+from procmem.runtime import resolve_device, seed_everything
+from procmem.schema import check_config
+
+SAVED_CONFIG = Path(".hydra") / "config.yaml"
+SAVED_OVERRIDES = Path(".hydra") / "overrides.yaml"
+
+
+def register_resolvers() -> None:
+    """``${procmem.if_null:value,then,else}``: lets ``resume`` pick the run dir in the config."""
+    OmegaConf.register_new_resolver(
+        "procmem.if_null", lambda value, then, otherwise: then if value is None else otherwise,
+        replace=True,
+    )
+
+
+def build_optional(node: Any, **kwargs: Any) -> Any:
+    """Instantiate a group node, or return ``None`` for an empty one (``memory=none``)."""
+    if node is None or len(node) == 0:
+        return None
+    return instantiate(node, _partial_=True)(**kwargs)
+
+
+def build_algorithm(cfg: DictConfig, device: torch.device) -> tuple[Any, Any]:
+    """The algorithm of a run config with its env, eval env, memory and curriculum."""
+    curriculum = instantiate(cfg.curriculum)
+    algorithm = instantiate(
+        cfg.agent,
+        env=instantiate(cfg.env),
+        eval_env=instantiate(cfg.env),
+        memory=build_optional(cfg.memory, device=str(device)),
+        curriculum=curriculum,
+        device=device,
+        seed=cfg.seed,
+    )
+    return algorithm, curriculum
+
+
+def run_identity(run_dir: Path) -> tuple[str | None, str]:
+    """W&B group and name of a run: jobs of one multirun share their sweep dir as group."""
+    sweep_dir = run_dir.parent
+    if not (sweep_dir / "multirun.yaml").exists():
+        return None, run_dir.name
+    overrides_file = run_dir / SAVED_OVERRIDES
+    overrides = list(OmegaConf.load(overrides_file)) if overrides_file.exists() else []
+    return f"{sweep_dir.parent.name}/{sweep_dir.name}", ",".join([run_dir.name, *overrides])
+
+
+def load_run_config(run_dir: str | Path) -> DictConfig:
+    """The resolved config a run was started with."""
+    path = Path(run_dir) / SAVED_CONFIG
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: not found; is {run_dir} a procmem run dir?")
+    return OmegaConf.load(path)
+
+
+def _logger_sinks(cfg: DictConfig, run_dir: Path, job_type: str) -> list[Any]:
+    group, name = run_identity(run_dir)
+    sink = build_optional(
+        cfg.logger,
+        run_dir=run_dir,
+        run_config=OmegaConf.to_container(cfg, resolve=True),
+        group=group,
+        name=name,
+        job_type=job_type,
+    )
+    return [] if sink is None else [sink]
+
+
+def train(cfg: DictConfig, run_dir: str | Path, resume: bool = False) -> dict[str, float]:
+    """Check, build and run one training job in ``run_dir``; return its final metrics."""
+    check_config(cfg)
+    run_dir = Path(run_dir)
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    algorithm, curriculum = build_algorithm(cfg, device)
+    checkpoints = CheckpointManager(run_dir / "checkpoints", keep=cfg.trainer.keep_checkpoints)
+    checkpoint = checkpoints.load_latest() if resume else None
+    logger = MetricLogger(
+        run_dir,
+        _logger_sinks(cfg, run_dir, "train"),
+        resume_iteration=None if checkpoint is None else checkpoint["iteration"],
+    )
+    trainer = cfg.trainer
+    runner = Runner(
+        algorithm,
+        curriculum,
+        logger,
+        checkpoints,
+        iterations=trainer.iterations,
+        eval_every=trainer.eval_every,
+        eval_episodes=trainer.eval_episodes,
+        checkpoint_every=trainer.checkpoint_every,
+        log_every=trainer.log_every,
+        progress=trainer.progress,
+    )
+    if checkpoint is not None:
+        runner.restore(checkpoint)
+    exit_code = 1
+    try:
+        final = runner.run()
+        exit_code = 0
+    finally:
+        logger.finish(exit_code)
+    return final
+
+
+def evaluate_run(
+    run_dir: str | Path, episodes: int, device: str = "auto", log: bool = True
+) -> dict[str, Any]:
+    """Evaluate a run's last checkpoint; write and return ``eval.json``'s content."""
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    seed_everything(cfg.seed)
+    algorithm, _ = build_algorithm(cfg, resolve_device(device))
+    checkpoint = CheckpointManager(run_dir / "checkpoints").load_latest()
+    if checkpoint is None:
+        raise FileNotFoundError(f"{run_dir / 'checkpoints'}: no checkpoint to evaluate")
+    algorithm.load_state_dict(checkpoint["algorithm"])
+    metrics = algorithm.evaluate(episodes)
+    result = {"iteration": checkpoint["iteration"], "episodes": episodes, **metrics}
+    atomic_write_json(run_dir / "eval.json", result)
+    if log:
+        for sink in _logger_sinks(cfg, run_dir, "eval"):
+            sink.log({"iteration": checkpoint["iteration"], **metrics})
+            sink.finish(0)
+    return result
+
+
+def compare_runs(
+    paths: Sequence[str | Path], out_dir: str | Path, metrics: Sequence[str] | None = None
+) -> tuple[str, Path, Path]:
+    """Aggregate runs by their overrides over seeds; write ``comparison.csv`` and a plot."""
+    runs = [load_run(run) for path in paths for run in find_runs(path)]
+    stats = aggregate(runs, metrics)
+    csv_path, png_path = write_comparison(stats, out_dir, metrics)
+    return format_table(stats), csv_path, png_path
+
+
+def format_metrics(metrics: Mapping[str, Any]) -> str:
+    """A two-column text table of a metrics dict."""
+    width = max((len(k) for k in metrics), default=0)
+    lines = []
+    for key, value in metrics.items():
+        shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+        lines.append(f"{key:<{width}}  {shown}")
+    return "\n".join(lines)

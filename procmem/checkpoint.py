@@ -1,0 +1,73 @@
+"""Checkpoints: versioned, written atomically, the newest few kept."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from procmem.io import atomic_torch_save
+
+CHECKPOINT_FORMAT_VERSION = 1
+_NAME = re.compile(r"^ckpt_(\d+)\.pt$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be used; the message names the file."""
+
+
+class CheckpointManager:
+    """Saves and loads ``ckpt_<iteration>.pt`` files in one folder."""
+
+    def __init__(self, directory: str | Path, keep: int = 3) -> None:
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, got {keep}")
+        self.directory = Path(directory)
+        self.keep = keep
+
+    def paths(self) -> list[Path]:
+        """Checkpoint files, oldest first."""
+        if not self.directory.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in self.directory.iterdir()
+                 if (m := _NAME.match(p.name))]
+        return [p for _, p in sorted(found)]
+
+    def latest(self) -> Path | None:
+        paths = self.paths()
+        return paths[-1] if paths else None
+
+    def save(self, iteration: int, state: dict[str, Any]) -> Path:
+        """Write the checkpoint of ``iteration``, then drop all but the newest ``keep``."""
+        payload = {"format_version": CHECKPOINT_FORMAT_VERSION, "iteration": iteration, **state}
+        path = atomic_torch_save(payload, self.directory / f"ckpt_{iteration:08d}.pt")
+        for old in self.paths()[: -self.keep]:
+            old.unlink(missing_ok=True)
+        return path
+
+    @staticmethod
+    def load(path: str | Path) -> dict[str, Any]:
+        """Load one checkpoint written by :meth:`save`."""
+        path = Path(path)
+        try:
+            # Files this program wrote itself; they hold numpy RNG states as well as tensors.
+            payload = torch.load(path, map_location="cpu", weights_only=False)
+        except FileNotFoundError:
+            raise
+        except Exception as error:
+            raise CheckpointError(f"{path}: unreadable checkpoint ({error})") from error
+        if not isinstance(payload, dict) or "format_version" not in payload:
+            raise CheckpointError(f"{path}: not a procmem checkpoint")
+        if payload["format_version"] != CHECKPOINT_FORMAT_VERSION:
+            raise CheckpointError(
+                f"{path}: checkpoint format {payload['format_version']} is not supported "
+                f"(this version reads {CHECKPOINT_FORMAT_VERSION})"
+            )
+        return payload
+
+    def load_latest(self) -> dict[str, Any] | None:
+        """The newest checkpoint, or ``None`` when there is none."""
+        path = self.latest()
+        return None if path is None else self.load(path)

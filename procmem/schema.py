@@ -1,0 +1,227 @@
+"""Typed schemas for every config group, checked before anything is built.
+
+Each component's schema is a dataclass whose ``_target_`` default names the class it
+configures. Field defaults are ``MISSING``: the values live in ``conf/`` only. A node is
+checked in two steps: merging it into the structured schema catches unknown keys and wrong
+types, and building the dataclass runs ``__post_init__``, which checks ranges. Every failure
+becomes one :class:`ConfigError` whose message names the full key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+GROUPS = ("env", "agent", "memory", "curriculum", "logger")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ConfigError(ValueError):
+    """An invalid config value; ``str()`` is one line naming the full key."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"{key}: {reason}")
+        self.key = key
+        self.reason = reason
+
+    def under(self, prefix: str) -> ConfigError:
+        return ConfigError(f"{prefix}.{self.key}" if prefix else self.key, self.reason)
+
+
+def _value(obj: Any, key: str) -> Any:
+    return getattr(obj, key)
+
+
+def at_least(obj: Any, key: str, minimum: float) -> None:
+    if _value(obj, key) < minimum:
+        raise ConfigError(key, f"{_value(obj, key)!r} is out of range: must be >= {minimum}")
+
+
+def greater_than(obj: Any, key: str, bound: float) -> None:
+    if not _value(obj, key) > bound:
+        raise ConfigError(key, f"{_value(obj, key)!r} is out of range: must be > {bound}")
+
+
+def within(obj: Any, key: str, low: float, high: float) -> None:
+    if not low <= _value(obj, key) <= high:
+        raise ConfigError(key, f"{_value(obj, key)!r} is out of range: must be in [{low}, {high}]")
+
+
+def one_of(obj: Any, key: str, options: Iterable[Any]) -> None:
+    options = tuple(options)
+    if _value(obj, key) not in options:
+        allowed = ", ".join(map(str, options))
+        raise ConfigError(key, f"{_value(obj, key)!r} is not one of: {allowed}")
+
+
+# --- env ------------------------------------------------------------------------------------
+
+
+@dataclass
+class GridWorldConfig:
+    _target_: str = "procmem.envs.gridworld.GridWorld"
+    num_envs: int = MISSING
+    size: int = MISSING
+    max_steps: int = MISSING
+    layout: str = MISSING
+    step_reward: float = MISSING
+    key_reward: float = MISSING
+    door_reward: float = MISSING
+    goal_reward: float = MISSING
+
+    def __post_init__(self) -> None:
+        at_least(self, "num_envs", 1)
+        at_least(self, "size", 3)
+        at_least(self, "max_steps", 1)
+        one_of(self, "layout", ("fixed",))
+        if self.layout == "fixed" and self.size < 5:
+            raise ConfigError("size", f"{self.size} is out of range: layout=fixed needs size >= 5")
+
+
+# --- agent ----------------------------------------------------------------------------------
+
+
+@dataclass
+class ProceduralAgentConfig:
+    _target_: str = "procmem.agents.procedural.ProceduralMemoryAgent"
+    explorer: str = MISSING
+    skill_length: int = MISSING
+    min_success_steps: int = MISSING
+    retrieval_threshold: float = MISSING
+
+    def __post_init__(self) -> None:
+        one_of(self, "explorer", ("random", "oracle"))
+        at_least(self, "skill_length", 1)
+        at_least(self, "min_success_steps", 1)
+        within(self, "retrieval_threshold", -1.0, 1.0)
+
+
+# --- memory ---------------------------------------------------------------------------------
+
+
+@dataclass
+class SkillLibraryConfig:
+    _target_: str = "procmem.memory.skill_library.SkillLibrary"
+    embedding_dim: int = MISSING
+    top_k: int = MISSING
+    merge_threshold: float = MISSING
+
+    def __post_init__(self) -> None:
+        at_least(self, "embedding_dim", 1)
+        at_least(self, "top_k", 1)
+        within(self, "merge_threshold", -1.0, 1.0)
+
+
+# --- curriculum -----------------------------------------------------------------------------
+
+
+@dataclass
+class FixedCurriculumConfig:
+    _target_: str = "procmem.curriculum.FixedCurriculum"
+    stage: int = MISSING
+
+    def __post_init__(self) -> None:
+        at_least(self, "stage", 0)
+
+
+# --- logger ---------------------------------------------------------------------------------
+
+
+@dataclass
+class WandbConfig:
+    _target_: str = "procmem.logging.WandbSink"
+    project: str = MISSING
+    entity: str | None = None
+    mode: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.mode is not None:
+            one_of(self, "mode", ("online", "offline", "disabled"))
+        if not self.project:
+            raise ConfigError("project", "must not be empty")
+
+
+# --- runner and top level -------------------------------------------------------------------
+
+
+@dataclass
+class TrainerConfig:
+    iterations: int = MISSING
+    eval_every: int = MISSING
+    eval_episodes: int = MISSING
+    checkpoint_every: int = MISSING
+    keep_checkpoints: int = MISSING
+    log_every: int = MISSING
+    progress: bool = MISSING
+    objective: str = MISSING
+
+    def __post_init__(self) -> None:
+        at_least(self, "iterations", 1)
+        at_least(self, "eval_every", 0)
+        at_least(self, "eval_episodes", 1)
+        at_least(self, "checkpoint_every", 0)
+        at_least(self, "keep_checkpoints", 1)
+        at_least(self, "log_every", 1)
+
+
+SCHEMAS: dict[str, type] = {}
+
+
+def register_schema(schema: type) -> type:
+    """Register a component schema under its ``_target_`` (usable as a class decorator)."""
+    SCHEMAS[schema._target_] = schema
+    return schema
+
+
+for _schema in (GridWorldConfig, ProceduralAgentConfig, SkillLibraryConfig,
+                FixedCurriculumConfig, WandbConfig):
+    register_schema(_schema)
+
+
+def check_node(node: Mapping | DictConfig, schema: type, prefix: str) -> Any:
+    """Check one config node against ``schema``; return the built dataclass."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), node)
+        return OmegaConf.to_object(merged)
+    except ConfigError as error:
+        raise error.under(prefix) from None
+    except OmegaConfBaseException as error:
+        key = str(error.full_key or error.key or "")
+        reason = str(error.msg).splitlines()[0] if error.msg else type(error).__name__
+        raise ConfigError(f"{prefix}.{key}" if key else prefix, reason) from None
+
+
+def check_component(node: Any, group: str) -> None:
+    """Check a group node: empty means 'none'; otherwise its ``_target_`` needs a schema."""
+    if node is None or len(node) == 0:
+        return
+    target = node.get("_target_")
+    if target is None:
+        raise ConfigError(f"{group}._target_", "missing: every component names its class")
+    if target not in SCHEMAS:
+        raise ConfigError(
+            f"{group}._target_",
+            f"{target!r} has no schema; decorate its config dataclass with "
+            "procmem.schema.register_schema",
+        )
+    check_node(node, SCHEMAS[target], group)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Check a composed run config; raise :class:`ConfigError` on the first bad value."""
+    for group in GROUPS:
+        if group not in cfg:
+            raise ConfigError(group, "missing config group")
+        check_component(cfg[group], group)
+    check_node(cfg.trainer, TrainerConfig, "trainer")
+    if not isinstance(cfg.seed, int) or cfg.seed < 0:
+        raise ConfigError("seed", f"{cfg.seed!r} must be an integer >= 0")
+    if cfg.device not in DEVICES:
+        raise ConfigError("device", f"{cfg.device!r} is not one of: {', '.join(DEVICES)}")
+    if not cfg.experiment_name:
+        raise ConfigError("experiment_name", "must not be empty")

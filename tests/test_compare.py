@@ -1,0 +1,178 @@
+import csv
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from procmem.compare import (
+    GroupStat,
+    RunRecord,
+    aggregate,
+    find_runs,
+    format_table,
+    group_label,
+    load_run,
+    write_comparison,
+)
+
+
+def make_run(
+    run_dir: Path,
+    rows: list[dict],
+    overrides: Sequence[str] = (),
+    evaluation: dict | None = None,
+) -> Path:
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if evaluation is not None:
+        (run_dir / "eval.json").write_text(json.dumps(evaluation))
+    return run_dir
+
+
+def record(overrides: list[str], **summary: float) -> RunRecord:
+    return RunRecord(path=Path("."), overrides=overrides, metrics=[], summary=summary)
+
+
+def test_load_run_summarizes_the_last_window_of_each_metric(tmp_path):
+    rows = [{"iteration": i, "train/episode_reward": float(i)} for i in range(10)]
+    rows += [{"iteration": 10, "eval/success_rate": 0.5, "note": "text"}]
+    run = load_run(make_run(tmp_path / "run", rows, ["seed=1", "memory=none"]), window=0.2)
+
+    assert run.overrides == ["seed=1", "memory=none"]
+    assert run.metrics == rows
+    assert run.summary == {"train/episode_reward": 8.5, "eval/success_rate": 0.5}
+
+
+def test_load_run_uses_at_least_one_value(tmp_path):
+    rows = [{"iteration": i, "perf/sps": float(i)} for i in range(3)]
+    assert load_run(make_run(tmp_path / "run", rows), window=0.01).summary == {"perf/sps": 2.0}
+
+
+def test_eval_json_overrides_summary(tmp_path):
+    rows = [{"iteration": 0, "eval/success_rate": 0.1, "train/episode_reward": 3.0}]
+    evaluation = {"eval/success_rate": 0.9, "eval/return": 7, "checkpoint": "last.pt"}
+    run = load_run(make_run(tmp_path / "run", rows, evaluation=evaluation))
+    assert run.summary == {
+        "eval/success_rate": 0.9,
+        "eval/return": 7.0,
+        "train/episode_reward": 3.0,
+    }
+
+
+def test_load_run_errors_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
+        load_run(tmp_path)
+    (tmp_path / "metrics.jsonl").write_text('{"iteration": 0}\nnot json\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl:2"):
+        load_run(tmp_path)
+
+
+def test_find_runs_on_a_run_dir(tmp_path):
+    run_dir = make_run(tmp_path / "run", [{"iteration": 0}])
+    assert find_runs(run_dir) == [run_dir]
+
+
+def test_find_runs_on_a_multirun_dir_sorts_jobs_numerically(tmp_path):
+    for job in ["10", "2", "0"]:
+        make_run(tmp_path / job, [{"iteration": 0}])
+    (tmp_path / "1").mkdir()  # a job that never wrote metrics
+    (tmp_path / "multirun.yaml").write_text("hydra: {}\n")
+    assert [p.name for p in find_runs(tmp_path)] == ["0", "2", "10"]
+
+
+def test_find_runs_without_runs_raises(tmp_path):
+    with pytest.raises(ValueError, match=str(tmp_path)):
+        find_runs(tmp_path)
+    with pytest.raises(ValueError, match="missing"):
+        find_runs(tmp_path / "missing")
+
+
+def test_group_label_ignores_seed_and_hydra_keys():
+    overrides = ["seed=3", "memory=none", "hydra.job.chdir=true", "agent.lr=0.1", "+resume=x"]
+    assert group_label(overrides) == "agent.lr=0.1 memory=none"
+    assert group_label(["seed=1", "hydra/launcher=joblib"]) == "hydra/launcher=joblib"
+    assert group_label(["seed=1"]) == "(defaults)"
+    assert group_label(["seed=1", "memory=none"], ignore=["memory"]) == "seed=1"
+
+
+def test_aggregate_mean_and_t_interval():
+    runs = [
+        record([f"seed={i}", "memory=none"], **{"eval/success_rate": v})
+        for i, v in enumerate([1.0, 2.0, 3.0])
+    ]
+    runs.append(record(["seed=0"], **{"eval/success_rate": 5.0, "train/episode_reward": 1.0}))
+
+    stats = aggregate(runs)
+
+    half = 4.302652729911275 * 1.0 / math.sqrt(3)
+    assert [(s.group, s.metric, s.n) for s in stats] == [
+        ("memory=none", "eval/success_rate", 3),
+        ("(defaults)", "eval/success_rate", 1),
+        ("(defaults)", "train/episode_reward", 1),
+    ]
+    first = stats[0]
+    assert first.mean == pytest.approx(2.0)
+    assert first.ci_low == pytest.approx(2.0 - half)
+    assert first.ci_high == pytest.approx(2.0 + half)
+
+
+def test_aggregate_single_run_has_a_zero_width_interval():
+    (stat,) = aggregate([record(["seed=0"], **{"perf/sps": 4.0})])
+    assert stat == GroupStat("(defaults)", "perf/sps", 1, 4.0, 4.0, 4.0)
+
+
+def test_aggregate_counts_only_runs_that_have_the_metric():
+    runs = [record([], a=1.0, b=2.0), record([], a=3.0)]
+    stats = aggregate(runs, metrics=["b", "a", "absent"])
+    assert [(s.metric, s.n, s.mean) for s in stats] == [("b", 1, 2.0), ("a", 2, 2.0)]
+
+
+def test_format_table_aligns_columns():
+    stats = [
+        GroupStat("memory=none", "eval/success_rate", 3, 0.5, 0.25, 0.75),
+        GroupStat("(defaults)", "perf/sps", 1, 1200.0, 1200.0, 1200.0),
+    ]
+    lines = format_table(stats).splitlines()
+    assert lines[0].split() == ["group", "metric", "n", "mean", "95%", "interval"]
+    assert lines[1].split() == ["memory=none", "eval/success_rate", "3", "0.5", "[0.25,", "0.75]"]
+    assert lines[0].index("metric") == lines[1].index("eval/") == lines[2].index("perf/")
+
+
+def test_write_comparison_writes_csv_and_png(tmp_path):
+    stats = [
+        GroupStat("memory=none", "eval/success_rate", 3, 0.5, 0.25, 0.75),
+        GroupStat("memory=skills", "eval/success_rate", 3, 0.8, 0.7, 0.9),
+        GroupStat("memory=skills", "perf/sps", 3, 1000.0, 900.0, 1100.0),
+    ]
+    csv_path, png_path = write_comparison(stats, tmp_path / "out")
+
+    assert csv_path == tmp_path / "out" / "comparison.csv"
+    with csv_path.open() as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["group", "metric", "n", "mean", "ci_low", "ci_high"]
+    assert [(r["group"], r["metric"], int(r["n"]), float(r["mean"])) for r in rows] == [
+        ("memory=none", "eval/success_rate", 3, 0.5),
+        ("memory=skills", "eval/success_rate", 3, 0.8),
+        ("memory=skills", "perf/sps", 3, 1000.0),
+    ]
+    assert png_path == tmp_path / "out" / "comparison.png"
+    assert png_path.read_bytes().startswith(b"\x89PNG")
+
+
+def test_write_comparison_end_to_end_from_a_multirun(tmp_path):
+    multirun = tmp_path / "multirun"
+    for job, (memory, value) in enumerate([("none", 1.0), ("none", 2.0), ("skills", 4.0)]):
+        make_run(
+            multirun / str(job),
+            [{"iteration": 0, "eval/success_rate": value}],
+            [f"seed={job}", f"memory={memory}"],
+        )
+    stats = aggregate([load_run(p) for p in find_runs(multirun)])
+    _, png_path = write_comparison(
+        stats, tmp_path / "out", metrics_to_plot=["eval/success_rate", "absent"]
+    )
+    assert [(s.group, s.mean) for s in stats] == [("memory=none", 1.5), ("memory=skills", 4.0)]
+    assert png_path.stat().st_size > 0

@@ -1,0 +1,41 @@
+"""Train one run: ``python train.py [experiment=NAME] [key=value ...]`` (``-m`` to sweep)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from procmem.app import load_run_config, register_resolvers, train
+from procmem.schema import ConfigError
+
+register_resolvers()
+
+
+def _resume_config(cfg: DictConfig) -> DictConfig:
+    """``resume=<run dir>`` continues that run with the config it was started with."""
+    extra = [o for o in HydraConfig.get().overrides.task if not o.startswith("resume=")]
+    if extra:
+        raise ConfigError("resume", f"continues a run with its saved config; drop {extra}")
+    return load_run_config(cfg.resume)
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        if cfg.resume:
+            cfg = _resume_config(cfg)
+        final = train(cfg, run_dir, resume=run_dir.joinpath("checkpoints").is_dir())
+    except ConfigError as error:
+        print(f"config error: {error}", file=sys.stderr)
+        sys.exit(2)
+    print(f"run_dir: {run_dir}")
+    return final.get(cfg.trainer.objective)
+
+
+if __name__ == "__main__":
+    main()
