@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from scipy import stats as scipy_stats
 
 from procmem.io import atomic_write_text
+from procmem.logging import read_metrics
 from procmem.plots import figure_grid, mark_no_data, save_figure
 
 MAX_PLOTTED_METRICS = 6
@@ -50,24 +51,6 @@ def _numeric_items(row: dict) -> Iterable[tuple[str, float]]:
             yield key, float(value)
 
 
-def _read_rows(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise FileNotFoundError(f"missing metrics file: {path}")
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object")
-            rows.append(row)
-    return rows
-
-
 def _summarize(rows: Sequence[dict], window: float) -> dict[str, float]:
     series: dict[str, list[float]] = {}
     for row in rows:
@@ -85,7 +68,7 @@ def load_run(run_dir: str | os.PathLike, window: float = 0.1) -> RunRecord:
     if not 0 < window <= 1:
         raise ValueError(f"window must be in (0, 1], got {window}")
     run_dir = Path(run_dir)
-    rows = _read_rows(run_dir / "metrics.jsonl")
+    rows = read_metrics(run_dir / "metrics.jsonl")
     summary = _summarize(rows, window)
 
     eval_path = run_dir / "eval.json"
@@ -145,12 +128,15 @@ def aggregate(
 ) -> list[GroupStat]:
     """Per group of runs (first-seen order) and metric (sorted by default): mean and 95% interval.
 
-    By default every summarized metric of any run is used; a group lacking a metric in some
-    runs gets a smaller ``n`` and none at all when no run has it.
+    Groups are labelled by the overrides that vary between runs (an override every run shares
+    says nothing). By default every summarized metric of any run is used; a group lacking a
+    metric in some runs gets a smaller ``n`` and none at all when no run has it.
     """
+    shared = set.intersection(*(set(r.overrides) for r in runs)) if len(runs) > 1 else set()
     groups: dict[str, list[RunRecord]] = {}
     for run in runs:
-        groups.setdefault(group_label(run.overrides, ignore), []).append(run)
+        varying = [o for o in run.overrides if o not in shared]
+        groups.setdefault(group_label(varying, ignore), []).append(run)
     names = list(metrics) if metrics is not None else sorted({k for r in runs for k in r.summary})
 
     out = []

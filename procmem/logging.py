@@ -79,14 +79,19 @@ class MetricLogger:
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     """Rows of a ``metrics.jsonl`` file; a bad line raises ``ValueError`` naming the file."""
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"missing metrics file: {path}")
     rows = []
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError as error:
-            raise ValueError(f"{path}:{number}: not a JSON line ({error.msg})") from None
+            raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{number}: expected a JSON object")
+        rows.append(row)
     return rows
 
 

@@ -219,7 +219,7 @@ def check_config(cfg: DictConfig) -> None:
             raise ConfigError(group, "missing config group")
         check_component(cfg[group], group)
     check_node(cfg.trainer, TrainerConfig, "trainer")
-    if not isinstance(cfg.seed, int) or cfg.seed < 0:
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or cfg.seed < 0:
         raise ConfigError("seed", f"{cfg.seed!r} must be an integer >= 0")
     if cfg.device not in DEVICES:
         raise ConfigError("device", f"{cfg.device!r} is not one of: {', '.join(DEVICES)}")

@@ -176,3 +176,15 @@ def test_write_comparison_end_to_end_from_a_multirun(tmp_path):
     )
     assert [(s.group, s.mean) for s in stats] == [("memory=none", 1.5), ("memory=skills", 4.0)]
     assert png_path.stat().st_size > 0
+
+
+def test_aggregate_labels_groups_by_the_overrides_that_vary():
+    shared = ["logger=wandb", "trainer.iterations=50"]
+    runs = [
+        record([*shared, f"seed={seed}", f"memory={memory}"], **{"train/success": float(seed)})
+        for seed in (0, 1)
+        for memory in ("none", "skill_library")
+    ]
+    stats = aggregate(runs)
+    assert [s.group for s in stats] == ["memory=none", "memory=skill_library"]
+    assert [s.n for s in stats] == [2, 2]

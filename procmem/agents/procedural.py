@@ -64,6 +64,7 @@ class _Stream:
     plan_length: np.ndarray  # 0 when no skill is running
     plan_position: np.ndarray
     plan_skill: np.ndarray  # index of the running skill, -1 for none
+    failed: np.ndarray  # [B, N]: skills that failed earlier in the current episode
     finished: list[dict[str, float]] = field(default_factory=list)
 
     @classmethod
@@ -81,6 +82,7 @@ class _Stream:
             plan_length=np.zeros(b, dtype=np.int64),
             plan_position=np.zeros(b, dtype=np.int64),
             plan_skill=np.full(b, -1, dtype=np.int64),
+            failed=np.zeros((b, 0), dtype=bool),
         )
 
     def state_dict(self) -> dict[str, Any]:
@@ -91,12 +93,15 @@ class _Stream:
 class ProceduralMemoryAgent:
     """The original procedural-memory loop, batched over ``env.num_envs`` envs.
 
-    Each step, an env with no running skill retrieves the best applicable skill for its
-    state (cosine similarity of the state embedding to skill keys, at least
-    ``retrieval_threshold``) and executes its whole action sequence; without one it takes
-    an exploration action. When an episode succeeds in at least ``min_success_steps``
-    steps, its last (up to) ``skill_length`` transitions become a skill, keyed by the
-    embedding of the state they started from. One iteration collects ``num_envs`` episodes.
+    Each step, an env with no running skill retrieves the ``top_k`` applicable skills for its
+    state (cosine similarity of the state embedding to skill keys) and executes the whole
+    action sequence of the best one scoring at least ``retrieval_threshold`` that has not
+    already failed in this episode; without one it takes an exploration action. (The
+    original retried a failed skill forever: an open-loop skill that leaves the state as it
+    was would loop until the episode timed out.) When an episode succeeds in at least
+    ``min_success_steps`` steps, its last (up to) ``skill_length`` transitions become a
+    skill, keyed by the embedding of the state they started from. One iteration collects
+    ``num_envs`` episodes.
     """
 
     def __init__(
@@ -219,8 +224,11 @@ class ProceduralMemoryAgent:
 
         ended = terminated | truncated
         skill_over = running & ((stream.plan_position >= stream.plan_length) | ended)
-        if learn and self.memory is not None and skill_over.any():
-            self.memory.record_use(stream.plan_skill[skill_over], info["success"][skill_over])
+        if self.memory is not None and skill_over.any():
+            if learn:
+                self.memory.record_use(stream.plan_skill[skill_over], info["success"][skill_over])
+            failed = skill_over & ~info["success"]
+            stream.failed[failed, stream.plan_skill[failed]] = True
         stream.plan_length[skill_over | ended] = 0
         stream.plan_skill[skill_over | ended] = -1
 
@@ -237,22 +245,28 @@ class ProceduralMemoryAgent:
         stream.length[ended] = 0
         stream.reward[ended] = 0.0
         stream.skill_steps[ended] = 0
+        stream.failed[ended] = False
         stream.obs = obs
 
     def _start_skills(self, stream: _Stream) -> None:
-        """Envs with no running skill start the best applicable one, if close enough."""
+        """Envs with no running skill start the best usable one among the ``top_k`` retrieved."""
         idle = stream.plan_position >= stream.plan_length
         if self.memory is None or len(self.memory) == 0 or not idle.any():
             return
+        grow = len(self.memory) - stream.failed.shape[1]
+        stream.failed = np.pad(stream.failed, ((0, 0), (0, grow)))
         idle_rows = np.flatnonzero(idle)
         obs = stream.obs[idle_rows]
-        indices, scores = self.memory.retrieve(obs[:, _FLAGS].astype(bool), self.embed(obs), k=1)
-        indices, scores = indices[:, 0].cpu().numpy(), scores[:, 0].cpu().numpy()
-        use = (indices >= 0) & (scores >= self.retrieval_threshold)
+        indices, scores = self.memory.retrieve(obs[:, _FLAGS].astype(bool), self.embed(obs))
+        indices, scores = indices.cpu().numpy(), scores.cpu().numpy()
+        failed = np.take_along_axis(stream.failed[idle_rows], np.maximum(indices, 0), axis=1)
+        usable = (indices >= 0) & (scores >= self.retrieval_threshold) & ~failed
+        use = usable.any(axis=1)
         if not use.any():
             return
+        best = np.argmax(usable, axis=1)
         actions, lengths = self._padded_skill_actions()
-        rows, chosen = idle_rows[use], indices[use]
+        rows, chosen = idle_rows[use], indices[use, best[use]]
         stream.plan[rows] = actions[chosen]
         stream.plan_length[rows] = lengths[chosen]
         stream.plan_position[rows] = 0

@@ -1,0 +1,341 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from procmem.agents.procedural import ProceduralMemoryAgent, StateEmbedding
+from procmem.curriculum import FixedCurriculum
+from procmem.envs.gridworld import GridWorld
+from procmem.memory.skill_library import SkillLibrary
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CPU = torch.device("cpu")
+
+
+def make_agent(
+    *,
+    seed: int = 0,
+    explorer: str = "oracle",
+    memory: bool = True,
+    num_envs: int = 1,
+    max_steps: int = 50,
+    min_success_steps: int = 3,
+    retrieval_threshold: float = -1.0,
+) -> ProceduralMemoryAgent:
+    return ProceduralMemoryAgent(
+        env=GridWorld(num_envs=num_envs, max_steps=max_steps),
+        eval_env=GridWorld(max_steps=max_steps),
+        memory=SkillLibrary() if memory else None,
+        curriculum=FixedCurriculum(0),
+        device=CPU,
+        seed=seed,
+        explorer=explorer,
+        skill_length=5,
+        min_success_steps=min_success_steps,
+        retrieval_threshold=retrieval_threshold,
+    )
+
+
+def make_learning_agent(seed: int = 0) -> ProceduralMemoryAgent:
+    """Random explorer with a library on the fixed layout; it learns and reuses skills."""
+    return make_agent(seed=seed, explorer="random", num_envs=2, max_steps=150,
+                      retrieval_threshold=0.5)
+
+
+def assert_states_equal(a, b, path: str = "state") -> None:
+    """Deep equality of nested dicts/lists of tensors, arrays and plain values."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), path
+        for key in a:
+            assert_states_equal(a[key], b[key], f"{path}[{key!r}]")
+    elif isinstance(a, list | tuple):
+        assert isinstance(b, list | tuple) and len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_states_equal(x, y, f"{path}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), path
+    elif isinstance(a, np.ndarray):
+        np.testing.assert_array_equal(a, b, err_msg=path)
+    else:
+        assert a == b, path
+
+
+def some_observations() -> np.ndarray:
+    """A batch of gridworld observations covering different positions and flags."""
+    env = GridWorld(num_envs=6)
+    obs, _ = env.reset(seed=0)
+    rng = np.random.default_rng(1)
+    for _ in range(7):
+        obs, *_ = env.step(rng.integers(env.num_actions, size=env.num_envs))
+    obs = obs.copy()
+    obs[:, 2] = [0, 1, 1, 0, 1, 0]  # has_key
+    obs[:, 3] = [0, 0, 1, 0, 1, 1]  # door_open
+    return obs
+
+
+# --- 1. reproduction of the original experiment --------------------------------------------
+
+
+def test_oracle_reproduces_original_single_open_door_skill():
+    agent = make_agent()
+    iterations = 20
+    history = [agent.train_iteration() for _ in range(iterations)]
+
+    for i, m in enumerate(history):
+        assert m["train/episode_steps"] == 10.0
+        assert m["train/episode_reward"] == pytest.approx(12.1, abs=1e-5)
+        assert m["train/success"] == 1.0
+        assert m["train/env_steps"] == 10.0 * (i + 1)
+        assert m["memory/skills"] == 1.0
+        assert 0.0 <= m["memory/avg_success_rate"] <= 1.0
+        assert m["memory/skill_uses"] == float(i)
+        assert m["memory/merges"] == float(i)
+    assert history[0]["memory/reuse_rate"] == 0.0
+    assert all(m["memory/reuse_rate"] == 0.5 for m in history[1:])
+    assert all(m["memory/avg_success_rate"] == 1.0 for m in history[1:])
+
+    assert len(agent.memory) == 1
+    skill = agent.memory[0]
+    assert skill.name == "open_door_sequence"
+    assert skill.preconditions == {"has_key": True, "door_open": False}
+    assert skill.actions == (3, 0, 5, 3, 0)  # right, up, open_door, right, up
+    assert skill.uses == iterations - 1
+    assert skill.successes == iterations - 1
+    assert skill.success_rate == 1.0
+    assert skill.support == iterations
+
+    evaluation = agent.evaluate(3)
+    assert evaluation["eval/success_rate"] == 1.0
+    assert evaluation["eval/mean_steps"] == 10.0
+    assert evaluation["eval/mean_steps_solved"] == 10.0
+    assert evaluation["eval/mean_reward"] == pytest.approx(12.1, abs=1e-5)
+    assert evaluation["memory/reuse_rate"] == 0.5
+
+
+# --- 2. deterministic embeddings -------------------------------------------------------------
+
+_EMBED_SCRIPT = """
+import json, sys
+import numpy as np, torch
+from procmem.agents.procedural import ProceduralMemoryAgent
+from procmem.curriculum import FixedCurriculum
+from procmem.envs.gridworld import GridWorld
+from procmem.memory.skill_library import SkillLibrary
+obs = np.array(json.loads(sys.argv[1]), dtype=np.int64)
+agent = ProceduralMemoryAgent(env=GridWorld(), eval_env=GridWorld(), memory=SkillLibrary(),
+    curriculum=FixedCurriculum(0), device=torch.device("cpu"), seed=0, explorer="oracle",
+    skill_length=5, min_success_steps=3, retrieval_threshold=-1.0)
+print(json.dumps(agent.embed(obs).tolist()))
+"""
+
+
+def test_embeddings_are_seeded_unit_norm_and_deterministic():
+    obs = some_observations()
+    first, second = make_agent(seed=0), make_agent(seed=0)
+    e1, e2 = first.embed(obs), second.embed(obs)
+    assert e1.shape == (len(obs), first.memory.embedding_dim)
+    assert torch.equal(e1, e2)
+    torch.testing.assert_close(e1.norm(dim=1), torch.ones(len(obs)))
+
+    other = make_agent(seed=1)
+    assert not torch.equal(first.embed.projection, other.embed.projection)
+    assert not torch.allclose(other.embed(obs), e1)
+
+    # Different observations map to different embeddings.
+    assert len({tuple(row) for row in e1.tolist()}) == len(obs)
+
+    # Identical in a fresh process with a different hash seed.
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    out = subprocess.run(
+        [sys.executable, "-c", _EMBED_SCRIPT, json.dumps(obs.tolist())],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=True, timeout=60,
+    )
+    remote = torch.tensor(json.loads(out.stdout), dtype=torch.float32)
+    assert torch.equal(remote, e1)
+
+
+def test_state_embedding_direct_construction_matches_agent():
+    agent = make_agent(seed=3)
+    embed = StateEmbedding(size=5, dim=agent.memory.embedding_dim, seed=3, device=CPU)
+    obs = some_observations()
+    assert torch.equal(embed(obs), agent.embed(obs))
+
+
+# --- 3. no memory ----------------------------------------------------------------------------
+
+
+def test_agent_without_memory_trains_and_evaluates():
+    agent = make_agent(memory=False)
+    for i in range(3):
+        metrics = agent.train_iteration()
+        assert not any(k.startswith("memory/") for k in metrics)
+        assert metrics["train/episode_steps"] == 10.0
+        assert metrics["train/success"] == 1.0
+        assert metrics["train/env_steps"] == 10.0 * (i + 1)
+    evaluation = agent.evaluate(2)
+    assert not any(k.startswith("memory/") for k in evaluation)
+    assert evaluation["eval/success_rate"] == 1.0
+    assert evaluation["eval/mean_steps"] == 10.0
+    assert agent.state_dict()["memory"] is None
+
+
+# --- 4. batched envs ---------------------------------------------------------------------
+
+
+def count_env_steps(agent: ProceduralMemoryAgent) -> dict[str, int]:
+    """Wrap ``agent.env.step`` to count batched calls and ended episodes."""
+    counts = {"calls": 0, "ended": 0}
+    step = agent.env.step
+
+    def counted(actions):
+        out = step(actions)
+        counts["calls"] += 1
+        counts["ended"] += int((out[2] | out[3]).sum())
+        return out
+
+    agent.env.step = counted
+    return counts
+
+
+def test_batched_oracle_collects_num_envs_episodes_per_iteration():
+    agent = make_agent(num_envs=4)
+    for i in range(1, 4):
+        m = agent.train_iteration()
+        assert m["train/episode_steps"] == 10.0
+        assert m["train/env_steps"] == 40.0 * i
+        # 4 successful episodes per iteration: 1 skill, every later one merged into it,
+        # and the skill runs once per episode from the second iteration on.
+        assert m["memory/skills"] == 1.0
+        assert m["memory/merges"] == 4.0 * i - 1
+        assert m["memory/skill_uses"] == 4.0 * (i - 1)
+
+
+def test_batched_env_steps_count_steps_actually_taken():
+    agent = make_agent(explorer="random", num_envs=4, max_steps=40, retrieval_threshold=0.5)
+    counts = count_env_steps(agent)
+    previous = 0.0
+    for i in range(1, 6):
+        m = agent.train_iteration()
+        assert m["train/env_steps"] - previous == 4 * counts["calls"]
+        previous = m["train/env_steps"]
+        counts["calls"] = 0
+        # Episodes are carried over between iterations, never dropped or double counted.
+        assert 4 * i <= counts["ended"] <= 4 * i + 3
+    steps_before = agent.env_steps
+    agent.evaluate(2)
+    assert agent.env_steps == steps_before
+
+
+# --- 5. evaluate leaves training untouched -----------------------------------------------
+
+
+def test_evaluate_changes_neither_library_nor_training_stream():
+    evaluated, control = make_learning_agent(), make_learning_agent()
+    for _ in range(4):
+        assert evaluated.train_iteration() == control.train_iteration()
+    assert len(evaluated.memory) > 0, "the setup should have learned a skill"
+
+    library_before = evaluated.memory.state_dict()
+    stats_before = evaluated.memory.stats()
+    agent_before = evaluated.state_dict()
+    evaluation = evaluated.evaluate(3)
+    assert evaluation["memory/reuse_rate"] > 0, "evaluation should have used skills"
+    assert evaluated.memory.stats() == stats_before
+    assert_states_equal(evaluated.memory.state_dict(), library_before)
+    assert_states_equal(evaluated.state_dict(), agent_before)
+
+    for _ in range(3):
+        assert evaluated.train_iteration() == control.train_iteration()
+    assert_states_equal(evaluated.memory.state_dict(), control.memory.state_dict())
+
+
+def test_evaluate_is_repeatable():
+    agent = make_learning_agent()
+    for _ in range(3):
+        agent.train_iteration()
+    assert agent.evaluate(3) == agent.evaluate(3)
+
+
+# --- 6. checkpoint / restore ----------------------------------------------------------------
+
+
+def test_restored_agent_continues_identically():
+    original = make_learning_agent()
+    for _ in range(4):
+        original.train_iteration()
+    assert len(original.memory) > 0, "the setup should have learned a skill"
+
+    state = original.state_dict()
+    restored = make_learning_agent()
+    restored.load_state_dict(state)
+    assert_states_equal(restored.state_dict(), original.state_dict())
+
+    for _ in range(4):
+        assert restored.train_iteration() == original.train_iteration()
+    assert_states_equal(restored.state_dict(), original.state_dict())
+    assert restored.evaluate(2) == original.evaluate(2)
+
+
+def test_state_dict_is_a_snapshot():
+    agent = make_learning_agent()
+    agent.train_iteration()
+    state = agent.state_dict()
+    for _ in range(2):
+        agent.train_iteration()
+    fresh = make_learning_agent()
+    fresh.load_state_dict(state)
+    replay = make_learning_agent()
+    replay.train_iteration()
+    assert_states_equal(fresh.state_dict(), replay.state_dict())
+
+
+def test_load_state_dict_rejects_memory_mismatch():
+    with pytest.raises(ValueError, match="memory"):
+        make_agent(memory=False).load_state_dict(make_agent().state_dict())
+
+
+# --- 7. skill extraction --------------------------------------------------------------------
+
+
+def test_short_successful_episodes_yield_no_skill():
+    agent = make_agent(min_success_steps=11)
+    for _ in range(5):
+        m = agent.train_iteration()
+        assert m["train/success"] == 1.0 and m["train/episode_steps"] == 10.0
+        assert m["memory/skills"] == 0.0 and m["memory/reuse_rate"] == 0.0
+    assert len(agent.memory) == 0
+
+
+def test_episode_of_exactly_min_success_steps_yields_a_skill():
+    agent = make_agent(min_success_steps=10)
+    agent.train_iteration()
+    assert len(agent.memory) == 1
+    assert agent.memory[0].name == "open_door_sequence"
+
+
+def test_unknown_explorer_is_rejected():
+    with pytest.raises(ValueError, match="explorer"):
+        make_agent(explorer="greedy")
+
+
+def test_a_skill_that_failed_is_not_retried_in_the_same_episode():
+    """A skill that walks back to where it started must not loop until the time limit."""
+    agent = make_agent(explorer="random", retrieval_threshold=0.9)
+    start = np.array([[2, 4, 1, 1, 2, 2, 3, 3, 4, 4]])
+    # left, up (clamped), up (clamped), pickup (no-op), right: back at (2, 4).
+    agent.memory.add("navigate_5_steps", [2, 0, 0, 4, 3], {"has_key": True, "door_open": True},
+                     agent.embed(start)[0])
+    agent.env.agent_pos[:] = [2, 4]
+    agent.env.has_key[:] = True
+    agent.env.door_open[:] = True
+    agent.stream.obs = start.copy()
+
+    metrics = agent.train_iteration()
+
+    assert agent.memory[0].uses == 1 and agent.memory[0].successes == 0
+    assert metrics["memory/reuse_rate"] < 1.0

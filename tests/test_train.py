@@ -1,0 +1,193 @@
+"""End-to-end runs: the CLI, multiruns, W&B offline runs, resume and evaluation."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
+
+from procmem import app
+from procmem.agents.procedural import ProceduralMemoryAgent
+from procmem.logging import read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+WANDB = Path(sys.executable).parent / "wandb"
+TINY = [
+    "trainer.iterations=12",
+    "trainer.eval_every=6",
+    "trainer.eval_episodes=3",
+    "trainer.checkpoint_every=4",
+    "trainer.progress=false",
+    "env.max_steps=20",
+]
+
+
+def run_cli(script: str, *overrides: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, script, *overrides], cwd=ROOT, capture_output=True, text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def compose_config(*overrides: str) -> DictConfig:
+    app.register_resolvers()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def wandb_summary(run_dir: Path) -> dict:
+    out = subprocess.run([str(WANDB), "leet", "inspect", "--summary", "--json",
+                          str(run_dir / "wandb")], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def wandb_run_record(run_dir: Path) -> str:
+    """The raw records of the run's log as text (holds group and job type)."""
+    return subprocess.run([str(WANDB), "leet", "inspect", "--json", str(run_dir / "wandb")],
+                          capture_output=True, text=True, check=True).stdout
+
+
+def without_perf(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if not k.startswith("perf/")} for row in rows]
+
+
+def test_single_run_writes_the_run_contract(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    result = run_cli("train.py", *TINY, "logger=none", f"hydra.run.dir={run_dir}")
+
+    assert result.stdout.strip().splitlines()[-1] == f"run_dir: {run_dir}"
+    for name in (".hydra/config.yaml", "metrics.jsonl", "skills.json", "plots/training.png"):
+        assert (run_dir / name).is_file(), name
+    assert [p.name for p in sorted((run_dir / "checkpoints").iterdir())] == [
+        "ckpt_00000004.pt", "ckpt_00000008.pt", "ckpt_00000012.pt"]
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    train_rows = [r for r in rows if "train/episode_steps" in r]
+    assert [r["iteration"] for r in train_rows] == list(range(1, 13))
+    for key in ("memory/skills", "memory/skill_uses", "memory/reuse_rate",
+                "memory/avg_success_rate", "train/episode_reward", "train/success"):
+        assert key in train_rows[-1]
+    assert [r["iteration"] for r in rows if "eval/success_rate" in r] == [6, 12]
+
+
+def test_default_output_dirs_follow_the_contract(tmp_path: Path) -> None:
+    """Without hydra.run.dir, runs land in outputs/runs/<experiment>/<timestamp>/."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *TINY, "logger=none",
+         "experiment=procedural_gridworld_original"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = list((tmp_path / "outputs" / "runs" / "procedural_gridworld_original").iterdir())
+    assert len(runs) == 1
+    assert result.stdout.strip().splitlines()[-1] == f"run_dir: {runs[0]}"
+
+
+def test_multirun_logs_one_wandb_run_per_job_in_one_group(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    run_cli("train.py", "-m", "seed=0,1", "memory=none,skill_library", "logger=wandb",
+            "experiment=procedural_gridworld_original", *TINY, f"hydra.sweep.dir={sweep}")
+
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert [p.name for p in jobs] == ["0", "1", "2", "3"]
+    run_ids = set()
+    for job in jobs:
+        summary = wandb_summary(job)
+        assert summary["state"] == "finished" and summary["exit_code"] == 0
+        assert summary["summary"]["iteration"] == 12
+        assert "train/episode_steps" in summary["summary"]
+        uses_memory = "memory=skill_library" in (job / ".hydra/overrides.yaml").read_text()
+        assert ("memory/skill_uses" in summary["summary"]) == uses_memory
+        records = wandb_run_record(job)
+        assert f'"{sweep.parent.name}/{sweep.name}"' in records
+        assert '"train"' in records
+        run_ids.add(summary["run_id"])
+    assert len(run_ids) == 4
+
+    result = run_cli("evaluate.py", f"compare={sweep}")
+    assert "memory=none" in result.stdout and "memory=skill_library" in result.stdout
+    csv_rows = (sweep / "comparison.csv").read_text().splitlines()
+    assert csv_rows[0] == "group,metric,n,mean,ci_low,ci_high"
+    # Oracle explorer: every episode takes 10 steps, with or without memory.
+    assert "memory=skill_library,train/episode_steps,2,10.0,10.0,10.0" in csv_rows
+    assert (sweep / "comparison.png").stat().st_size > 0
+
+
+def test_resume_ends_with_the_same_metrics_as_an_uninterrupted_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = compose_config(*TINY, "logger=none", "trainer.eval_every=5")
+    app.train(cfg, tmp_path / "whole")
+
+    stopped = tmp_path / "stopped"
+    (stopped / ".hydra").mkdir(parents=True)
+    OmegaConf.save(cfg, stopped / app.SAVED_CONFIG)
+    original = ProceduralMemoryAgent.train_iteration
+    calls = {"n": 0}
+
+    def dies_at_iteration_ten(self: ProceduralMemoryAgent) -> dict[str, float]:
+        calls["n"] += 1
+        if calls["n"] == 10:
+            raise RuntimeError("killed")
+        return original(self)
+
+    monkeypatch.setattr(ProceduralMemoryAgent, "train_iteration", dies_at_iteration_ten)
+    with pytest.raises(RuntimeError, match="killed"):
+        app.train(cfg, stopped)
+    monkeypatch.undo()
+    assert max(r["iteration"] for r in read_metrics(stopped / "metrics.jsonl")) == 9
+
+    result = run_cli("train.py", f"resume={stopped}")
+    assert result.stdout.strip().splitlines()[-1] == f"run_dir: {stopped}"
+    assert (stopped / ".hydra/resume/overrides.yaml").is_file()
+    assert OmegaConf.load(stopped / app.SAVED_CONFIG) == cfg
+
+    whole = without_perf(read_metrics(tmp_path / "whole" / "metrics.jsonl"))
+    resumed = without_perf(read_metrics(stopped / "metrics.jsonl"))
+    assert resumed == whole
+    assert json.loads((stopped / "skills.json").read_text()) == json.loads(
+        (tmp_path / "whole" / "skills.json").read_text())
+
+
+def test_resume_refuses_other_overrides(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "train.py", f"resume={tmp_path}", "seed=3"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 2
+    assert "config error: resume:" in result.stderr
+
+
+def test_failed_job_finishes_its_wandb_run_with_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fails(self: ProceduralMemoryAgent) -> dict[str, float]:
+        raise RuntimeError("diverged")
+
+    monkeypatch.setattr(ProceduralMemoryAgent, "train_iteration", fails)
+    cfg = compose_config(*TINY, "logger=wandb")
+    with pytest.raises(RuntimeError, match="diverged"):
+        app.train(cfg, tmp_path)
+    summary = wandb_summary(tmp_path)
+    assert summary["exit_code"] == 1
+    assert summary["state"] != "finished"
+
+
+def test_evaluate_writes_eval_json_for_a_finished_run(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_cli("train.py", *TINY, "logger=none", "experiment=procedural_gridworld_original",
+            f"hydra.run.dir={run_dir}")
+
+    result = run_cli("evaluate.py", f"run={run_dir}", "episodes=7")
+    evaluation = json.loads((run_dir / "eval.json").read_text())
+    assert evaluation["episodes"] == 7 and evaluation["iteration"] == 12
+    assert evaluation["eval/success_rate"] == 1.0
+    assert evaluation["eval/mean_steps"] == 10.0
+    assert evaluation["memory/skills"] == 1.0
+    assert "eval/mean_reward" in result.stdout
