@@ -1,0 +1,51 @@
+"""Observation layout and subgoals shared by the key/door/goal tasks (gridworld, MiniGrid).
+
+Every env the skill-library agent runs on returns observations as int64 rows with these
+fields, so one agent, one explorer and one set of skill features serve them all:
+
+- ``x, y``: the agent's cell; ``dir``: its heading (MiniGrid: 0 +x, 1 +y, 2 -x, 3 -y), or
+  ``NO_DIRECTION`` where moves are absolute (gridworld);
+- ``has_key, door_open``: the two state flags (skill preconditions);
+- ``key_x, key_y``: where the key lay when the episode started; ``door_*``, ``goal_*``:
+  the door and goal cells;
+- ``blocked_xpos, blocked_xneg, blocked_ypos, blocked_yneg``: 1 when the neighbouring cell
+  in that direction cannot be entered (border, wall, closed door where doors block).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+OBS_FIELDS = (
+    "x", "y", "dir", "has_key", "door_open",
+    "key_x", "key_y", "door_x", "door_y", "goal_x", "goal_y",
+    "blocked_xpos", "blocked_xneg", "blocked_ypos", "blocked_yneg",
+)
+FIELD = {name: index for index, name in enumerate(OBS_FIELDS)}
+FLAG_NAMES = ("has_key", "door_open")
+FLAGS = [FIELD[name] for name in FLAG_NAMES]
+BLOCKED = [FIELD[f"blocked_{d}"] for d in ("xpos", "xneg", "ypos", "yneg")]
+NO_DIRECTION = -1
+
+
+def position(obs, name: str):
+    """The ``(x, y)`` columns of ``name`` (``agent``, ``key``, ``door`` or ``goal``)."""
+    if name == "agent":
+        return obs[..., [FIELD["x"], FIELD["y"]]]
+    return obs[..., [FIELD[f"{name}_x"], FIELD[f"{name}_y"]]]
+
+
+@dataclass(frozen=True)
+class Subgoal:
+    """A step of the task: its skill name, the ``info`` event that marks it, its target."""
+
+    name: str
+    event: str
+    target: str
+
+
+SUBGOALS = (
+    Subgoal("acquire_key", "key_picked", "key"),
+    Subgoal("open_door", "door_opened", "door"),
+    Subgoal("reach_goal", "success", "goal"),
+)
