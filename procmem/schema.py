@@ -68,6 +68,7 @@ class GridWorldConfig:
     size: int = MISSING
     max_steps: int = MISSING
     layout: str = MISSING
+    walls: float = MISSING
     step_reward: float = MISSING
     key_reward: float = MISSING
     door_reward: float = MISSING
@@ -77,9 +78,31 @@ class GridWorldConfig:
         at_least(self, "num_envs", 1)
         at_least(self, "size", 3)
         at_least(self, "max_steps", 1)
-        one_of(self, "layout", ("fixed",))
+        one_of(self, "layout", ("fixed", "random"))
         if self.layout == "fixed" and self.size < 5:
             raise ConfigError("size", f"{self.size} is out of range: layout=fixed needs size >= 5")
+        if self.layout == "random" and self.size > 16:
+            raise ConfigError("size",
+                              f"{self.size} is out of range: layout=random needs size <= 16")
+        if not 0.0 <= self.walls < 0.5:
+            raise ConfigError("walls", f"{self.walls!r} is out of range: must be in [0, 0.5)")
+        if self.layout == "fixed" and self.walls > 0:
+            raise ConfigError("walls", f"{self.walls!r}: layout=fixed has no walls, must be 0")
+
+
+@dataclass
+class MiniGridConfig:
+    _target_: str = "procmem.envs.minigrid.MiniGridEnv"
+    env_id: str = MISSING
+    num_envs: int = MISSING
+    max_steps: int | None = MISSING
+
+    def __post_init__(self) -> None:
+        if not self.env_id.startswith("MiniGrid-"):
+            raise ConfigError("env_id", f"{self.env_id!r} must name a MiniGrid task: MiniGrid-...")
+        at_least(self, "num_envs", 1)
+        if self.max_steps is not None:
+            at_least(self, "max_steps", 1)
 
 
 # --- agent ----------------------------------------------------------------------------------
@@ -94,7 +117,7 @@ class ProceduralAgentConfig:
     retrieval_threshold: float = MISSING
 
     def __post_init__(self) -> None:
-        one_of(self, "explorer", ("random", "oracle"))
+        one_of(self, "explorer", ("random", "oracle", "count"))
         at_least(self, "skill_length", 1)
         at_least(self, "min_success_steps", 1)
         within(self, "retrieval_threshold", -1.0, 1.0)
@@ -179,7 +202,7 @@ def register_schema(schema: type) -> type:
 
 
 for _schema in (GridWorldConfig, ProceduralAgentConfig, SkillLibraryConfig,
-                FixedCurriculumConfig, WandbConfig):
+                FixedCurriculumConfig, WandbConfig, MiniGridConfig):
     register_schema(_schema)
 
 

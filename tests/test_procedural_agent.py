@@ -11,6 +11,7 @@ import torch
 from procmem.agents.procedural import ProceduralMemoryAgent, StateEmbedding
 from procmem.curriculum import FixedCurriculum
 from procmem.envs.gridworld import GridWorld
+from procmem.envs.keydoor import FIELD
 from procmem.memory.skill_library import SkillLibrary
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -73,8 +74,8 @@ def some_observations() -> np.ndarray:
     for _ in range(7):
         obs, *_ = env.step(rng.integers(env.num_actions, size=env.num_envs))
     obs = obs.copy()
-    obs[:, 2] = [0, 1, 1, 0, 1, 0]  # has_key
-    obs[:, 3] = [0, 0, 1, 0, 1, 1]  # door_open
+    obs[:, FIELD["has_key"]] = [0, 1, 1, 0, 1, 0]
+    obs[:, FIELD["door_open"]] = [0, 0, 1, 0, 1, 1]
     return obs
 
 
@@ -326,7 +327,8 @@ def test_unknown_explorer_is_rejected():
 def test_a_skill_that_failed_is_not_retried_in_the_same_episode():
     """A skill that walks back to where it started must not loop until the time limit."""
     agent = make_agent(explorer="random", retrieval_threshold=0.9)
-    start = np.array([[2, 4, 1, 1, 2, 2, 3, 3, 4, 4]])
+    # at (2, 4) with the key and the door open; only the cell above (y + 1) is blocked
+    start = np.array([[2, 4, -1, 1, 1, 2, 2, 3, 3, 4, 4, 0, 0, 1, 0]])
     # left, up (clamped), up (clamped), pickup (no-op), right: back at (2, 4).
     agent.memory.add("navigate_5_steps", [2, 0, 0, 4, 3], {"has_key": True, "door_open": True},
                      agent.embed(start)[0])

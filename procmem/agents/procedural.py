@@ -10,16 +10,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from procmem.agents.explorers import OracleExplorer, RandomExplorer
-from procmem.envs.gridworld import OBS_FIELDS, GridWorld
+from procmem.agents.explorers import Explorer, make_explorer
+from procmem.envs.gridworld import GridWorld
+from procmem.envs.keydoor import FLAGS, SUBGOALS, position
 from procmem.logging import MetricLogger
 from procmem.memory.skill_library import SkillLibrary
 from procmem.plots import SKILL_LIBRARY_PANELS, plot_curves
 
-EXPLORERS = ("random", "oracle")
-_FLAGS = [OBS_FIELDS.index("has_key"), OBS_FIELDS.index("door_open")]
-_POSITIONS = {name: [OBS_FIELDS.index(f"{name}_x"), OBS_FIELDS.index(f"{name}_y")]
-              for name in ("key", "door", "goal")}
+_TARGETS = [subgoal.target for subgoal in SUBGOALS]
 _EVAL_SEED_OFFSET = 1_000_003
 
 
@@ -33,17 +31,17 @@ class StateEmbedding:
 
     def __init__(self, size: int, dim: int, seed: int, device: torch.device) -> None:
         generator = torch.Generator().manual_seed(seed)
-        self.num_features = 2 + 2 + 2 * len(_POSITIONS) + 1
+        self.num_features = 2 + 2 + 2 * len(_TARGETS) + 1
         self.projection = torch.randn(self.num_features, dim, generator=generator).to(device)
         self.scale = float(max(size - 1, 1))
         self.device = device
 
     def features(self, obs: np.ndarray) -> torch.Tensor:
         obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
-        position = obs[:, :2]
-        offsets = [obs[:, idx] - position for idx in _POSITIONS.values()]
+        agent = position(obs, "agent")
+        offsets = [position(obs, name) - agent for name in _TARGETS]
         ones = torch.ones(len(obs), 1, device=self.device)
-        return torch.cat([position / self.scale, obs[:, _FLAGS],
+        return torch.cat([agent / self.scale, obs[:, FLAGS],
                           *(o / self.scale for o in offsets), ones], dim=1)
 
     def __call__(self, obs: np.ndarray) -> torch.Tensor:
@@ -117,11 +115,9 @@ class ProceduralMemoryAgent:
         min_success_steps: int = 3,
         retrieval_threshold: float = 0.9,
     ) -> None:
-        if explorer not in EXPLORERS:
-            raise ValueError(f"explorer must be one of {EXPLORERS}, got {explorer!r}")
         self.env, self.eval_env, self.memory = env, eval_env, memory
-        self.explorer = (RandomExplorer(env.num_actions) if explorer == "random"
-                         else OracleExplorer())
+        self.explorer_name = explorer
+        self.explorer = make_explorer(explorer, env)
         self.skill_length = skill_length
         self.min_success_steps = min_success_steps
         self.retrieval_threshold = retrieval_threshold
@@ -138,7 +134,8 @@ class ProceduralMemoryAgent:
 
     def train_iteration(self) -> dict[str, float]:
         """Collect ``num_envs`` episodes, learning skills from the successful ones."""
-        episodes = self._collect(self.env, self.stream, self.rng, self.env.num_envs, learn=True)
+        episodes = self._collect(self.env, self.stream, self.explorer, self.rng,
+                                 self.env.num_envs, learn=True)
         metrics = {
             "train/episode_reward": float(np.mean([e["reward"] for e in episodes])),
             "train/episode_steps": float(np.mean([e["steps"] for e in episodes])),
@@ -151,8 +148,9 @@ class ProceduralMemoryAgent:
         """Run ``episodes`` episodes on the eval env with a fixed seed; the library is untouched."""
         seed = self.seed + _EVAL_SEED_OFFSET
         stream = _Stream.start(self.eval_env, seed, self.skill_length)
-        done = self._collect(self.eval_env, stream, np.random.default_rng(seed), episodes,
-                             learn=False)
+        explorer = make_explorer(self.explorer_name, self.eval_env)
+        done = self._collect(self.eval_env, stream, explorer, np.random.default_rng(seed),
+                             episodes, learn=False)
         solved = [e["steps"] for e in done if e["success"]]
         metrics = {
             "eval/success_rate": float(np.mean([e["success"] for e in done])),
@@ -168,6 +166,7 @@ class ProceduralMemoryAgent:
             "memory": None if self.memory is None else self.memory.state_dict(),
             "env": self.env.state_dict(),
             "stream": self.stream.state_dict(),
+            "explorer": self.explorer.state_dict(),
             "rng": self.rng.bit_generator.state,
             "env_steps": self.env_steps,
         }
@@ -180,6 +179,7 @@ class ProceduralMemoryAgent:
         self.env.load_state_dict(state["env"])
         self.stream = _Stream(**{k: (np.array(v) if k != "finished" else list(v))
                                  for k, v in state["stream"].items()})
+        self.explorer.load_state_dict(state["explorer"])
         self.rng.bit_generator.state = state["rng"]
         self.env_steps = int(state["env_steps"])
         self._skill_actions = self._skill_actions[:0]
@@ -196,21 +196,21 @@ class ProceduralMemoryAgent:
 
     # --- acting -------------------------------------------------------------------------------
 
-    def _collect(self, env: GridWorld, stream: _Stream, rng: np.random.Generator, episodes: int,
-                 learn: bool) -> list[dict[str, float]]:
+    def _collect(self, env: GridWorld, stream: _Stream, explorer: Explorer,
+                 rng: np.random.Generator, episodes: int, learn: bool) -> list[dict[str, float]]:
         """Step ``env`` until ``episodes`` episodes have finished; return their summaries."""
         while len(stream.finished) < episodes:
-            self._step(env, stream, rng, learn)
+            self._step(env, stream, explorer, rng, learn)
         done, stream.finished = stream.finished[:episodes], stream.finished[episodes:]
         return done
 
-    def _step(self, env: GridWorld, stream: _Stream, rng: np.random.Generator,
-              learn: bool) -> None:
+    def _step(self, env: GridWorld, stream: _Stream, explorer: Explorer,
+              rng: np.random.Generator, learn: bool) -> None:
         self._start_skills(stream)
         running = stream.plan_position < stream.plan_length
         rows = np.arange(env.num_envs)
         planned = stream.plan[rows, np.minimum(stream.plan_position, stream.plan.shape[1] - 1)]
-        actions = np.where(running, planned, self.explorer.act(stream.obs, rng))
+        actions = np.where(running, planned, explorer.act(stream.obs, rng))
 
         stream.trajectory_obs[rows, stream.length] = stream.obs
         stream.trajectory_actions[rows, stream.length] = actions
@@ -223,6 +223,7 @@ class ProceduralMemoryAgent:
         stream.plan_position += running
 
         ended = terminated | truncated
+        explorer.reset(ended)
         skill_over = running & ((stream.plan_position >= stream.plan_length) | ended)
         if self.memory is not None and skill_over.any():
             if learn:
@@ -257,7 +258,7 @@ class ProceduralMemoryAgent:
         stream.failed = np.pad(stream.failed, ((0, 0), (0, grow)))
         idle_rows = np.flatnonzero(idle)
         obs = stream.obs[idle_rows]
-        indices, scores = self.memory.retrieve(obs[:, _FLAGS].astype(bool), self.embed(obs))
+        indices, scores = self.memory.retrieve(obs[:, FLAGS].astype(bool), self.embed(obs))
         indices, scores = indices.cpu().numpy(), scores.cpu().numpy()
         failed = np.take_along_axis(stream.failed[idle_rows], np.maximum(indices, 0), axis=1)
         usable = (indices >= 0) & (scores >= self.retrieval_threshold) & ~failed
@@ -293,10 +294,10 @@ class ProceduralMemoryAgent:
         n = min(self.skill_length, length)
         start_obs = stream.trajectory_obs[env_index, length - n]
         actions = stream.trajectory_actions[env_index, length - n : length].tolist()
-        has_key, door_open = (bool(start_obs[i]) for i in _FLAGS)
-        if final_obs[_FLAGS[1]] and not door_open:
+        has_key, door_open = (bool(start_obs[i]) for i in FLAGS)
+        if final_obs[FLAGS[1]] and not door_open:
             name = "open_door_sequence"
-        elif final_obs[_FLAGS[0]] and not has_key:
+        elif final_obs[FLAGS[0]] and not has_key:
             name = "acquire_key"
         else:
             name = f"navigate_{n}_steps"

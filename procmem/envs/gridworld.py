@@ -7,31 +7,26 @@ from typing import Any
 
 import numpy as np
 
+from procmem.envs.keydoor import BLOCKED, FIELD, FLAG_NAMES, FLAGS, NO_DIRECTION, OBS_FIELDS
+
 ACTION_NAMES = ("move_up", "move_down", "move_left", "move_right", "pickup_key", "open_door")
-OBS_FIELDS = (
-    "x",
-    "y",
-    "has_key",
-    "door_open",
-    "key_x",
-    "key_y",
-    "door_x",
-    "door_y",
-    "goal_x",
-    "goal_y",
-)
-LAYOUTS = ("fixed",)
+LAYOUTS = ("fixed", "random")
 
 PICKUP_KEY = ACTION_NAMES.index("pickup_key")
 OPEN_DOOR = ACTION_NAMES.index("open_door")
 # (dx, dy) of each action, in ACTION_NAMES order; pickup_key and open_door do not move.
 MOVES = np.array([[0, 1], [0, -1], [-1, 0], [1, 0], [0, 0], [0, 0]], dtype=np.int64)
+# (dx, dy) of the neighbours behind blocked_xpos, blocked_xneg, blocked_ypos, blocked_yneg.
+NEIGHBOURS = np.array([[1, 0], [-1, 0], [0, 1], [0, -1]], dtype=np.int64)
 
-# Fixed-layout cells; the goal sits in the far corner (size - 1, size - 1).
+# Fixed-layout cells; the agent starts at (0, 0), the goal sits in the far corner.
 FIXED_KEY = (2, 2)
 FIXED_DOOR = (3, 3)
 FIXED_BOX = (1, 3)
 FIXED_MIN_SIZE = 5
+MAX_RANDOM_SIZE = 16
+MAX_WALLS = 0.5
+NO_BOX = (-1, -1)
 
 _STATE_ARRAYS = (
     "agent_pos",
@@ -41,21 +36,56 @@ _STATE_ARRAYS = (
     "door_pos",
     "goal_pos",
     "box_pos",
+    "walls",
     "steps",
 )
+
+
+def _columns(name: str) -> list[int]:
+    """The obs columns of ``name``'s cell: ``x, y`` for the agent, ``<name>_x, <name>_y``."""
+    prefix = "" if name == "agent" else f"{name}_"
+    return [FIELD[f"{prefix}x"], FIELD[f"{prefix}y"]]
+
+
+def reachable(free: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """Cells reachable from ``start`` [N, 2] through ``free`` cells [N, S, S], by flood fill."""
+    reach = np.zeros_like(free)
+    reach[np.arange(len(free)), start[:, 0], start[:, 1]] = True
+    while True:
+        grown = reach.copy()
+        grown[:, 1:] |= reach[:, :-1]
+        grown[:, :-1] |= reach[:, 1:]
+        grown[:, :, 1:] |= reach[:, :, :-1]
+        grown[:, :, :-1] |= reach[:, :, 1:]
+        grown &= free
+        if np.array_equal(grown, reach):
+            return reach
+        reach = grown
 
 
 class GridWorld:
     """Batched key/door/goal gridworld, Gymnasium-shaped (arrays in, arrays out).
 
-    Each of the ``num_envs`` envs starts at (0, 0). Picking up the key on its cell, then
-    opening the door on its cell, then stepping onto the goal ends the episode. Envs that
-    end are reset within the same ``step`` call; their terminal obs is in ``info["final_obs"]``.
+    Picking up the key on its cell, then opening the door on its cell, then stepping onto
+    the goal ends the episode; the door cell never blocks movement. Envs that end are reset
+    within the same ``step`` call; their terminal obs is in ``info["final_obs"]``.
+    Observations follow :mod:`procmem.envs.keydoor` (``dir`` is ``NO_DIRECTION``: moves
+    are absolute, ``move_up`` is ``y + 1``).
+
+    ``layout="fixed"`` is the original: start (0, 0), key (2, 2), door (3, 3), a decorative
+    box (1, 3) and the goal at (size - 1, size - 1). ``layout="random"`` places the start,
+    key, door and goal on distinct free cells drawn per episode from the env's generator
+    (seeded by ``reset(seed=...)``; auto-resets draw from it too), and turns the fraction
+    ``walls`` of the interior (non-border) cells into walls, redrawing a layout until the
+    key, door and goal are reachable from the start. ``self.walls[b, x, y]`` is True on a
+    wall; a move into a wall or off the grid leaves the agent in place. For held-out
+    evaluation, reset the eval env with a different seed.
     """
 
     num_actions = len(ACTION_NAMES)
     obs_dim = len(OBS_FIELDS)
     action_names = ACTION_NAMES
+    flag_names = FLAG_NAMES
 
     def __init__(
         self,
@@ -63,6 +93,7 @@ class GridWorld:
         size: int = 5,
         max_steps: int = 50,
         layout: str = "fixed",
+        walls: float = 0.0,
         step_reward: float = -0.1,
         key_reward: float = 1.0,
         door_reward: float = 2.0,
@@ -81,10 +112,17 @@ class GridWorld:
                 f"size must be >= {FIXED_MIN_SIZE} for layout 'fixed' "
                 f"(key, door, box and goal must fit on distinct cells), got {size}"
             )
+        if layout == "random" and size > MAX_RANDOM_SIZE:
+            raise ValueError(f"size must be <= {MAX_RANDOM_SIZE} for layout 'random', got {size}")
+        if not 0.0 <= walls < MAX_WALLS:
+            raise ValueError(f"walls must be in [0, {MAX_WALLS}), got {walls}")
+        if layout == "fixed" and walls > 0:
+            raise ValueError(f"walls must be 0 for layout 'fixed', got {walls}")
         self.num_envs = num_envs
         self.size = size
         self.max_steps = max_steps
         self.layout = layout
+        self.wall_fraction = walls
         self.step_reward = step_reward
         self.key_reward = key_reward
         self.door_reward = door_reward
@@ -98,7 +136,9 @@ class GridWorld:
         self.door_pos = np.zeros((b, 2), dtype=np.int64)
         self.goal_pos = np.zeros((b, 2), dtype=np.int64)
         self.box_pos = np.zeros((b, 2), dtype=np.int64)
+        self.walls = np.zeros((b, size, size), dtype=bool)
         self.steps = np.zeros(b, dtype=np.int64)
+        self._rows = np.arange(b)
         self._rng = np.random.default_rng()
         self._needs_reset = True
 
@@ -118,7 +158,9 @@ class GridWorld:
             raise RuntimeError("call reset() before step()")
         actions = self._check_actions(actions)
 
-        self.agent_pos = np.clip(self.agent_pos + MOVES[actions], 0, self.size - 1)
+        target = np.clip(self.agent_pos + MOVES[actions], 0, self.size - 1)
+        into_wall = self.walls[self._rows, target[:, 0], target[:, 1]]
+        self.agent_pos = np.where(into_wall[:, None], self.agent_pos, target)
         reward = np.full(self.num_envs, self.step_reward, dtype=np.float32)
 
         on_key = np.all(self.agent_pos == self.key_pos, axis=1)
@@ -157,14 +199,14 @@ class GridWorld:
         return np.stack([self.has_key, self.door_open], axis=1)
 
     def state_dict(self) -> dict[str, Any]:
-        """Full env state, deep-copied, including the generator's state."""
+        """Full env state, deep-copied, including the walls and the generator's state."""
         state = {name: getattr(self, name).copy() for name in _STATE_ARRAYS}
         state["rng"] = copy.deepcopy(self._rng.bit_generator.state)
         state["needs_reset"] = self._needs_reset
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a state produced by ``state_dict`` of an env with the same batch size."""
+        """Restore a state produced by ``state_dict`` of an env with the same batch and size."""
         for name in _STATE_ARRAYS:
             current = getattr(self, name)
             value = np.asarray(state[name], dtype=current.dtype)
@@ -189,29 +231,54 @@ class GridWorld:
         return actions.astype(np.int64)
 
     def _reset_envs(self, mask: np.ndarray) -> None:
-        self.agent_pos[mask] = 0
         self.has_key[mask] = False
         self.door_open[mask] = False
         self.steps[mask] = 0
-        self._place_objects(mask)
+        if self.layout == "fixed":
+            self.agent_pos[mask] = 0
+            self.key_pos[mask] = FIXED_KEY
+            self.door_pos[mask] = FIXED_DOOR
+            self.box_pos[mask] = FIXED_BOX
+            self.goal_pos[mask] = self.size - 1
+        else:
+            self._place_random(mask)
 
-    def _place_objects(self, mask: np.ndarray) -> None:
-        # Only "fixed" exists so far; randomised layouts will draw from self._rng here.
-        self.key_pos[mask] = FIXED_KEY
-        self.door_pos[mask] = FIXED_DOOR
-        self.box_pos[mask] = FIXED_BOX
-        self.goal_pos[mask] = self.size - 1
+    def _place_random(self, mask: np.ndarray) -> None:
+        """Draw solvable random layouts for the envs in ``mask``."""
+        rows = np.flatnonzero(mask)
+        while len(rows):
+            walls, cells = self._draw_layouts(len(rows))
+            self.walls[rows] = walls
+            self.agent_pos[rows], self.key_pos[rows] = cells[:, 0], cells[:, 1]
+            self.door_pos[rows], self.goal_pos[rows] = cells[:, 2], cells[:, 3]
+            reach = reachable(~walls, cells[:, 0])
+            targets = reach[np.arange(len(rows))[:, None], cells[:, 1:, 0], cells[:, 1:, 1]]
+            rows = rows[~targets.all(axis=1)]
+        self.box_pos[mask] = NO_BOX
+
+    def _draw_layouts(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` layouts: walls [n, S, S] and start, key, door, goal cells [n, 4, 2]."""
+        s = self.size
+        interior = (np.arange(1, s - 1)[:, None] * s + np.arange(1, s - 1)).ravel()
+        num_walls = round(self.wall_fraction * len(interior))
+        chosen = np.argsort(self._rng.random((n, len(interior))), axis=1)[:, :num_walls]
+        walls = np.zeros((n, s * s), dtype=bool)
+        np.put_along_axis(walls, interior[chosen], True, axis=1)
+        # Walls sort after every free cell, so the first four cells are distinct free cells.
+        cells = np.argsort(self._rng.random((n, s * s)) + walls, axis=1)[:, :4]
+        return walls.reshape(n, s, s), np.stack(np.divmod(cells, s), axis=-1)
 
     def _obs(self) -> np.ndarray:
-        return np.concatenate(
-            [
-                self.agent_pos,
-                self.has_key[:, None],
-                self.door_open[:, None],
-                self.key_pos,
-                self.door_pos,
-                self.goal_pos,
-            ],
-            axis=1,
-            dtype=np.int64,
-        )
+        obs = np.empty((self.num_envs, len(OBS_FIELDS)), dtype=np.int64)
+        obs[:, _columns("agent")] = self.agent_pos
+        obs[:, FIELD["dir"]] = NO_DIRECTION
+        obs[:, FLAGS] = self.state_flags()
+        obs[:, _columns("key")] = self.key_pos
+        obs[:, _columns("door")] = self.door_pos
+        obs[:, _columns("goal")] = self.goal_pos
+        neighbours = self.agent_pos[:, None, :] + NEIGHBOURS  # [B, 4, 2]
+        outside = np.any((neighbours < 0) | (neighbours >= self.size), axis=2)
+        inside = np.clip(neighbours, 0, self.size - 1)
+        wall = self.walls[self._rows[:, None], inside[..., 0], inside[..., 1]]
+        obs[:, BLOCKED] = outside | wall
+        return obs

@@ -1,0 +1,89 @@
+"""Features of key/door/goal observations that carry across layouts.
+
+A skill is keyed on where the agent stands relative to its subgoal's target (key, door or
+goal), which way it faces and which neighbouring cells are blocked, never on absolute cells,
+so a skill learned in one layout is found again in another.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from procmem.envs.keydoor import BLOCKED, FIELD, FLAGS, SUBGOALS, position
+
+NUM_DIRECTIONS = 4
+_TARGETS = [subgoal.target for subgoal in SUBGOALS]
+
+
+def next_subgoal(obs: np.ndarray) -> np.ndarray:
+    """Index into ``SUBGOALS`` of the subgoal each row still has to reach next."""
+    has_key = obs[:, FIELD["has_key"]] > 0
+    door_open = obs[:, FIELD["door_open"]] > 0
+    return np.where(door_open, 2, np.where(has_key, 1, 0))
+
+
+def target_offsets(obs: np.ndarray, subgoals: np.ndarray) -> np.ndarray:
+    """``target - agent`` cell offsets ``[B, 2]`` for each row's subgoal."""
+    targets = np.stack([position(obs, name) for name in _TARGETS], axis=1)  # [B, 3, 2]
+    chosen = targets[np.arange(len(obs)), subgoals]
+    return chosen - position(obs, "agent")
+
+
+def _direction_one_hot(obs: np.ndarray) -> np.ndarray:
+    """Heading one-hot ``[B, 4]``; all zeros where the env has no heading."""
+    heading = obs[:, FIELD["dir"]]
+    return (heading[:, None] == np.arange(NUM_DIRECTIONS)[None, :]).astype(np.float32)
+
+
+def policy_features(obs: np.ndarray, subgoals: np.ndarray) -> np.ndarray:
+    """Inputs of a closed-loop skill policy: target offset (raw, signs, distance-one and
+    on-target flags), heading, blocked neighbours and the state flags."""
+    offset = target_offsets(obs, subgoals).astype(np.float32)
+    distance = np.abs(offset).sum(axis=1, keepdims=True)
+    return np.concatenate([
+        offset / 8.0,
+        np.sign(offset),
+        (distance == 1).astype(np.float32),
+        (distance == 0).astype(np.float32),
+        _direction_one_hot(obs),
+        obs[:, BLOCKED].astype(np.float32),
+        obs[:, FLAGS].astype(np.float32),
+    ], axis=1)
+
+
+POLICY_FEATURES = 2 + 2 + 1 + 1 + NUM_DIRECTIONS + len(BLOCKED) + len(FLAGS)
+
+
+class SituationEmbedding:
+    """Seeded unit vectors of a situation: random Fourier features of the target offset
+    (similarity ~ ``exp(-|d - d'|^2 / (2 lengthscale^2))``), heading and blocked cells.
+
+    With the default lengthscale of half a cell, situations one cell apart score ~0.1, so
+    open-loop action sequences are reused only where they fit. Same seed, same vectors in
+    every process.
+    """
+
+    def __init__(self, dim: int, seed: int, device: torch.device,
+                 lengthscale: float = 0.5) -> None:
+        extra = NUM_DIRECTIONS + len(BLOCKED)
+        if dim < extra + 8:
+            raise ValueError(f"embedding_dim must be >= {extra + 8} for situation keys, got {dim}")
+        rng = np.random.default_rng(seed)
+        fourier = dim - extra
+        self.frequencies = rng.normal(0.0, 1.0 / lengthscale, size=(2, fourier))
+        self.phases = rng.uniform(0.0, 2 * np.pi, size=fourier)
+        self.fourier_scale = np.sqrt(2.0 / fourier)
+        self.device = device
+
+    def __call__(self, obs: np.ndarray, subgoals: np.ndarray | None = None) -> torch.Tensor:
+        """Embeddings ``[B, dim]`` of ``obs`` relative to ``subgoals`` (default: the next)."""
+        subgoals = next_subgoal(obs) if subgoals is None else subgoals
+        offset = target_offsets(obs, subgoals).astype(np.float64)
+        fourier = self.fourier_scale * np.cos(offset @ self.frequencies + self.phases)
+        # Heading and walls weigh like one Fourier block each, so they matter but do not
+        # drown the offset.
+        local = np.concatenate([_direction_one_hot(obs), obs[:, BLOCKED]], axis=1) * 0.5
+        vectors = np.concatenate([fourier, local], axis=1)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        return torch.as_tensor(vectors, dtype=torch.float32, device=self.device)

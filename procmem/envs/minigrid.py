@@ -1,0 +1,202 @@
+"""Farama MiniGrid (e.g. DoorKey-5x5/8x8) behind the batched key/door/goal interface.
+
+Observations are read from each MiniGrid env's state (``env.unwrapped``), not from its
+egocentric image, and laid out as in :mod:`procmem.envs.keydoor`. MiniGrid steps one env at
+a time in Python, so ``step`` loops over the ``num_envs`` envs; that loop, and MiniGrid's own
+per-step image rendering (``gen_obs``), bound the throughput.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+
+from procmem.envs.keydoor import FIELD, FLAG_NAMES, OBS_FIELDS
+
+MISSING_EXTRA = "env=minigrid needs the 'minigrid' extra: pip install -e '.[minigrid]'"
+# Fields that change within an episode, in the order _dynamic_fields returns them.
+_DYNAMIC = [FIELD[name] for name in (
+    "x", "y", "dir", "has_key", "door_open",
+    "blocked_xpos", "blocked_xneg", "blocked_ypos", "blocked_yneg",
+)]
+_OBJECTS = ("key", "door", "goal")
+_HAS_KEY, _DOOR_OPEN = FIELD["has_key"], FIELD["door_open"]
+_DOOR_X, _DOOR_Y = FIELD["door_x"], FIELD["door_y"]
+# Attributes of the unwrapped env that are configuration or rendering, not episode state.
+_STATIC_ATTRS = frozenset({"action_space", "observation_space", "spec", "window", "clock"})
+
+
+def _make_envs(env_id: str, num_envs: int, max_steps: int | None) -> list[Any]:
+    try:
+        import gymnasium
+        import minigrid  # noqa: F401  (registers the MiniGrid-* ids)
+    except ImportError as error:
+        raise ImportError(MISSING_EXTRA) from error
+    kwargs = {} if max_steps is None else {"max_steps": max_steps}
+    return [gymnasium.make(env_id, **kwargs) for _ in range(num_envs)]
+
+
+def _blocked(grid: Any, x: int, y: int) -> bool:
+    """Whether the agent cannot enter cell (x, y): outside the grid, or a solid object."""
+    if not (0 <= x < grid.width and 0 <= y < grid.height):
+        return True
+    cell = grid.grid[y * grid.width + x]
+    return cell is not None and not cell.can_overlap()
+
+
+def _dynamic_fields(env: Any, door_x: int, door_y: int) -> tuple[int, ...]:
+    """The ``_DYNAMIC`` fields of one unwrapped env's current state."""
+    x, y = (int(v) for v in env.agent_pos)
+    grid, carrying = env.grid, env.carrying
+    door = grid.grid[door_y * grid.width + door_x] if door_x >= 0 else None
+    return (
+        x, y, int(env.agent_dir),
+        carrying is not None and carrying.type == "key",
+        bool(getattr(door, "is_open", False)),
+        _blocked(grid, x + 1, y), _blocked(grid, x - 1, y),
+        _blocked(grid, x, y + 1), _blocked(grid, x, y - 1),
+    )
+
+
+def _object_cells(env: Any) -> list[int]:
+    """``key_x, key_y, door_x, door_y, goal_x, goal_y``: the first of each in grid order, or -1."""
+    found: dict[str, int] = {}
+    for index, cell in enumerate(env.grid.grid):
+        if cell is not None and cell.type in _OBJECTS:
+            found.setdefault(cell.type, index)
+    width = env.grid.width
+    cells = []
+    for name in _OBJECTS:
+        index = found.get(name)
+        cells += [-1, -1] if index is None else [index % width, index // width]
+    return cells
+
+
+class MiniGridEnv:
+    """``num_envs`` Gymnasium MiniGrid envs with the batched gridworld interface.
+
+    Actions are MiniGrid's own (``action_names``). ``reset(seed=s)`` seeds env ``i`` with
+    ``s + i``; episodes that end are reset within the same ``step`` call from each env's
+    continuing generator, and their terminal obs is in ``info["final_obs"]``. Rewards are
+    MiniGrid's (``1 - 0.9 * steps / max_steps`` on reaching the goal, else 0). Tasks
+    without a key, door or goal leave its cell at -1 and its flag at 0.
+    """
+
+    obs_dim = len(OBS_FIELDS)
+    flag_names = FLAG_NAMES
+
+    def __init__(
+        self,
+        env_id: str = "MiniGrid-DoorKey-5x5-v0",
+        num_envs: int = 1,
+        max_steps: int | None = None,
+    ) -> None:
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        if max_steps is not None and max_steps < 1:
+            raise ValueError(f"max_steps must be None or >= 1, got {max_steps}")
+        self.envs = _make_envs(env_id, num_envs, max_steps)
+        first = self.envs[0].unwrapped
+        self.env_id = env_id
+        self.num_envs = num_envs
+        self.num_actions = int(self.envs[0].action_space.n)
+        # MiniGrid names all its actions; a task's action space holds the first n of them.
+        self.action_names = tuple(action.name for action in first.actions)[: self.num_actions]
+        self.size = int(first.width)
+        self.max_steps = int(first.max_steps)
+        self._obs = np.full((num_envs, self.obs_dim), -1, dtype=np.int64)
+        self._needs_reset = True
+
+    def reset(self, seed: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        """Start a new episode in every env; ``seed`` seeds env ``i`` with ``seed + i``."""
+        for i, env in enumerate(self.envs):
+            env.reset(seed=None if seed is None else seed + i)
+            self._write_episode_start(i)
+        self._needs_reset = False
+        return self._obs.copy(), {}
+
+    def step(
+        self, actions: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """Apply one action per env; returns (obs, reward, terminated, truncated, info)."""
+        if self._needs_reset:
+            raise RuntimeError("call reset() before step()")
+        actions = self._check_actions(actions).tolist()
+        b = self.num_envs
+        reward = np.zeros(b, dtype=np.float32)
+        terminated = np.zeros(b, dtype=bool)
+        truncated = np.zeros(b, dtype=bool)
+        episode_steps = np.zeros(b, dtype=np.int64)
+        before = self._obs[:, [_HAS_KEY, _DOOR_OPEN]].astype(bool)
+        done_rows = []
+        obs = self._obs
+        for i, env in enumerate(self.envs):
+            _, r, term, trunc, _ = env.step(actions[i])
+            state = env.unwrapped
+            reward[i], terminated[i], truncated[i] = r, term, trunc and not term
+            episode_steps[i] = state.step_count
+            obs[i, _DYNAMIC] = _dynamic_fields(state, obs[i, _DOOR_X], obs[i, _DOOR_Y])
+            if term or trunc:
+                done_rows.append(i)
+        final_obs = obs.copy()
+        after = final_obs[:, [_HAS_KEY, _DOOR_OPEN]].astype(bool)
+        for i in done_rows:
+            self.envs[i].reset()
+            self._write_episode_start(i)
+        info = {
+            "final_obs": final_obs,
+            "key_picked": after[:, 0] & ~before[:, 0],
+            "door_opened": after[:, 1] & ~before[:, 1],
+            "success": terminated & (reward > 0),
+            "episode_steps": episode_steps,
+        }
+        return obs.copy(), reward, terminated, truncated, info
+
+    def state_flags(self) -> np.ndarray:
+        """(has_key, door_open) of the current state, bool [B, 2]."""
+        return self._obs[:, [_HAS_KEY, _DOOR_OPEN]].astype(bool)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every env's episode state (grid, agent, generator) and the current obs, deep-copied."""
+        return {
+            "envs": [copy.deepcopy({k: v for k, v in vars(env.unwrapped).items()
+                                    if k not in _STATIC_ATTRS}) for env in self.envs],
+            "obs": self._obs.copy(),
+            "needs_reset": self._needs_reset,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a state produced by ``state_dict`` of an adapter with the same batch size."""
+        if len(state["envs"]) != self.num_envs:
+            raise ValueError(f"state has {len(state['envs'])} envs, expected {self.num_envs}")
+        obs = np.asarray(state["obs"], dtype=np.int64)
+        if obs.shape != self._obs.shape:
+            raise ValueError(f"state['obs'] has shape {obs.shape}, expected {self._obs.shape}")
+        for env, env_state in zip(self.envs, state["envs"], strict=True):
+            env.reset()  # lets the Gymnasium wrappers accept step(); the state is replaced next
+            vars(env.unwrapped).update(copy.deepcopy(env_state))
+        self._obs = obs.copy()
+        self._needs_reset = bool(state["needs_reset"])
+
+    def close(self) -> None:
+        """Close every wrapped env."""
+        for env in self.envs:
+            env.close()
+
+    def _write_episode_start(self, i: int) -> None:
+        state = self.envs[i].unwrapped
+        self._obs[i, FIELD["key_x"]:FIELD["goal_y"] + 1] = _object_cells(state)
+        self._obs[i, _DYNAMIC] = _dynamic_fields(state, self._obs[i, _DOOR_X],
+                                                 self._obs[i, _DOOR_Y])
+
+    def _check_actions(self, actions: np.ndarray) -> np.ndarray:
+        actions = np.asarray(actions)
+        if actions.shape != (self.num_envs,):
+            raise ValueError(f"actions must have shape ({self.num_envs},), got {actions.shape}")
+        if not np.issubdtype(actions.dtype, np.integer):
+            raise ValueError(f"actions must be integers, got dtype {actions.dtype}")
+        if np.any((actions < 0) | (actions >= self.num_actions)):
+            raise ValueError(f"actions must lie in [0, {self.num_actions}), got {actions}")
+        return actions.astype(np.int64)
