@@ -19,7 +19,7 @@ from procmem.compare import aggregate, find_runs, format_table, load_run, write_
 from procmem.io import atomic_write_json
 from procmem.logging import MetricLogger
 from procmem.runner import Runner
-from procmem.runtime import resolve_device, seed_everything
+from procmem.runtime import resolve_device, seed_everything, set_threads
 from procmem.schema import check_config
 
 SAVED_CONFIG = Path(".hydra") / "config.yaml"
@@ -91,6 +91,7 @@ def train(cfg: DictConfig, run_dir: str | Path, resume: bool = False) -> dict[st
     """Check, build and run one training job in ``run_dir``; return its final metrics."""
     check_config(cfg)
     run_dir = Path(run_dir)
+    set_threads(cfg.torch_threads)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     algorithm, curriculum = build_algorithm(cfg, device)
@@ -131,6 +132,7 @@ def evaluate_run(
     """Evaluate a run's last checkpoint; write and return ``eval.json``'s content."""
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
+    set_threads(cfg.torch_threads)
     seed_everything(cfg.seed)
     algorithm, _ = build_algorithm(cfg, resolve_device(device))
     checkpoint = CheckpointManager(run_dir / "checkpoints").load_latest()

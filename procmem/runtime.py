@@ -44,3 +44,9 @@ def resolve_device(device: str) -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device=cuda was asked for but no CUDA device is available")
     return torch.device(device)
+
+
+def set_threads(threads: int) -> None:
+    """Torch's CPU threads; 0 keeps torch's default. Small models run fastest on one."""
+    if threads > 0:
+        torch.set_num_threads(threads)

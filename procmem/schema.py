@@ -16,6 +16,8 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from procmem.agents.features import SituationEmbedding
+
 GROUPS = ("env", "agent", "memory", "curriculum", "logger")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -112,15 +114,35 @@ class MiniGridConfig:
 class ProceduralAgentConfig:
     _target_: str = "procmem.agents.procedural.ProceduralMemoryAgent"
     explorer: str = MISSING
+    extraction: str = MISSING
+    skill_kind: str = MISSING
     skill_length: int = MISSING
     min_success_steps: int = MISSING
     retrieval_threshold: float = MISSING
+    skill_step_budget: int = MISSING
+    key_lengthscale: float = MISSING
+    bc_hidden: int = MISSING
+    bc_lr: float = MISSING
+    bc_steps: int = MISSING
+    bc_batch_size: int = MISSING
+    bc_buffer_size: int = MISSING
 
     def __post_init__(self) -> None:
         one_of(self, "explorer", ("random", "oracle", "count"))
+        one_of(self, "extraction", ("last_transitions", "subgoals"))
+        one_of(self, "skill_kind", ("open_loop", "closed_loop"))
+        if self.skill_kind == "closed_loop" and self.extraction != "subgoals":
+            raise ConfigError("skill_kind", "closed_loop needs extraction=subgoals")
         at_least(self, "skill_length", 1)
         at_least(self, "min_success_steps", 1)
         within(self, "retrieval_threshold", -1.0, 1.0)
+        at_least(self, "skill_step_budget", 0)
+        greater_than(self, "key_lengthscale", 0.0)
+        at_least(self, "bc_hidden", 1)
+        greater_than(self, "bc_lr", 0.0)
+        at_least(self, "bc_steps", 1)
+        at_least(self, "bc_batch_size", 1)
+        at_least(self, "bc_buffer_size", 1)
 
 
 # --- memory ---------------------------------------------------------------------------------
@@ -132,11 +154,22 @@ class SkillLibraryConfig:
     embedding_dim: int = MISSING
     top_k: int = MISSING
     merge_threshold: float = MISSING
+    index: str = MISSING
+    capacity: int | None = MISSING
+    eviction: str = MISSING
+    recency_halflife: float = MISSING
+    merge_every: int = MISSING
 
     def __post_init__(self) -> None:
         at_least(self, "embedding_dim", 1)
         at_least(self, "top_k", 1)
         within(self, "merge_threshold", -1.0, 1.0)
+        one_of(self, "index", ("exact", "hnsw"))
+        if self.capacity is not None:
+            at_least(self, "capacity", 1)
+        one_of(self, "eviction", ("utility", "lru", "fifo"))
+        greater_than(self, "recency_halflife", 0.0)
+        at_least(self, "merge_every", 0)
 
 
 # --- curriculum -----------------------------------------------------------------------------
@@ -242,9 +275,22 @@ def check_config(cfg: DictConfig) -> None:
             raise ConfigError(group, "missing config group")
         check_component(cfg[group], group)
     check_node(cfg.trainer, TrainerConfig, "trainer")
-    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or cfg.seed < 0:
-        raise ConfigError("seed", f"{cfg.seed!r} must be an integer >= 0")
+    for key in ("seed", "torch_threads"):
+        value = cfg[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(key, f"{value!r} must be an integer >= 0")
     if cfg.device not in DEVICES:
         raise ConfigError("device", f"{cfg.device!r} is not one of: {', '.join(DEVICES)}")
+    _check_combinations(cfg)
     if not cfg.experiment_name:
         raise ConfigError("experiment_name", "must not be empty")
+
+
+def _check_combinations(cfg: DictConfig) -> None:
+    """Values of different groups that only work together."""
+    agent, memory, min_dim = cfg.agent, cfg.memory, SituationEmbedding.MIN_DIM
+    if (agent.get("_target_") == ProceduralAgentConfig._target_
+            and agent.get("extraction") == "subgoals" and memory
+            and memory.get("embedding_dim", min_dim) < min_dim):
+        raise ConfigError("memory.embedding_dim", f"{memory.embedding_dim} is too small: "
+                          f"agent.extraction=subgoals needs >= {min_dim}")

@@ -116,7 +116,10 @@ def test_default_config():
     assert cfg.experiment_name == "procedural_gridworld"
     assert cfg.logger._target_ == "procmem.logging.WandbSink"
     assert cfg.memory._target_ == "procmem.memory.skill_library.SkillLibrary"
-    assert cfg.agent.explorer == "random"
+    # Randomised 8x8 layouts, an explorer that knows no object positions, subgoal skills.
+    assert cfg.agent.explorer == "count"
+    assert (cfg.env.layout, cfg.env.size) == ("random", 8)
+    assert (cfg.agent.extraction, cfg.agent.skill_kind) == ("subgoals", "closed_loop")
     assert cfg.resume is None
     for key in ("iterations", "eval_every", "eval_episodes", "checkpoint_every",
                 "keep_checkpoints", "log_every", "progress", "objective"):
@@ -137,6 +140,7 @@ def test_command_line_override_beats_experiment():
     cfg = compose_config(["experiment=procedural_gridworld_original", "agent.explorer=random"])
     check_config(cfg)
     assert cfg.agent.explorer == "random"
+    assert cfg.agent.extraction == "last_transitions"  # the rest of the experiment stays
 
 
 # --- bad values ---------------------------------------------------------------------------------

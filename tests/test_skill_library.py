@@ -1,5 +1,10 @@
 import json
 import math
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +15,7 @@ from procmem.memory.skill_library import (
     SkillLibrary,
     SkillLibraryError,
 )
+from procmem.schema import ConfigError, SkillLibraryConfig, check_node
 
 NO_KEY = {"has_key": False, "door_open": False}
 HAS_KEY = {"has_key": True, "door_open": False}
@@ -224,7 +230,16 @@ def test_success_rate_stays_within_unit_interval_under_random_updates() -> None:
 
 def test_stats() -> None:
     library = SkillLibrary(embedding_dim=2, merge_threshold=0.9)
-    assert library.stats() == {"skills": 0, "skill_uses": 0, "avg_success_rate": 0.0, "merges": 0}
+    assert library.stats() == {
+        "skills": 0,
+        "skill_uses": 0,
+        "avg_success_rate": 0.0,
+        "merges": 0,
+        "evictions": 0,
+        "retrievals": 0,
+        "hits": 0,
+        "hit_rate": 0.0,
+    }
     library.add("a", [0], NO_KEY, [1.0, 0.0])
     library.add("a_again", [0], NO_KEY, [1.0, 0.01])
     library.add("b", [1], NO_KEY, [0.0, 1.0])
@@ -245,7 +260,8 @@ def assert_same_library(a: SkillLibrary, b: SkillLibrary) -> None:
     settings = ("embedding_dim", "top_k", "merge_threshold", "precondition_keys")
     assert [getattr(a, name) for name in settings] == [getattr(b, name) for name in settings]
     assert torch.allclose(a.embeddings, b.embeddings)
-    assert [a[i] for i in range(len(a))] == [b[i] for i in range(len(b))]
+    assert torch.equal(a.indices, b.indices)
+    assert [a[i] for i in a.indices.tolist()] == [b[i] for i in b.indices.tolist()]
 
 
 def test_save_load_round_trip(tmp_path) -> None:
@@ -308,7 +324,7 @@ def test_load_truncated_file_names_path(tmp_path) -> None:
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda data: data.update(format_version=2), "format_version 2"),
+        (lambda data: data.update(format_version=1), "format_version 1"),
         (lambda data: data.pop("format_version"), "format_version None"),
         (lambda data: data["skills"][0].pop("uses"), "missing field 'uses'"),
         (lambda data: data.pop("settings"), "missing field 'settings'"),
@@ -337,6 +353,7 @@ def test_to_records() -> None:
 
     assert library.to_records() == [
         {
+            "index": 0,
             "name": "acquire_key",
             "actions": [2, 3],
             "preconditions": NO_KEY,
@@ -372,3 +389,263 @@ def test_library_on_cuda_accepts_cpu_and_numpy_inputs() -> None:
     assert indices.tolist() == [[1, 0, -1]]
     assert all(t.device.type == "cpu" for t in library.state_dict().values() if torch.is_tensor(t))
     assert library[1].uses == 1
+
+
+# --- library at scale and library management --------------------------------------------------
+
+BACKENDS = ["exact", "hnsw"]
+BOTH = {"has_key": True, "door_open": True}
+
+
+def flag_dict(code: int) -> dict[str, bool]:
+    return {"has_key": bool(code & 1), "door_open": bool(code & 2)}
+
+
+def unit_rows(n: int, dim: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.nn.functional.normalize(torch.randn(n, dim, generator=generator), dim=1)
+
+
+def filled(index: str, n: int = 200, dim: int = 16, **kwargs) -> SkillLibrary:
+    """``n`` random skills over the four precondition patterns, with some uses recorded."""
+    library = SkillLibrary(embedding_dim=dim, index=index, **{"merge_threshold": 1.0, **kwargs})
+    for i, vector in enumerate(unit_rows(n, dim, seed=0)):
+        library.add(f"skill_{i}", [i % 4, 1], flag_dict(i % 4), vector)
+    rng = np.random.default_rng(1)
+    uses = rng.integers(0, library.next_index, size=3 * n)
+    library.record_use(uses, rng.random(uses.shape) < 0.5)
+    return library
+
+
+def test_backends_agree_on_filtered_top_k() -> None:
+    exact, hnsw = filled("exact"), filled("hnsw")
+    generator = torch.Generator().manual_seed(2)
+    states = torch.randint(0, 2, (32, 2), generator=generator).bool()
+    queries = torch.randn(32, 16, generator=generator)
+
+    for k in (1, 5, 60):
+        exact_indices, exact_scores = exact.retrieve(states, queries, k=k)
+        hnsw_indices, hnsw_scores = hnsw.retrieve(states, queries, k=k)
+        assert torch.equal(exact_indices, hnsw_indices)
+        assert torch.allclose(exact_scores, hnsw_scores, atol=1e-5)
+    applicable = exact.applicable(states)
+    chosen = exact_indices.clamp(min=0)
+    assert (applicable.gather(1, chosen) | (exact_indices < 0)).all()
+
+
+@pytest.mark.parametrize("index", BACKENDS)
+def test_merge_on_add_finds_near_duplicates(index) -> None:
+    library = filled(index, n=500, merge_threshold=0.95)
+    sources = torch.arange(0, 500, 10)
+    noise = 0.01 * unit_rows(len(sources), 16, seed=5)
+
+    for source, vector in zip(sources.tolist(), library.embeddings[sources] + noise, strict=True):
+        assert library.add("again", [0], NO_KEY, vector) == (source, True)
+    assert len(library) == 500
+    assert library.stats()["merges"] == len(sources)
+    assert library[0].support == 2
+
+
+def near_duplicate_state() -> dict:
+    """Skills 0 (a) and 2 (close to a, more support), with 1 (b) far from both."""
+    library = SkillLibrary(embedding_dim=4, merge_threshold=1.0)
+    library.add("a", [0], NO_KEY, [1.0, 0.0, 0.0, 0.0])
+    library.add("b", [1], NO_KEY, [0.0, 1.0, 0.0, 0.0])
+    library.add("a2", [2], HAS_KEY, [1.0, 0.1, 0.0, 0.0])
+    library.record_use([2, 2, 0], [True, True, False])
+    return {**library.state_dict(), "support": torch.tensor([1, 1, 3])}
+
+
+@pytest.mark.parametrize("index", BACKENDS)
+def test_merge_duplicates_keeps_the_better_supported_skill(index) -> None:
+    library = SkillLibrary(embedding_dim=4, index=index)
+    library.load_state_dict(near_duplicate_state())
+    library.merge_threshold = 0.9
+
+    assert library.merge_duplicates() == 1
+
+    assert len(library) == 2
+    assert library.is_alive([0, 1, 2, -1, 7]).tolist() == [False, True, True, False, False]
+    kept = library[2]
+    assert (kept.name, kept.successes, kept.uses, kept.support) == ("a2", 2, 3, 4)
+    assert kept.last_active == 6
+    assert library.stats()["merges"] == 1
+    with pytest.raises(IndexError, match="evicted or merged away"):
+        library[0]
+    library.record_use([0, 2], [True, True])  # the dead index is ignored
+    assert library[2].uses == 4
+    indices, _ = library.retrieve(torch.tensor([False, False]), torch.tensor([1.0, 0, 0, 0]), k=3)
+    assert indices.tolist() == [[1, -1, -1]]
+    assert library.merge_duplicates() == 0
+
+
+@pytest.mark.parametrize("index", BACKENDS)
+def test_merge_every_sweeps_before_the_next_add(index) -> None:
+    library = SkillLibrary(embedding_dim=4, merge_threshold=1.0, merge_every=2, index=index)
+    library.add("a", [0], NO_KEY, [1.0, 0.0, 0.0, 0.0])
+    library.add("a2", [1], NO_KEY, [1.0, 0.1, 0.0, 0.0])
+    library.merge_threshold = 0.9
+    assert len(library) == 2
+
+    assert library.add("c", [2], NO_KEY, [0.0, 0.0, 1.0, 0.0]) == (2, False)
+
+    assert library.indices.tolist() == [0, 2]
+    assert library[0].support == 2
+    assert library.stats()["merges"] == 1
+
+
+def used_three_skills(**kwargs) -> SkillLibrary:
+    """A full library of 3: skill 0 oldest and 2/3 successful, 1 failed once, 2 never used."""
+    library = SkillLibrary(embedding_dim=4, capacity=3, **kwargs)
+    for i in range(3):
+        library.add(f"skill_{i}", [i], NO_KEY, np.eye(4)[i])
+    library.record_use([0, 0, 0], [True, True, False])
+    library.record_use([1], [False])
+    return library
+
+
+@pytest.mark.parametrize(("eviction", "victim"), [("fifo", 0), ("lru", 2), ("utility", 1)])
+def test_full_library_evicts_by_policy(eviction, victim) -> None:
+    library = used_three_skills(eviction=eviction)
+
+    assert library.add("new", [3], NO_KEY, np.eye(4)[3]) == (3, False)
+
+    assert len(library) == 3
+    assert library.next_index == 4
+    assert set(library.indices.tolist()) == {0, 1, 2, 3} - {victim}
+    assert not library.is_alive([victim]).item()
+    assert library.stats()["evictions"] == 1
+    with pytest.raises(IndexError):
+        library[victim]
+
+
+def test_utility_eviction_forgets_stale_skills() -> None:
+    # with a short half-life the never-used skill 2, idle longest, goes first
+    library = used_three_skills(eviction="utility", recency_halflife=1.0)
+    library.add("new", [3], NO_KEY, np.eye(4)[3])
+    assert library.indices.tolist() == [0, 1, 3]
+
+
+def test_merging_add_into_a_full_library_evicts_nothing() -> None:
+    library = used_three_skills()
+    assert library.add("again", [3], NO_KEY, [1.0, 0.01, 0.0, 0.0]) == (0, True)
+    assert library.stats()["evictions"] == 0
+
+
+def test_evicted_indices_are_never_reused() -> None:
+    library = SkillLibrary(embedding_dim=8, capacity=2, eviction="fifo")
+    returned = [library.add(f"s{i}", [i], NO_KEY, np.eye(8)[i])[0] for i in range(5)]
+
+    assert returned == [0, 1, 2, 3, 4]
+    assert library.indices.tolist() == [3, 4]
+    assert library.applicable(torch.tensor([False, False])).tolist() == [[False] * 3 + [True] * 2]
+    assert [record["index"] for record in library.to_records()] == [3, 4]
+    assert torch.equal(library.embeddings, torch.eye(8)[3:5])
+
+
+@pytest.mark.parametrize("index", BACKENDS)
+def test_hit_rate_counts_recorded_states_that_got_a_skill(index) -> None:
+    library = SkillLibrary(embedding_dim=2, index=index)
+    library.add("a", [0], NO_KEY, [1.0, 0.0])
+    library.add("b", [1], HAS_KEY, [0.0, 1.0])
+    states = torch.tensor([[False, False], [True, False], [True, True]])
+    queries = torch.tensor([[1.0, 0.0]] * 3)
+
+    indices, _ = library.retrieve(states, queries, k=2, record=True)
+    assert indices.tolist() == [[0, -1], [1, -1], [-1, -1]]
+    indices, scores = library.retrieve(states, queries, k=2, min_score=0.5, record=True)
+    assert indices.tolist() == [[0, -1], [-1, -1], [-1, -1]]
+    assert scores[0, 0] == pytest.approx(1.0)
+    assert torch.isneginf(scores[1:]).all()
+    library.retrieve(states[:1], k=1, min_score=0.5, record=True)  # rate 0.0 < 0.5: a miss
+    library.retrieve(states, queries)  # not recorded (e.g. evaluation)
+
+    stats = library.stats()
+    assert (stats["retrievals"], stats["hits"]) == (7, 3)
+    assert stats["hit_rate"] == pytest.approx(3 / 7)
+
+
+@pytest.mark.parametrize("index", BACKENDS)
+def test_save_load_round_trip_with_evicted_skills(tmp_path, index) -> None:
+    library = filled(index, n=40, capacity=24, merge_every=7)
+    assert library.stats()["evictions"] == 16
+
+    loaded = SkillLibrary.load(library.save(tmp_path / "skills.json"))
+    restored = SkillLibrary(embedding_dim=16, index=index, capacity=24, merge_every=7)
+    restored.load_state_dict(library.state_dict())
+
+    states = torch.tensor([[False, False], [True, False], [False, True], [True, True]])
+    queries = unit_rows(4, 16, seed=9)
+    for other in (loaded, restored):
+        assert_same_library(library, other)
+        assert (other.index, other.capacity, other.merge_every) == (index, 24, 7)
+    for other in (loaded, restored):
+        assert torch.equal(library.retrieve(states, queries)[0], other.retrieve(states, queries)[0])
+        assert torch.equal(library.retrieve(states)[0], other.retrieve(states)[0])
+    for other in (library, loaded, restored):  # the same next index and the same victim
+        assert other.add("next", [0], BOTH, unit_rows(1, 16, seed=10)[0]) == (40, False)
+    assert torch.equal(library.indices, loaded.indices)
+    assert torch.equal(library.indices, restored.indices)
+
+
+def test_state_from_one_backend_loads_into_the_other() -> None:
+    exact = filled("exact", n=60)
+    hnsw = SkillLibrary(embedding_dim=16, index="hnsw")
+    hnsw.load_state_dict(exact.state_dict())
+
+    states = torch.randint(0, 2, (8, 2), generator=torch.Generator().manual_seed(3)).bool()
+    queries = unit_rows(8, 16, seed=4)
+    assert torch.equal(exact.retrieve(states, queries)[0], hnsw.retrieve(states, queries)[0])
+
+
+def test_load_state_dict_rejects_more_skills_than_capacity() -> None:
+    state = random_library(seed=9).state_dict()
+    with pytest.raises(SkillLibraryError, match="capacity of 5"):
+        SkillLibrary(embedding_dim=8, capacity=5).load_state_dict(state)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"index": "faiss"}, "index"),
+        ({"capacity": 0}, "capacity"),
+        ({"eviction": "random"}, "eviction"),
+        ({"recency_halflife": 0.0}, "recency_halflife"),
+        ({"merge_every": -1}, "merge_every"),
+    ],
+)
+def test_constructor_validates_management_arguments(kwargs, name) -> None:
+    with pytest.raises(ValueError, match=name):
+        SkillLibrary(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"index": "faiss"}, "memory.index: 'faiss' is not one of: exact, hnsw"),
+        ({"capacity": 0}, "memory.capacity: 0 is out of range"),
+        ({"eviction": "lfu"}, "memory.eviction: 'lfu' is not one of: utility, lru, fifo"),
+        ({"recency_halflife": 0.0}, "memory.recency_halflife: 0.0 is out of range"),
+        ({"merge_every": -1}, "memory.merge_every: -1 is out of range"),
+    ],
+)
+def test_config_schema_checks_management_fields(change, message) -> None:
+    node = {"embedding_dim": 8, "top_k": 3, "merge_threshold": 0.9, "index": "exact",
+            "capacity": None, "eviction": "utility", "recency_halflife": 100.0, "merge_every": 0}
+    assert check_node(node, SkillLibraryConfig, "memory").capacity is None
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_node({**node, **change}, SkillLibraryConfig, "memory")
+
+
+def test_scale_benchmark_quick_run() -> None:
+    root = Path(__file__).resolve().parents[1]
+    start = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "library_scale.py"), "--quick"],
+        cwd=root, capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert time.perf_counter() - start < 30
+    for backend in ("python-loop", "exact", "hnsw", "raw-topk"):
+        assert backend in result.stdout
+    assert "recall@5" in result.stdout

@@ -10,9 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from procmem.envs.keydoor import BLOCKED, FIELD, FLAGS, SUBGOALS, position
+from procmem.envs.keydoor import BLOCKED, FIELD, FLAGS, NUM_DIRECTIONS, SUBGOALS, position
 
-NUM_DIRECTIONS = 4
 _TARGETS = [subgoal.target for subgoal in SUBGOALS]
 
 
@@ -64,11 +63,14 @@ class SituationEmbedding:
     every process.
     """
 
+    MIN_DIM = NUM_DIRECTIONS + len(BLOCKED) + 8  # heading and walls, then Fourier features
+
     def __init__(self, dim: int, seed: int, device: torch.device,
                  lengthscale: float = 0.5) -> None:
+        if dim < self.MIN_DIM:
+            raise ValueError(f"embedding_dim must be >= {self.MIN_DIM} for situation keys, "
+                             f"got {dim}")
         extra = NUM_DIRECTIONS + len(BLOCKED)
-        if dim < extra + 8:
-            raise ValueError(f"embedding_dim must be >= {extra + 8} for situation keys, got {dim}")
         rng = np.random.default_rng(seed)
         fourier = dim - extra
         self.frequencies = rng.normal(0.0, 1.0 / lengthscale, size=(2, fourier))
@@ -87,3 +89,29 @@ class SituationEmbedding:
         vectors = np.concatenate([fourier, local], axis=1)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         return torch.as_tensor(vectors, dtype=torch.float32, device=self.device)
+
+
+class StateEmbedding:
+    """The original's absolute state key: a fixed, seeded random projection of the agent's
+    cell, the flags and the key/door/goal offsets (scaled by the grid size) plus a constant.
+    Used with ``extraction=last_transitions``; the same seed gives the same vectors in every
+    process.
+    """
+
+    def __init__(self, size: int, dim: int, seed: int, device: torch.device) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        self.num_features = 2 + len(FLAGS) + 2 * len(_TARGETS) + 1
+        self.projection = torch.randn(self.num_features, dim, generator=generator).to(device)
+        self.scale = float(max(size - 1, 1))
+        self.device = device
+
+    def features(self, obs: np.ndarray) -> torch.Tensor:
+        obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+        agent = position(obs, "agent")
+        offsets = [position(obs, name) - agent for name in _TARGETS]
+        ones = torch.ones(len(obs), 1, device=self.device)
+        return torch.cat([agent / self.scale, obs[:, FLAGS],
+                          *(o / self.scale for o in offsets), ones], dim=1)
+
+    def __call__(self, obs: np.ndarray) -> torch.Tensor:
+        return torch.nn.functional.normalize(self.features(obs) @ self.projection, dim=1)

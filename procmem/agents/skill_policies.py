@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any
 
@@ -58,7 +59,7 @@ class SubgoalPolicies:
                               nn.Linear(hidden, num_actions))
                 for _ in SUBGOALS
             ).to(device)
-        self.optimizer = torch.optim.Adam(self.nets.parameters(), lr=lr)
+        self.optimizer = torch.optim.Adam(self.nets.parameters(), lr=lr, foreach=True)
         self.buffers = [_DemoBuffer(buffer_size) for _ in SUBGOALS]
         self.generator = torch.Generator().manual_seed(seed)
         self._fresh: set[int] = set()
@@ -73,23 +74,30 @@ class SubgoalPolicies:
         return self.buffers[subgoal].size > 0
 
     def train(self) -> dict[str, float]:
-        """Clone the subgoals that got new demonstrations; return their mean losses."""
-        losses = {}
-        for index in sorted(self._fresh):
-            buffer = self.buffers[index]
-            total = 0.0
-            for _ in range(self.bc_steps):
+        """Clone the subgoals that got new demonstrations; return their mean losses.
+
+        Each step draws a batch per such subgoal and takes one optimizer step on the sum of
+        their cross-entropy losses (the policies share no weights, so this equals separate
+        steps at a third of the cost).
+        """
+        fresh = sorted(self._fresh)
+        totals = dict.fromkeys(fresh, 0.0)
+        for _ in range(self.bc_steps if fresh else 0):
+            losses = []
+            for index in fresh:
+                buffer = self.buffers[index]
                 rows = torch.randint(buffer.size, (self.batch_size,), generator=self.generator)
                 x = torch.as_tensor(buffer.features[rows.numpy()], device=self.device)
                 y = torch.as_tensor(buffer.actions[rows.numpy()], device=self.device)
-                loss = nn.functional.cross_entropy(self.nets[index](x), y)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
-                total += float(loss)
-            losses[f"memory/bc_loss_{SUBGOALS[index].name}"] = total / self.bc_steps
+                losses.append(nn.functional.cross_entropy(self.nets[index](x), y))
+            self.optimizer.zero_grad(set_to_none=True)
+            torch.stack(losses).sum().backward()
+            self.optimizer.step()
+            for index, loss in zip(fresh, losses, strict=True):
+                totals[index] += loss.item()
         self._fresh.clear()
-        return losses
+        return {f"memory/bc_loss_{SUBGOALS[i].name}": total / self.bc_steps
+                for i, total in totals.items()}
 
     @torch.no_grad()
     def act(self, obs: np.ndarray, subgoals: np.ndarray) -> np.ndarray:
@@ -101,8 +109,8 @@ class SubgoalPolicies:
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "nets": self.nets.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "nets": copy.deepcopy(self.nets.state_dict()),
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
             "buffers": [{"features": b.features.copy(), "actions": b.actions.copy(),
                          "size": b.size, "next": b.next} for b in self.buffers],
             "generator": self.generator.get_state(),

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from procmem.envs import keydoor
 from procmem.envs.keydoor import BLOCKED, FIELD, FLAG_NAMES, FLAGS, NO_DIRECTION, OBS_FIELDS
 
 ACTION_NAMES = ("move_up", "move_down", "move_left", "move_right", "pickup_key", "open_door")
@@ -16,8 +17,7 @@ PICKUP_KEY = ACTION_NAMES.index("pickup_key")
 OPEN_DOOR = ACTION_NAMES.index("open_door")
 # (dx, dy) of each action, in ACTION_NAMES order; pickup_key and open_door do not move.
 MOVES = np.array([[0, 1], [0, -1], [-1, 0], [1, 0], [0, 0], [0, 0]], dtype=np.int64)
-# (dx, dy) of the neighbours behind blocked_xpos, blocked_xneg, blocked_ypos, blocked_yneg.
-NEIGHBOURS = np.array([[1, 0], [-1, 0], [0, 1], [0, -1]], dtype=np.int64)
+NEIGHBOURS = np.array(keydoor.NEIGHBOURS, dtype=np.int64)
 
 # Fixed-layout cells; the agent starts at (0, 0), the goal sits in the far corner.
 FIXED_KEY = (2, 2)
@@ -86,6 +86,9 @@ class GridWorld:
     obs_dim = len(OBS_FIELDS)
     action_names = ACTION_NAMES
     flag_names = FLAG_NAMES
+    movement = "absolute"
+    move_actions = (3, 2, 0, 1)  # right (+x), left (-x), up (+y), down (-y)
+    interaction_actions = (4, 5)  # pickup_key, open_door
 
     def __init__(
         self,

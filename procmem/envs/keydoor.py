@@ -10,6 +10,12 @@ fields, so one agent, one explorer and one set of skill features serve them all:
   the door and goal cells;
 - ``blocked_xpos, blocked_xneg, blocked_ypos, blocked_yneg``: 1 when the neighbouring cell
   in that direction cannot be entered (border, wall, closed door where doors block).
+
+Envs also say how the agent moves, for explorers that must not know where objects are:
+``movement`` is ``"absolute"`` (``move_actions`` step to the neighbour in the order of the
+``blocked_*`` fields: +x, -x, +y, -y) or ``"egocentric"`` (``move_actions`` are turn left,
+turn right, forward; turning right goes from heading ``d`` to ``(d + 1) % 4``), and
+``interaction_actions`` are the actions that act on objects.
 """
 
 from __future__ import annotations
@@ -26,6 +32,11 @@ FLAG_NAMES = ("has_key", "door_open")
 FLAGS = [FIELD[name] for name in FLAG_NAMES]
 BLOCKED = [FIELD[f"blocked_{d}"] for d in ("xpos", "xneg", "ypos", "yneg")]
 NO_DIRECTION = -1
+NUM_DIRECTIONS = 4
+# Cell offsets of the +x, -x, +y, -y neighbours (the blocked_* order), and the heading that
+# faces each of them.
+NEIGHBOURS = ((1, 0), (-1, 0), (0, 1), (0, -1))
+HEADING_OF_NEIGHBOUR = (0, 2, 1, 3)
 
 
 def position(obs, name: str):

@@ -86,6 +86,9 @@ class MiniGridEnv:
 
     obs_dim = len(OBS_FIELDS)
     flag_names = FLAG_NAMES
+    movement = "egocentric"
+    move_actions = (0, 1, 2)  # left, right, forward
+    interaction_actions = (3, 5)  # pickup, toggle (drop and done are never explored)
 
     def __init__(
         self,
