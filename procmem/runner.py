@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from procmem.checkpoint import CheckpointManager
@@ -36,7 +37,18 @@ class TrainEndHook(Protocol):
 
 
 class Curriculum(Protocol):
-    def update(self, iteration: int, eval_metrics: Mapping[str, float]) -> None: ...
+    """Which stages are trained (see ``procmem/curriculum.py``)."""
+
+    stage: int
+
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """The stages of ``n`` new training problems."""
+
+    def on_iteration(self, iteration: int, total: int) -> None:
+        """Called before every training iteration."""
+
+    def update(self, iteration: int, eval_metrics: Mapping[str, float]) -> None:
+        """Called after every evaluation."""
 
     def metrics(self) -> dict[str, float]: ...
 
@@ -107,6 +119,7 @@ class Runner:
         with bar:
             while self.iteration < last:
                 self.iteration += 1
+                self.curriculum.on_iteration(self.iteration, last)
                 metrics = self.algorithm.train_iteration()
                 if _is_due(self.iteration, self.log_every, last):
                     elapsed = time.perf_counter() - window_start

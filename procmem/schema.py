@@ -184,6 +184,35 @@ class FixedCurriculumConfig:
         at_least(self, "stage", 0)
 
 
+@dataclass
+class StagedCurriculumConfig:
+    _target_: str = "procmem.curriculum.StagedCurriculum"
+    schedule: list[int] = MISSING
+
+    def __post_init__(self) -> None:
+        if not self.schedule:
+            raise ConfigError("schedule", "must not be empty")
+        if min(self.schedule) < 0:
+            raise ConfigError("schedule", f"{self.schedule} is out of range: stages must be >= 0")
+
+
+@dataclass
+class AdaptiveCurriculumConfig:
+    _target_: str = "procmem.curriculum.AdaptiveCurriculum"
+    num_stages: int = MISSING
+    threshold: float = MISSING
+    replay: float = MISSING
+    metric: str = MISSING
+
+    def __post_init__(self) -> None:
+        at_least(self, "num_stages", 1)
+        within(self, "threshold", 0.0, 1.0)
+        if not 0.0 <= self.replay < 1.0:
+            raise ConfigError("replay", f"{self.replay!r} is out of range: must be in [0, 1)")
+        if "{stage}" not in self.metric:
+            raise ConfigError("metric", f"{self.metric!r} must contain {{stage}}")
+
+
 # --- logger ---------------------------------------------------------------------------------
 
 
@@ -235,7 +264,8 @@ def register_schema(schema: type) -> type:
 
 
 for _schema in (GridWorldConfig, ProceduralAgentConfig, SkillLibraryConfig,
-                FixedCurriculumConfig, WandbConfig, MiniGridConfig):
+                FixedCurriculumConfig, StagedCurriculumConfig, AdaptiveCurriculumConfig,
+                WandbConfig, MiniGridConfig):
     register_schema(_schema)
 
 
