@@ -17,6 +17,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from procmem.agents.features import SituationEmbedding
+from procmem.envs.toolenv import STAGES as TOOL_STAGES
 
 GROUPS = ("env", "agent", "memory", "curriculum", "logger")
 DEVICES = ("auto", "cpu", "cuda")
@@ -105,6 +106,30 @@ class MiniGridConfig:
         at_least(self, "num_envs", 1)
         if self.max_steps is not None:
             at_least(self, "max_steps", 1)
+
+
+@dataclass
+class ToolEnvConfig:
+    _target_: str = "procmem.envs.toolenv.ToolEnv"
+    num_envs: int = MISSING
+    max_steps: int = MISSING
+    operand_low: int = MISSING
+    operand_high: int = MISSING
+    shaping: float = MISSING
+    stages: list[int] = MISSING
+
+    def __post_init__(self) -> None:
+        at_least(self, "num_envs", 1)
+        at_least(self, "max_steps", 1)
+        at_least(self, "operand_low", 0)  # the vocabulary has no sign token
+        at_least(self, "operand_high", self.operand_low)
+        at_least(self, "shaping", 0.0)
+        if not self.stages:
+            raise ConfigError("stages", "must not be empty")
+        for stage in self.stages:
+            if not 0 <= stage < len(TOOL_STAGES):
+                raise ConfigError("stages", f"{stage!r} is out of range: "
+                                  f"stages are 0..{len(TOOL_STAGES) - 1}")
 
 
 # --- agent ----------------------------------------------------------------------------------
@@ -265,7 +290,7 @@ def register_schema(schema: type) -> type:
 
 for _schema in (GridWorldConfig, ProceduralAgentConfig, SkillLibraryConfig,
                 FixedCurriculumConfig, StagedCurriculumConfig, AdaptiveCurriculumConfig,
-                WandbConfig, MiniGridConfig):
+                WandbConfig, MiniGridConfig, ToolEnvConfig):
     register_schema(_schema)
 
 

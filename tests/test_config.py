@@ -3,6 +3,7 @@ early with a one-line error naming the full key; run dirs resolve as documented.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from procmem.app import build_algorithm, build_optional, register_resolvers
@@ -62,9 +64,27 @@ def test_group_has_options_including_default(group):
     assert DEFAULTS[group] in found
 
 
+def experiment_using_env(env: str) -> str | None:
+    """An experiment that runs ``env`` (the default one first), or None."""
+    uses = re.compile(rf"override /env:\s*{re.escape(env)}\s*$", re.MULTILINE)
+    users = [name for name in options("experiment")
+             if uses.search((CONF / "experiment" / f"{name}.yaml").read_text())]
+    return DEFAULTS["experiment"] if DEFAULTS["experiment"] in users else next(iter(users), None)
+
+
 @pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS)
 def test_option_composes_checks_and_builds(group, option):
-    cfg = compose_config([f"{group}={option}"])
+    overrides = [f"{group}={option}"]
+    if group == "env":
+        # An env is built with an agent that runs it; without such an experiment, alone.
+        experiment = experiment_using_env(option)
+        if experiment is None:
+            cfg = compose_config(overrides)
+            check_config(cfg)
+            assert callable(getattr(instantiate(cfg.env), "reset", None))
+            return
+        overrides.insert(0, f"experiment={experiment}")
+    cfg = compose_config(overrides)
     check_config(cfg)
 
     algorithm, curriculum = build_algorithm(cfg, torch.device("cpu"))

@@ -9,9 +9,10 @@ slots). Two backends share one interface:
   cost ``O(log n)`` and removed keys are gone from the graph.
 
 A search may take a :class:`LabelFilter`: a query may only return keys carrying its label
-(the skill library labels skills and states with their precondition code). The exact index
-scores the queries of each distinct label together, masking the keys without it (or, for
-many queries, scoring only the keys that carry it). The HNSW index asks the graph for
+(the skill library labels skills and states with their precondition code). For a few
+queries the exact index scores every key in one matmul and masks the keys without the
+query's label; for many, it scores the queries of each distinct label together (copying out
+only the keys that carry it), block by block. The HNSW index asks the graph for
 ``k * oversample`` candidates, keeps the allowed ones, and doubles the candidate count for
 the queries still short of ``k`` allowed keys; once the count reaches the index size the
 round is an exact scan, so a query gets fewer than ``k`` keys only when fewer are allowed.
@@ -141,6 +142,8 @@ class ExactIndex(VectorIndex):
     ) -> tuple[Tensor, Tensor]:
         queries = queries.to(self.device, torch.float32)
         batch = queries.shape[0]
+        if batch < _GATHER_MIN_QUERIES and self._end * batch <= self.block_elements:
+            return self._search_one_block(queries, k, allowed)
         keys, scores = empty_results(batch, k, self.device)
         # queries sorted by label, so that each label's queries are one slice of rows
         order = torch.arange(batch, device=self.device)
@@ -167,6 +170,24 @@ class ExactIndex(VectorIndex):
         unsorted = torch.empty_like(order)
         unsorted[order] = torch.arange(batch, device=self.device)
         return keys[unsorted], scores[unsorted]
+
+    def _search_one_block(
+        self, queries: Tensor, k: int, allowed: LabelFilter | None
+    ) -> tuple[Tensor, Tensor]:
+        """Every stored key in one matmul, one mask and one top-k (few queries)."""
+        end = self._end
+        sims = queries @ self._vectors[:end].T
+        ok = self._stored[:end][None, :] if self._count < end else None
+        if allowed is not None:
+            labels = allowed.key_labels[:end].to(self.device)[None, :]
+            same = labels == allowed.query_labels.to(self.device)[:, None]
+            ok = same if ok is None else ok & same
+        if ok is not None:
+            sims = sims.masked_fill(~ok, -math.inf)
+        keys, scores = empty_results(len(queries), k, self.device)
+        take = min(k, end)
+        scores[:, :take], keys[:, :take] = sims.topk(take, dim=1)
+        return keys.masked_fill(torch.isneginf(scores), -1), scores
 
     def _score_block(
         self,

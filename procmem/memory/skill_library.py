@@ -563,6 +563,8 @@ class SkillLibrary:
 
     def _break_ties(self, slots: Tensor, scores: Tensor) -> tuple[Tensor, Tensor]:
         """Order each row by score, then support (more first), then index; empty slots last."""
+        if not (scores[:, 1:] == scores[:, :-1]).any():  # no ties: already in order
+            return slots, scores
         safe = slots.clamp(min=0)
         order = torch.arange(slots.shape[1], device=self.device).expand_as(slots)
         for key in (self._slot_index[safe], -self._support[safe], -scores):  # least significant

@@ -1,0 +1,459 @@
+"""Batched arithmetic tool use: compose a problem's target from tool tokens, one per step.
+
+**Problems.** Every problem belongs to a stage of :data:`STAGES`: an arithmetic expression
+over its operands, named ``a, b, c, ...`` in reading order and drawn uniformly from
+``operand_low..operand_high`` (0..9 by default). The answer is checked against the stage's
+own expression:
+
+====== ======================== ======== ===========================================
+stage  target                   operands shortest program (tokens)
+====== ======================== ======== ===========================================
+0      ``a*b+c``                3        ``MUL ADD ANS`` (3)
+1      ``(a*b+c)-d``            4        ``MUL ADD SUB ANS`` (4)
+2      ``(a*b+c)-(d*e)``        5        ``MUL ADD STO MUL RCL SUB ANS`` (7)
+3      ``(a*b+c)-(d*e+f)``      6        ``MUL ADD STO MUL ADD RCL SUB ANS`` (8)
+====== ======================== ======== ===========================================
+
+With the default ``max_steps=7`` stage 3 is unreachable: it needs ``max_steps >= 8``.
+Stages 2 and 3 cannot be solved without the memory tools (``STO``, ``RCL``). Adding a
+:class:`Stage` to :data:`STAGES` adds a stage.
+
+**The machine.** Each problem runs an accumulator ``acc``, a read pointer over the operands
+and a memory register ``mem``. At reset ``acc`` is the first operand, the pointer is at the
+second, ``mem`` is 0. The actions ``0..5`` are the tool tokens :data:`TOOL_TOKENS`:
+
+- ``MUL``, ``ADD``, ``SUB``: ``acc = acc * right``, ``acc + right``, ``acc - right``,
+  where ``right`` is the next unread operand (the pointer then advances) or, once every
+  operand has been read, ``mem``;
+- ``STO``: ``mem = acc``, then ``acc`` = the next unread operand (the pointer advances);
+  invalid when no operand is left;
+- ``RCL``: swap ``acc`` and ``mem``;
+- ``ANS``: submit ``acc``; the episode terminates.
+
+Arithmetic is on int64 and wraps around on overflow (only long programs on large operands
+get there); :func:`run_program` does the same.
+
+**Rewards.** ``ANS`` earns 1.0 if ``acc`` equals the target, else 0, plus ``shaping`` times
+the number of distinct *partial results* ``acc`` held after any tool token of the episode.
+The partial results are the values of the target's operator subexpressions other than the
+whole target: ``a*b`` at stage 0; ``a*b``, ``a*b+c`` at stage 1; ``a*b``, ``a*b+c``,
+``d*e`` at stage 2; ``a*b``, ``a*b+c``, ``d*e``, ``d*e+f`` at stage 3 (equal values count
+once). An invalid token terminates the episode with reward 0; no ``ANS`` within
+``max_steps`` tokens truncates it with reward 0.
+
+**Stages per env.** Every new problem (``reset`` and the same-step auto-reset of envs that
+ended) draws its stage from the stage sampler: uniform over ``stages`` unless
+:meth:`ToolEnv.set_stage_sampler` plugs in another (a curriculum's ``sample``);
+``reset(stages=...)`` forces the stages of the problems it starts, for evaluation.
+
+**Observations** are a dict of int64 arrays:
+
+- ``context`` [B, context_length]: ``CTX``, then each operand as ``width`` digit tokens
+  (most significant first, zero-padded; ``width`` = the digits of ``operand_high``, 1 by
+  default), padded with ``EOS`` up to the largest stage's operand count;
+- ``stage`` [B]: the problem's stage;
+- ``prev_token`` [B]: the vocab id of the last tool token, ``CTX`` at the start;
+- ``step`` [B]: tool tokens emitted so far in the episode.
+
+``acc`` and ``mem`` are not observed: the agent tracks them itself. ``step`` returns the info
+``final_obs`` (the obs before the auto-reset), ``final_target``, ``final_answer`` (``acc``
+after this step: the submitted answer where ``ANS`` was emitted), ``final_correct``,
+``final_stage``, ``answered``, ``invalid`` and ``episode_steps``, all [B]: the values of the
+episode each env ran this step, meaningful where it ended.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import functools
+import operator
+import string
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+
+VOCAB = (*"0123456789", "CTX", "MUL", "ADD", "SUB", "ANS", "STO", "RCL", "EOS")
+CTX, MUL, ADD, SUB, ANS, STO, RCL, EOS = (VOCAB.index(name) for name in VOCAB[10:])
+TOOL_TOKENS = (MUL, ADD, SUB, STO, RCL, ANS)
+OPERAND_NAMES = string.ascii_lowercase
+_BINARY = {MUL: operator.mul, ADD: operator.add, SUB: operator.sub}
+_AST_OPERATORS = {ast.Mult: operator.mul, ast.Add: operator.add, ast.Sub: operator.sub}
+
+StageSampler = Callable[[int, np.random.Generator], np.ndarray]
+
+
+@functools.cache
+def _parse(expression: str, num_operands: int) -> ast.expr:
+    """The syntax tree of ``expression``; only ``+ - *`` over the first operand names."""
+    tree = ast.parse(expression, mode="eval").body
+    names = OPERAND_NAMES[:num_operands]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.BinOp) and type(node.op) in _AST_OPERATORS:
+            continue
+        if isinstance(node, ast.Name) and node.id in names:
+            continue
+        if isinstance(node, (ast.operator, ast.expr_context)):
+            continue
+        raise ValueError(f"expression {expression!r}: only + - * over {', '.join(names)}")
+    return tree
+
+
+def _operator_nodes(node: ast.expr) -> Iterator[ast.BinOp]:
+    """The operator nodes of a tree, children before parents (post-order)."""
+    if isinstance(node, ast.BinOp):
+        yield from _operator_nodes(node.left)
+        yield from _operator_nodes(node.right)
+        yield node
+
+
+def _evaluate(node: ast.expr, operands: Sequence[Any]) -> Any:
+    if isinstance(node, ast.Name):
+        return operands[OPERAND_NAMES.index(node.id)]
+    return _AST_OPERATORS[type(node.op)](
+        _evaluate(node.left, operands), _evaluate(node.right, operands)
+    )
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A problem family: ``expression`` over ``num_operands`` operands named a, b, c, ..."""
+
+    name: str
+    num_operands: int
+    expression: str
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.num_operands <= len(OPERAND_NAMES):
+            raise ValueError(f"num_operands must be in [1, {len(OPERAND_NAMES)}]")
+        _parse(self.expression, self.num_operands)
+
+    def evaluate(self, operands: Sequence[Any]) -> Any:
+        """The target; operands are ints or equally shaped int64 arrays (one per operand)."""
+        return _evaluate(_parse(self.expression, self.num_operands), operands)
+
+    def partial_results(self, operands: Sequence[Any]) -> list[Any]:
+        """Values of the operator subexpressions other than the whole target, post-order."""
+        nodes = list(_operator_nodes(_parse(self.expression, self.num_operands)))
+        return [_evaluate(node, operands) for node in nodes[:-1]]
+
+
+STAGES = (
+    Stage("mul_add", 3, "a*b+c"),
+    Stage("mul_add_sub", 4, "(a*b+c)-d"),
+    Stage("two_products", 5, "(a*b+c)-(d*e)"),
+    Stage("nested", 6, "(a*b+c)-(d*e+f)"),
+)
+_NUM_OPERANDS = np.array([stage.num_operands for stage in STAGES], dtype=np.int64)
+_NUM_PARTIALS = np.array(
+    [len(stage.partial_results(range(stage.num_operands))) for stage in STAGES], dtype=np.int64
+)
+_STATE_ARRAYS = (
+    "stage", "operands", "target", "partials", "partial_mask", "partial_hit",
+    "acc", "mem", "pointer", "steps", "prev_token",
+)
+
+
+class Step(NamedTuple):
+    """The machine after one tool token."""
+
+    token: int
+    acc: int
+    mem: int
+    pointer: int
+
+
+def _wrap(value: int) -> int:
+    """``value`` as int64 arithmetic leaves it (two's complement wrap-around)."""
+    return (value + 2**63) % 2**64 - 2**63
+
+
+def run_program(tokens: Sequence[int], operands: Sequence[int]) -> tuple[int | None, list[Step]]:
+    """Run tool tokens on one problem: (``acc`` at ``ANS``, or None, and the trace).
+
+    The answer is None when a token is invalid (``STO`` with no operand left) or no ``ANS``
+    comes; the trace has one :class:`Step` per token executed, up to the first ``ANS``.
+    """
+    if not operands:
+        raise ValueError("operands must not be empty")
+    acc, mem, pointer = int(operands[0]), 0, 1
+    trace: list[Step] = []
+    for token in tokens:
+        if token not in TOOL_TOKENS:
+            raise ValueError(f"tokens must be tool tokens {TOOL_TOKENS}, got {token}")
+        has_next = pointer < len(operands)
+        if token == STO:
+            if not has_next:
+                return None, trace
+            mem, acc, pointer = acc, int(operands[pointer]), pointer + 1
+        elif token == RCL:
+            acc, mem = mem, acc
+        elif token in _BINARY:
+            right = int(operands[pointer]) if has_next else mem
+            acc, pointer = _wrap(_BINARY[token](acc, right)), pointer + has_next
+        trace.append(Step(token, acc, mem, pointer))
+        if token == ANS:
+            return acc, trace
+    return None, trace
+
+
+def apply_tools(
+    tokens: np.ndarray,
+    acc: np.ndarray,
+    mem: np.ndarray,
+    pointer: np.ndarray,
+    operands: np.ndarray,
+    num_operands: np.ndarray | int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One tool token per problem, vectorised: the new (acc, mem, pointer) and ``valid``.
+
+    ``operands`` is [..., K] (padding past ``num_operands`` is ignored); the other arrays
+    broadcast against ``operands[..., 0]``. ``ANS`` and invalid tokens change nothing.
+    """
+    has_next = pointer < num_operands
+    slots = np.arange(operands.shape[-1])
+    next_operand = np.sum(operands * (slots == np.asarray(pointer)[..., None]), axis=-1)
+    right = np.where(has_next, next_operand, mem)
+    result = np.select(
+        [tokens == MUL, tokens == ADD, tokens == SUB], [acc * right, acc + right, acc - right], acc
+    )
+    binary = (tokens == MUL) | (tokens == ADD) | (tokens == SUB)
+    store = (tokens == STO) & has_next
+    recall = tokens == RCL
+    new_acc = np.where(store, next_operand, np.where(recall, mem, result))
+    new_mem = np.where(store | recall, acc, mem)
+    new_pointer = pointer + ((binary | store) & has_next)
+    valid = (tokens != STO) | has_next
+    return new_acc, new_mem, new_pointer, valid
+
+
+def target(stage: int, operands: Sequence[int]) -> int:
+    """The target of a ``stage`` problem with these operands."""
+    if not 0 <= stage < len(STAGES):
+        raise ValueError(f"stage must be in [0, {len(STAGES)}), got {stage}")
+    expected = STAGES[stage].num_operands
+    if len(operands) != expected:
+        raise ValueError(f"operands must hold {expected} values for stage {stage}")
+    return _wrap(STAGES[stage].evaluate([int(value) for value in operands]))
+
+
+def decode(tokens: Sequence[int]) -> str:
+    """Token ids as text, e.g. ``"MUL ADD ANS"``."""
+    for token in tokens:
+        if not 0 <= token < len(VOCAB):
+            raise ValueError(f"tokens must lie in [0, {len(VOCAB)}), got {token}")
+    return " ".join(VOCAB[token] for token in tokens)
+
+
+class ToolEnv:
+    """Batched arithmetic tool-use env, Gymnasium-shaped (see the module docstring).
+
+    Envs that end are reset within the same ``step`` call, drawing their next problem's
+    stage from the stage sampler and its operands from the env's generator (seeded by
+    ``reset(seed=...)``). ``state_dict`` holds every problem, machine and the generator;
+    the stage sampler belongs to whoever plugged it in.
+    """
+
+    num_actions = len(TOOL_TOKENS)
+    vocab_size = len(VOCAB)
+    num_stages = len(STAGES)
+    action_names = tuple(VOCAB[token] for token in TOOL_TOKENS)
+
+    def __init__(
+        self,
+        num_envs: int = 1,
+        max_steps: int = 7,
+        operand_low: int = 0,
+        operand_high: int = 9,
+        shaping: float = 0.0,
+        stages: Sequence[int] = (0, 1, 2),
+    ) -> None:
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        if max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+        if operand_low < 0:
+            raise ValueError(f"operand_low must be >= 0 (no sign token), got {operand_low}")
+        if operand_high < operand_low:
+            raise ValueError(
+                f"operand_high must be >= operand_low ({operand_low}), got {operand_high}"
+            )
+        if shaping < 0:
+            raise ValueError(f"shaping must be >= 0, got {shaping}")
+        stages = tuple(int(stage) for stage in stages)
+        if not stages or any(not 0 <= stage < self.num_stages for stage in stages):
+            raise ValueError(
+                f"stages must be a non-empty list of stages in [0, {self.num_stages}), "
+                f"got {list(stages)}"
+            )
+        self.num_envs = num_envs
+        self.max_steps = max_steps
+        self.operand_low = operand_low
+        self.operand_high = operand_high
+        self.shaping = shaping
+        self.stages = stages
+        self.digits = len(str(operand_high))
+        self.max_operands = int(_NUM_OPERANDS.max())
+        self.context_length = 1 + self.max_operands * self.digits
+
+        b, k, p = num_envs, self.max_operands, int(_NUM_PARTIALS.max())
+        self.stage = np.zeros(b, dtype=np.int64)
+        self.operands = np.zeros((b, k), dtype=np.int64)
+        self.target = np.zeros(b, dtype=np.int64)
+        self.partials = np.zeros((b, p), dtype=np.int64)
+        self.partial_mask = np.zeros((b, p), dtype=bool)
+        self.partial_hit = np.zeros((b, p), dtype=bool)
+        self.acc = np.zeros(b, dtype=np.int64)
+        self.mem = np.zeros(b, dtype=np.int64)
+        self.pointer = np.ones(b, dtype=np.int64)
+        self.steps = np.zeros(b, dtype=np.int64)
+        self.prev_token = np.full(b, CTX, dtype=np.int64)
+        self._tool_ids = np.array(TOOL_TOKENS, dtype=np.int64)
+        self._place = 10 ** np.arange(self.digits - 1, -1, -1, dtype=np.int64)
+        self._sampler: StageSampler = self._uniform_stages
+        self._rng = np.random.default_rng()
+        self._needs_reset = True
+
+    def set_stage_sampler(self, sampler: StageSampler | None) -> None:
+        """Draw new problems' stages with ``sampler(n, rng) -> int [n]``; None: uniform."""
+        if sampler is not None and not callable(sampler):
+            raise TypeError(f"sampler must be callable or None, got {sampler!r}")
+        self._sampler = self._uniform_stages if sampler is None else sampler
+
+    def reset(
+        self, seed: int | None = None, stages: int | Sequence[int] | np.ndarray | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Start a new problem in every env; ``seed`` reseeds, ``stages`` forces their stages."""
+        forced = None if stages is None else self._check_stages(stages, "stages")
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+        self._new_problems(np.arange(self.num_envs), forced)
+        self._needs_reset = False
+        return self._obs(), {}
+
+    def step(
+        self, actions: np.ndarray
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """Emit one tool token per env; returns (obs, reward, terminated, truncated, info)."""
+        if self._needs_reset:
+            raise RuntimeError("call reset() before step()")
+        tokens = self._tool_ids[self._check_actions(actions)]
+        self.acc, self.mem, self.pointer, valid = apply_tools(
+            tokens, self.acc, self.mem, self.pointer, self.operands, _NUM_OPERANDS[self.stage]
+        )
+        self.steps += 1
+        self.prev_token = tokens
+        self.partial_hit |= (self.acc[:, None] == self.partials) & self.partial_mask
+        answered = tokens == ANS
+        correct = answered & (self.acc == self.target)
+        reward = correct.astype(np.float32)
+        reward += answered * np.float32(self.shaping) * self.partial_hit.sum(axis=1)
+        terminated = answered | ~valid
+        truncated = ~terminated & (self.steps >= self.max_steps)
+        info = {
+            "final_obs": self._obs(),
+            "final_target": self.target.copy(),
+            "final_answer": self.acc.copy(),
+            "final_correct": correct,
+            "final_stage": self.stage.copy(),
+            "answered": answered,
+            "invalid": ~valid,
+            "episode_steps": self.steps.copy(),
+        }
+        done = terminated | truncated
+        if done.any():
+            self._new_problems(np.flatnonzero(done), None)
+        return self._obs(), reward, terminated, truncated, info
+
+    def state_dict(self) -> dict[str, Any]:
+        """Full env state, deep-copied, including the generator's state."""
+        state = {name: getattr(self, name).copy() for name in _STATE_ARRAYS}
+        state["rng"] = copy.deepcopy(self._rng.bit_generator.state)
+        state["needs_reset"] = self._needs_reset
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a state produced by ``state_dict`` of an env with the same settings."""
+        for name in _STATE_ARRAYS:
+            current = getattr(self, name)
+            value = np.asarray(state[name], dtype=current.dtype)
+            if value.shape != current.shape:
+                raise ValueError(
+                    f"state[{name!r}] has shape {value.shape}, expected {current.shape}"
+                )
+            setattr(self, name, value.copy())
+        rng = np.random.default_rng()
+        rng.bit_generator.state = copy.deepcopy(state["rng"])
+        self._rng = rng
+        self._needs_reset = bool(state["needs_reset"])
+
+    def _uniform_stages(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        return rng.choice(np.array(self.stages, dtype=np.int64), size=n)
+
+    def _check_stages(self, stages: Any, name: str, n: int | None = None) -> np.ndarray:
+        """``stages`` as int64 [n] (a scalar applies to all), each a stage of the table."""
+        n = self.num_envs if n is None else n
+        stages = np.asarray(stages)
+        if stages.ndim == 0:
+            stages = np.full(n, stages)
+        if stages.shape != (n,) or not np.issubdtype(stages.dtype, np.integer):
+            raise ValueError(f"{name} must be integers of shape ({n},), got {stages!r}")
+        if np.any((stages < 0) | (stages >= self.num_stages)):
+            raise ValueError(f"{name} must lie in [0, {self.num_stages}), got {stages}")
+        return stages.astype(np.int64)
+
+    def _check_actions(self, actions: np.ndarray) -> np.ndarray:
+        actions = np.asarray(actions)
+        if actions.shape != (self.num_envs,):
+            raise ValueError(f"actions must have shape ({self.num_envs},), got {actions.shape}")
+        if not np.issubdtype(actions.dtype, np.integer):
+            raise ValueError(f"actions must be integers, got dtype {actions.dtype}")
+        if np.any((actions < 0) | (actions >= self.num_actions)):
+            raise ValueError(f"actions must lie in [0, {self.num_actions}), got {actions}")
+        return actions.astype(np.int64)
+
+    def _new_problems(self, rows: np.ndarray, stages: np.ndarray | None) -> None:
+        """Draw new problems (stages, then operands) for ``rows`` and reset their machines."""
+        n, k = len(rows), self.max_operands
+        if stages is None:
+            stages = self._check_stages(self._sampler(n, self._rng), "stage sampler output", n)
+        operands = self._rng.integers(self.operand_low, self.operand_high + 1, size=(n, k))
+        operands[np.arange(k) >= _NUM_OPERANDS[stages][:, None]] = 0
+        self.stage[rows] = stages
+        self.operands[rows] = operands
+        self.acc[rows] = operands[:, 0]
+        self.mem[rows] = 0
+        self.pointer[rows] = 1
+        self.steps[rows] = 0
+        self.prev_token[rows] = CTX
+        self.partial_hit[rows] = False
+        partials = np.zeros((n, self.partials.shape[1]), dtype=np.int64)
+        for stage in np.unique(stages):
+            of_stage = stages == stage
+            columns = list(operands[of_stage].T)
+            self.target[rows[of_stage]] = STAGES[stage].evaluate(columns)
+            for j, value in enumerate(STAGES[stage].partial_results(columns)):
+                partials[of_stage, j] = value
+        # Count equal partial results once: keep the first of every value.
+        present = np.arange(partials.shape[1]) < _NUM_PARTIALS[stages][:, None]
+        earlier = np.tril(np.ones((partials.shape[1],) * 2, dtype=bool), k=-1)
+        repeated = (partials[:, :, None] == partials[:, None, :]) & present[:, None, :] & earlier
+        self.partials[rows] = partials
+        self.partial_mask[rows] = present & ~repeated.any(axis=2)
+
+    def _obs(self) -> dict[str, np.ndarray]:
+        digits = self.operands[:, :, None] // self._place % 10  # [B, K, digits]
+        unused = np.arange(self.max_operands) >= _NUM_OPERANDS[self.stage][:, None]
+        digits[unused] = EOS
+        context = np.concatenate(
+            [np.full((self.num_envs, 1), CTX, dtype=np.int64), digits.reshape(self.num_envs, -1)],
+            axis=1,
+        )
+        return {
+            "context": context,
+            "stage": self.stage.copy(),
+            "prev_token": self.prev_token.copy(),
+            "step": self.steps.copy(),
+        }

@@ -1,0 +1,179 @@
+"""The runner with a fake algorithm: cadences, curriculum hooks, resume and the end hook."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from procmem.checkpoint import CheckpointManager
+from procmem.curriculum import AdaptiveCurriculum, StagedCurriculum
+from procmem.logging import MetricLogger, read_metrics
+from procmem.runner import Runner
+from procmem.runtime import seed_everything
+
+
+class FakeAlgorithm:
+    """Counts iterations, draws from the global RNG and records what the runner calls."""
+
+    def __init__(self, curriculum: Any, events: list[tuple]) -> None:
+        self.curriculum = curriculum
+        self.events = events
+        self.done = 0
+
+    def train_iteration(self) -> dict[str, float]:
+        self.done += 1
+        self.events.append(("train", self.done, self.curriculum.stage))
+        return {"train/noise": float(np.random.random()), "train/done": float(self.done)}
+
+    def evaluate(self, episodes: int) -> dict[str, float]:
+        self.events.append(("evaluate", self.done, episodes))
+        return {"eval/accuracy_stage0": 1.0, "eval/accuracy_stage1": 0.5}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"done": self.done}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.done = state["done"]
+
+
+class FakeAlgorithmWithEnd(FakeAlgorithm):
+    def on_train_end(self, run_dir: Path, logger: MetricLogger) -> None:
+        self.events.append(("end", run_dir, logger))
+
+
+class RecordingCurriculum(AdaptiveCurriculum):
+    """The adaptive curriculum, recording its hooks."""
+
+    def __init__(self, events: list[tuple]) -> None:
+        super().__init__(num_stages=3, threshold=0.9, replay=0.3)
+        self.events = events
+
+    def on_iteration(self, iteration: int, total: int) -> None:
+        self.events.append(("on_iteration", iteration, total))
+
+    def update(self, iteration: int, eval_metrics: Mapping[str, float]) -> None:
+        self.events.append(("update", iteration, dict(eval_metrics)))
+        super().update(iteration, eval_metrics)
+
+
+def make_runner(run_dir: Path, algorithm_cls: type = FakeAlgorithm, curriculum: Any = None,
+                resume_iteration: int | None = None, **settings: int) -> Runner:
+    events: list[tuple] = []
+    curriculum = RecordingCurriculum(events) if curriculum is None else curriculum
+    settings = {"iterations": 10, "eval_every": 4, "eval_episodes": 3, "checkpoint_every": 5,
+                "log_every": 3, **settings}
+    return Runner(
+        algorithm_cls(curriculum, events),
+        curriculum,
+        MetricLogger(run_dir, resume_iteration=resume_iteration),
+        CheckpointManager(run_dir / "checkpoints", keep=100),
+        progress=False,
+        **settings,
+    )
+
+
+def iterations_with(rows: list[dict], key: str) -> list[int]:
+    return [row["iteration"] for row in rows if key in row]
+
+
+def checkpoint_iterations(runner: Runner) -> list[int]:
+    return [CheckpointManager.load(path)["iteration"] for path in runner.checkpoints.paths()]
+
+
+def without_perf(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if not k.startswith("perf/")} for row in rows]
+
+
+def test_cadences(tmp_path):
+    runner = make_runner(tmp_path)
+    runner.run()
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert iterations_with(rows, "train/done") == [3, 6, 9, 10]
+    assert iterations_with(rows, "perf/iterations_per_second") == [3, 6, 9, 10]
+    assert iterations_with(rows, "eval/accuracy_stage0") == [4, 8, 10]
+    assert iterations_with(rows, "curriculum/stage") == [4, 8, 10]
+    assert checkpoint_iterations(runner) == [5, 10]
+    evaluations = [event for event in runner.algorithm.events if event[0] == "evaluate"]
+    assert evaluations == [("evaluate", 4, 3), ("evaluate", 8, 3), ("evaluate", 10, 3)]
+
+
+def test_every_zero_means_after_the_last_iteration(tmp_path):
+    runner = make_runner(tmp_path, eval_every=0, checkpoint_every=0, log_every=1)
+    final = runner.run()
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert iterations_with(rows, "train/done") == list(range(1, 11))
+    assert iterations_with(rows, "eval/accuracy_stage0") == [10]
+    assert checkpoint_iterations(runner) == [10]
+    assert final["train/done"] == 10.0
+    assert final["eval/accuracy_stage1"] == 0.5
+
+
+def test_curriculum_hooks_order_and_arguments(tmp_path):
+    runner = make_runner(tmp_path, iterations=6, eval_every=3)
+    runner.run()
+    evaluation = {"eval/accuracy_stage0": 1.0, "eval/accuracy_stage1": 0.5}
+    expected: list[tuple] = []
+    stage = 0
+    for iteration in range(1, 7):
+        expected += [("on_iteration", iteration, 6), ("train", iteration, stage)]
+        if iteration % 3 == 0:
+            expected += [("evaluate", iteration, 3), ("update", iteration, evaluation)]
+            stage = 1  # stage 0 is solved; stage 1 (0.5) is not
+    assert runner.algorithm.events == expected
+    # The evaluation rows carry the curriculum's metrics after its update.
+    eval_rows = [row for row in read_metrics(tmp_path / "metrics.jsonl")
+                 if "curriculum/stage" in row]
+    assert [row["curriculum/stage"] for row in eval_rows] == [1.0, 1.0]
+    assert [row["curriculum/replay_share"] for row in eval_rows] == [0.3, 0.3]
+
+
+def test_staged_curriculum_follows_the_run_length(tmp_path):
+    runner = make_runner(tmp_path, curriculum=StagedCurriculum([0, 0, 0, 1, 1, 2]),
+                         iterations=12)
+    runner.run()
+    stages = [event[2] for event in runner.algorithm.events if event[0] == "train"]
+    assert stages == [0] * 6 + [1] * 4 + [2] * 2
+
+
+@pytest.mark.parametrize("stop", [4, 5])
+def test_restore_continues_where_the_checkpoint_left_off(tmp_path, stop):
+    seed_everything(0)
+    full = make_runner(tmp_path / "full", checkpoint_every=stop)
+    full_final = full.run()
+
+    resumed_dir = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "full", resumed_dir)
+    checkpoint = CheckpointManager.load(full.checkpoints.paths()[0])
+    assert checkpoint["iteration"] == stop
+    np.random.seed(123)  # the checkpoint's RNG state must win over this
+    resumed = make_runner(resumed_dir, checkpoint_every=stop, resume_iteration=stop)
+    resumed.restore(checkpoint)
+    assert resumed.iteration == stop
+    resumed_final = resumed.run()
+
+    events = resumed.algorithm.events
+    assert events[:2] == [("on_iteration", stop + 1, 10), ("train", stop + 1, 1)]
+    assert resumed.algorithm.done == 10
+    assert resumed.curriculum.stage == full.curriculum.stage
+    assert without_perf(read_metrics(resumed_dir / "metrics.jsonl")) == without_perf(
+        read_metrics(tmp_path / "full" / "metrics.jsonl"))
+    assert without_perf([resumed_final]) == without_perf([full_final])
+
+
+def test_train_end_hook_called_once_after_training(tmp_path):
+    runner = make_runner(tmp_path, algorithm_cls=FakeAlgorithmWithEnd)
+    runner.run()
+    events = runner.algorithm.events
+    assert events[-1] == ("end", tmp_path, runner.logger)
+    assert sum(event[0] == "end" for event in events) == 1
+
+
+def test_algorithm_without_end_hook_runs(tmp_path):
+    runner = make_runner(tmp_path)
+    runner.run()
+    assert all(event[0] != "end" for event in runner.algorithm.events)
