@@ -183,10 +183,12 @@ class ExactIndex(VectorIndex):
             same = labels == allowed.query_labels.to(self.device)[:, None]
             ok = same if ok is None else ok & same
         if ok is not None:
-            sims = sims.masked_fill(~ok, -math.inf)
-        keys, scores = empty_results(len(queries), k, self.device)
-        take = min(k, end)
-        scores[:, :take], keys[:, :take] = sims.topk(take, dim=1)
+            sims = torch.where(ok, sims, -math.inf)
+        scores, keys = sims.topk(min(k, end), dim=1)
+        if end < k:
+            keys, scores = (torch.cat(pair, dim=1) for pair in
+                            zip((keys, scores), empty_results(len(queries), k - end, self.device),
+                                strict=True))
         return keys.masked_fill(torch.isneginf(scores), -1), scores
 
     def _score_block(
