@@ -18,12 +18,10 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from hydra import compose, initialize_config_dir
 
 from procmem import app
 from procmem.logging import read_metrics
 
-ROOT = Path(__file__).resolve().parents[1]
 TASKS = {
     "gridworld": "experiment=procedural_gridworld",
     "minigrid": "experiment=procedural_minigrid",
@@ -33,12 +31,10 @@ MEMORIES = ("none", "skill_library")
 
 def run(task: str, memory: str, seed: int, iterations: int) -> dict[str, float]:
     """Train one job in a temp dir; summarise its per-episode rows."""
-    app.register_resolvers()
     overrides = [TASKS[task], f"memory={memory}", f"seed={seed}", "logger=none",
                  f"trainer.iterations={iterations}", "trainer.eval_every=0",
                  "trainer.eval_episodes=50", "trainer.progress=false", "env.num_envs=1"]
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
+    cfg = app.compose_config(overrides)
     with tempfile.TemporaryDirectory() as run_dir:
         app.train(cfg, run_dir)
         rows = read_metrics(Path(run_dir) / "metrics.jsonl")

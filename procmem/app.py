@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -22,6 +23,7 @@ from procmem.runner import Runner
 from procmem.runtime import resolve_device, seed_everything, set_threads
 from procmem.schema import check_config
 
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
 SAVED_CONFIG = Path(".hydra") / "config.yaml"
 SAVED_OVERRIDES = Path(".hydra") / "overrides.yaml"
 
@@ -32,6 +34,14 @@ def register_resolvers() -> None:
         "procmem.if_null", lambda value, then, otherwise: then if value is None else otherwise,
         replace=True,
     )
+
+
+def compose_config(overrides: Sequence[str] = (), return_hydra_config: bool = False) -> DictConfig:
+    """The config ``train.py <overrides>`` would run with (for tests, notebooks, benchmarks)."""
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides),
+                       return_hydra_config=return_hydra_config)
 
 
 def build_optional(node: Any, **kwargs: Any) -> Any:

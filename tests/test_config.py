@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from procmem.app import build_algorithm, build_optional, register_resolvers
+from procmem.app import build_algorithm, build_optional
+from procmem.app import compose_config as app_compose
 from procmem.schema import SCHEMAS, ConfigError, check_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,19 +38,8 @@ def options(group: str) -> list[str]:
 GROUP_OPTIONS = [(group, option) for group in GROUPS for option in options(group)]
 
 
-@pytest.fixture(autouse=True)
-def clean_hydra():
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    yield
-    GlobalHydra.instance().clear()
-
-
 def compose_config(overrides: list[str] | None = None, hydra_config: bool = False) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(
-            config_name="config", overrides=overrides or [], return_hydra_config=hydra_config
-        )
+    return app_compose(overrides or [], return_hydra_config=hydra_config)
 
 
 # --- every option -----------------------------------------------------------------------------

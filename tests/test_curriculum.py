@@ -7,12 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
-from omegaconf import DictConfig
 
-from procmem.app import register_resolvers
+from procmem.app import compose_config
 from procmem.curriculum import AdaptiveCurriculum, FixedCurriculum, StagedCurriculum
 from procmem.schema import ConfigError, check_config
 
@@ -220,19 +217,6 @@ def test_constructor_rejects_bad_arguments(cls, kwargs, match):
 # --- config ---------------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def clean_hydra():
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    yield
-    GlobalHydra.instance().clear()
-
-
-def compose_config(overrides: list[str]) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
-
-
 def test_curriculum_options():
     assert {"none", "staged", "adaptive"} <= set(OPTIONS)
 
@@ -252,7 +236,6 @@ def test_option_composes_checks_and_builds(option):
 def test_conf_values_match_the_original_and_adaptive_defaults():
     staged = instantiate(compose_config(["curriculum=staged"]).curriculum)
     assert staged.schedule == ORIGINAL
-    GlobalHydra.instance().clear()
     cfg = compose_config(["curriculum=adaptive"]).curriculum
     assert (cfg.num_stages, cfg.threshold, cfg.replay) == (3, 0.95, 0.3)
     assert cfg.metric.format(stage=1) == "eval/accuracy_stage1"

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from procmem import app
@@ -37,9 +36,7 @@ def run_cli(script: str, *overrides: str) -> subprocess.CompletedProcess:
 
 
 def compose_config(*overrides: str) -> DictConfig:
-    app.register_resolvers()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+    return app.compose_config(overrides)
 
 
 def wandb_summary(run_dir: Path) -> dict:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import numpy as np
 
 from procmem.envs import keydoor
+from procmem.envs.batched import ArrayState, check_actions
 from procmem.envs.keydoor import BLOCKED, FIELD, FLAG_NAMES, FLAGS, NO_DIRECTION, OBS_FIELDS
 
 ACTION_NAMES = ("move_up", "move_down", "move_left", "move_right", "pickup_key", "open_door")
@@ -28,7 +28,7 @@ MAX_RANDOM_SIZE = 16
 MAX_WALLS = 0.5
 NO_BOX = (-1, -1)
 
-_STATE_ARRAYS = (
+STATE_ARRAYS = (
     "agent_pos",
     "has_key",
     "door_open",
@@ -63,7 +63,7 @@ def reachable(free: np.ndarray, start: np.ndarray) -> np.ndarray:
         reach = grown
 
 
-class GridWorld:
+class GridWorld(ArrayState):
     """Batched key/door/goal gridworld, Gymnasium-shaped (arrays in, arrays out).
 
     Picking up the key on its cell, then opening the door on its cell, then stepping onto
@@ -82,6 +82,7 @@ class GridWorld:
     evaluation, reset the eval env with a different seed.
     """
 
+    state_arrays = STATE_ARRAYS
     num_actions = len(ACTION_NAMES)
     obs_dim = len(OBS_FIELDS)
     action_names = ACTION_NAMES
@@ -159,7 +160,7 @@ class GridWorld:
         """Apply one action per env; returns (obs, reward, terminated, truncated, info)."""
         if self._needs_reset:
             raise RuntimeError("call reset() before step()")
-        actions = self._check_actions(actions)
+        actions = check_actions(actions, self.num_envs, self.num_actions)
 
         target = np.clip(self.agent_pos + MOVES[actions], 0, self.size - 1)
         into_wall = self.walls[self._rows, target[:, 0], target[:, 1]]
@@ -200,38 +201,6 @@ class GridWorld:
     def state_flags(self) -> np.ndarray:
         """(has_key, door_open) of the current state, bool [B, 2]."""
         return np.stack([self.has_key, self.door_open], axis=1)
-
-    def state_dict(self) -> dict[str, Any]:
-        """Full env state, deep-copied, including the walls and the generator's state."""
-        state = {name: getattr(self, name).copy() for name in _STATE_ARRAYS}
-        state["rng"] = copy.deepcopy(self._rng.bit_generator.state)
-        state["needs_reset"] = self._needs_reset
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a state produced by ``state_dict`` of an env with the same batch and size."""
-        for name in _STATE_ARRAYS:
-            current = getattr(self, name)
-            value = np.asarray(state[name], dtype=current.dtype)
-            if value.shape != current.shape:
-                raise ValueError(
-                    f"state[{name!r}] has shape {value.shape}, expected {current.shape}"
-                )
-            setattr(self, name, value.copy())
-        rng = np.random.default_rng()
-        rng.bit_generator.state = copy.deepcopy(state["rng"])
-        self._rng = rng
-        self._needs_reset = bool(state["needs_reset"])
-
-    def _check_actions(self, actions: np.ndarray) -> np.ndarray:
-        actions = np.asarray(actions)
-        if actions.shape != (self.num_envs,):
-            raise ValueError(f"actions must have shape ({self.num_envs},), got {actions.shape}")
-        if not np.issubdtype(actions.dtype, np.integer):
-            raise ValueError(f"actions must be integers, got dtype {actions.dtype}")
-        if np.any((actions < 0) | (actions >= self.num_actions)):
-            raise ValueError(f"actions must lie in [0, {self.num_actions}), got {actions}")
-        return actions.astype(np.int64)
 
     def _reset_envs(self, mask: np.ndarray) -> None:
         self.has_key[mask] = False

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from procmem.envs.batched import check_actions
 from procmem.envs.keydoor import FIELD, FLAG_NAMES, OBS_FIELDS
 
 MISSING_EXTRA = "env=minigrid needs the 'minigrid' extra: pip install -e '.[minigrid]'"
@@ -126,7 +127,7 @@ class MiniGridEnv:
         """Apply one action per env; returns (obs, reward, terminated, truncated, info)."""
         if self._needs_reset:
             raise RuntimeError("call reset() before step()")
-        actions = self._check_actions(actions).tolist()
+        actions = check_actions(actions, self.num_envs, self.num_actions).tolist()
         b = self.num_envs
         reward = np.zeros(b, dtype=np.float32)
         terminated = np.zeros(b, dtype=bool)
@@ -194,12 +195,3 @@ class MiniGridEnv:
         self._obs[i, _DYNAMIC] = _dynamic_fields(state, self._obs[i, _DOOR_X],
                                                  self._obs[i, _DOOR_Y])
 
-    def _check_actions(self, actions: np.ndarray) -> np.ndarray:
-        actions = np.asarray(actions)
-        if actions.shape != (self.num_envs,):
-            raise ValueError(f"actions must have shape ({self.num_envs},), got {actions.shape}")
-        if not np.issubdtype(actions.dtype, np.integer):
-            raise ValueError(f"actions must be integers, got dtype {actions.dtype}")
-        if np.any((actions < 0) | (actions >= self.num_actions)):
-            raise ValueError(f"actions must lie in [0, {self.num_actions}), got {actions}")
-        return actions.astype(np.int64)

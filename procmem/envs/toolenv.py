@@ -65,7 +65,6 @@ episode each env ran this step, meaningful where it ended.
 from __future__ import annotations
 
 import ast
-import copy
 import functools
 import operator
 import string
@@ -74,6 +73,8 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
+
+from procmem.envs.batched import ArrayState, check_actions
 
 VOCAB = (*"0123456789", "CTX", "MUL", "ADD", "SUB", "ANS", "STO", "RCL", "EOS")
 CTX, MUL, ADD, SUB, ANS, STO, RCL, EOS = (VOCAB.index(name) for name in VOCAB[10:])
@@ -150,7 +151,7 @@ _NUM_OPERANDS = np.array([stage.num_operands for stage in STAGES], dtype=np.int6
 _NUM_PARTIALS = np.array(
     [len(stage.partial_results(range(stage.num_operands))) for stage in STAGES], dtype=np.int64
 )
-_STATE_ARRAYS = (
+STATE_ARRAYS = (
     "stage", "operands", "target", "partials", "partial_mask", "partial_hit",
     "acc", "mem", "pointer", "steps", "prev_token",
 )
@@ -247,7 +248,7 @@ def decode(tokens: Sequence[int]) -> str:
     return " ".join(VOCAB[token] for token in tokens)
 
 
-class ToolEnv:
+class ToolEnv(ArrayState):
     """Batched arithmetic tool-use env, Gymnasium-shaped (see the module docstring).
 
     Envs that end are reset within the same ``step`` call, drawing their next problem's
@@ -256,6 +257,7 @@ class ToolEnv:
     the stage sampler belongs to whoever plugged it in.
     """
 
+    state_arrays = STATE_ARRAYS
     num_actions = len(TOOL_TOKENS)
     vocab_size = len(VOCAB)
     num_stages = len(STAGES)
@@ -339,7 +341,7 @@ class ToolEnv:
         """Emit one tool token per env; returns (obs, reward, terminated, truncated, info)."""
         if self._needs_reset:
             raise RuntimeError("call reset() before step()")
-        tokens = self._tool_ids[self._check_actions(actions)]
+        tokens = self._tool_ids[check_actions(actions, self.num_envs, self.num_actions)]
         self.acc, self.mem, self.pointer, valid = apply_tools(
             tokens, self.acc, self.mem, self.pointer, self.operands, _NUM_OPERANDS[self.stage]
         )
@@ -367,28 +369,6 @@ class ToolEnv:
             self._new_problems(np.flatnonzero(done), None)
         return self._obs(), reward, terminated, truncated, info
 
-    def state_dict(self) -> dict[str, Any]:
-        """Full env state, deep-copied, including the generator's state."""
-        state = {name: getattr(self, name).copy() for name in _STATE_ARRAYS}
-        state["rng"] = copy.deepcopy(self._rng.bit_generator.state)
-        state["needs_reset"] = self._needs_reset
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a state produced by ``state_dict`` of an env with the same settings."""
-        for name in _STATE_ARRAYS:
-            current = getattr(self, name)
-            value = np.asarray(state[name], dtype=current.dtype)
-            if value.shape != current.shape:
-                raise ValueError(
-                    f"state[{name!r}] has shape {value.shape}, expected {current.shape}"
-                )
-            setattr(self, name, value.copy())
-        rng = np.random.default_rng()
-        rng.bit_generator.state = copy.deepcopy(state["rng"])
-        self._rng = rng
-        self._needs_reset = bool(state["needs_reset"])
-
     def _uniform_stages(self, n: int, rng: np.random.Generator) -> np.ndarray:
         return rng.choice(np.array(self.stages, dtype=np.int64), size=n)
 
@@ -403,16 +383,6 @@ class ToolEnv:
         if np.any((stages < 0) | (stages >= self.num_stages)):
             raise ValueError(f"{name} must lie in [0, {self.num_stages}), got {stages}")
         return stages.astype(np.int64)
-
-    def _check_actions(self, actions: np.ndarray) -> np.ndarray:
-        actions = np.asarray(actions)
-        if actions.shape != (self.num_envs,):
-            raise ValueError(f"actions must have shape ({self.num_envs},), got {actions.shape}")
-        if not np.issubdtype(actions.dtype, np.integer):
-            raise ValueError(f"actions must be integers, got dtype {actions.dtype}")
-        if np.any((actions < 0) | (actions >= self.num_actions)):
-            raise ValueError(f"actions must lie in [0, {self.num_actions}), got {actions}")
-        return actions.astype(np.int64)
 
     def _new_problems(self, rows: np.ndarray, stages: np.ndarray | None) -> None:
         """Draw new problems (stages, then operands) for ``rows`` and reset their machines."""

@@ -1,0 +1,51 @@
+"""Pieces every batched env shares: action checks and array-held state."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+
+
+def check_actions(actions: np.ndarray, num_envs: int, num_actions: int) -> np.ndarray:
+    """``actions`` as int64 ``[num_envs]``, each in ``[0, num_actions)``; else ``ValueError``."""
+    actions = np.asarray(actions)
+    if actions.shape != (num_envs,):
+        raise ValueError(f"actions must have shape ({num_envs},), got {actions.shape}")
+    if not np.issubdtype(actions.dtype, np.integer):
+        raise ValueError(f"actions must be integers, got dtype {actions.dtype}")
+    if np.any((actions < 0) | (actions >= num_actions)):
+        raise ValueError(f"actions must lie in [0, {num_actions}), got {actions}")
+    return actions.astype(np.int64)
+
+
+class ArrayState:
+    """State held in numpy arrays (named by ``state_arrays``), a generator ``_rng`` and a
+    ``_needs_reset`` flag: saved deep-copied, restored with shape checks."""
+
+    state_arrays: tuple[str, ...] = ()
+    _rng: np.random.Generator
+    _needs_reset: bool
+
+    def state_dict(self) -> dict[str, Any]:
+        """Full env state, deep-copied, including the generator's state."""
+        state = {name: getattr(self, name).copy() for name in self.state_arrays}
+        state["rng"] = copy.deepcopy(self._rng.bit_generator.state)
+        state["needs_reset"] = self._needs_reset
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a state produced by ``state_dict`` of an env with the same settings."""
+        for name in self.state_arrays:
+            current = getattr(self, name)
+            value = np.asarray(state[name], dtype=current.dtype)
+            if value.shape != current.shape:
+                raise ValueError(
+                    f"state[{name!r}] has shape {value.shape}, expected {current.shape}"
+                )
+            setattr(self, name, value.copy())
+        rng = np.random.default_rng()
+        rng.bit_generator.state = copy.deepcopy(state["rng"])
+        self._rng = rng
+        self._needs_reset = bool(state["needs_reset"])
