@@ -170,6 +170,41 @@ class ProceduralAgentConfig:
         at_least(self, "bc_buffer_size", 1)
 
 
+@dataclass
+class ToolGRUPolicyConfig:
+    _target_: str = "procmem.agents.networks.ToolGRUPolicy"
+    _partial_: bool = True  # built by the algorithm with its env: network(env)
+    hidden: int = MISSING
+
+    def __post_init__(self) -> None:
+        at_least(self, "hidden", 1)
+
+
+@dataclass
+class A2CConfig:
+    _target_: str = "procmem.agents.a2c.A2C"
+    network: Any = MISSING
+    n_steps: int = MISSING
+    gamma: float = MISSING
+    lr: float = MISSING
+    optimizer: str = MISSING
+    value_coef: float = MISSING
+    entropy_coef: float = MISSING
+    max_grad_norm: float = MISSING
+    normalize_advantages: bool = MISSING
+    stats_window: int = MISSING
+
+    def __post_init__(self) -> None:
+        at_least(self, "n_steps", 1)
+        within(self, "gamma", 0.0, 1.0)
+        greater_than(self, "lr", 0.0)
+        one_of(self, "optimizer", ("adam", "rmsprop"))
+        at_least(self, "value_coef", 0.0)
+        at_least(self, "entropy_coef", 0.0)
+        greater_than(self, "max_grad_norm", 0.0)
+        at_least(self, "stats_window", 1)
+
+
 # --- memory ---------------------------------------------------------------------------------
 
 
@@ -290,7 +325,7 @@ def register_schema(schema: type) -> type:
 
 for _schema in (GridWorldConfig, ProceduralAgentConfig, SkillLibraryConfig,
                 FixedCurriculumConfig, StagedCurriculumConfig, AdaptiveCurriculumConfig,
-                WandbConfig, MiniGridConfig, ToolEnvConfig):
+                WandbConfig, MiniGridConfig, ToolEnvConfig, A2CConfig, ToolGRUPolicyConfig):
     register_schema(_schema)
 
 
@@ -321,6 +356,9 @@ def check_component(node: Any, group: str) -> None:
             "procmem.schema.register_schema",
         )
     check_node(node, SCHEMAS[target], group)
+    for key, value in node.items():
+        if isinstance(value, DictConfig) and "_target_" in value:
+            check_component(value, f"{group}.{key}")
 
 
 def check_config(cfg: DictConfig) -> None:

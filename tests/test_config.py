@@ -52,9 +52,9 @@ def test_group_has_options_including_default(group):
     assert DEFAULTS[group] in found
 
 
-def experiment_using_env(env: str) -> str | None:
-    """An experiment that runs ``env`` (the default one first), or None."""
-    uses = re.compile(rf"override /env:\s*{re.escape(env)}\s*$", re.MULTILINE)
+def experiment_using(group: str, option: str) -> str | None:
+    """An experiment that picks ``option`` for ``group`` (the default one first), or None."""
+    uses = re.compile(rf"override /{group}:\s*{re.escape(option)}\s*$", re.MULTILINE)
     users = [name for name in options("experiment")
              if uses.search((CONF / "experiment" / f"{name}.yaml").read_text())]
     return DEFAULTS["experiment"] if DEFAULTS["experiment"] in users else next(iter(users), None)
@@ -63,15 +63,17 @@ def experiment_using_env(env: str) -> str | None:
 @pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS)
 def test_option_composes_checks_and_builds(group, option):
     overrides = [f"{group}={option}"]
-    if group == "env":
-        # An env is built with an agent that runs it; without such an experiment, alone.
-        experiment = experiment_using_env(option)
-        if experiment is None:
+    if group in ("env", "agent"):
+        # Envs and agents are built with an experiment that pairs them; an env without
+        # one is built alone.
+        experiment = experiment_using(group, option)
+        if experiment is None and group == "env":
             cfg = compose_config(overrides)
             check_config(cfg)
             assert callable(getattr(instantiate(cfg.env), "reset", None))
             return
-        overrides.insert(0, f"experiment={experiment}")
+        if experiment is not None:
+            overrides.insert(0, f"experiment={experiment}")
     cfg = compose_config(overrides)
     check_config(cfg)
 
@@ -82,7 +84,7 @@ def test_option_composes_checks_and_builds(group, option):
 
     if len(cfg.memory) == 0:
         assert build_optional(cfg.memory, device="cpu") is None
-        assert algorithm.memory is None
+        assert getattr(algorithm, "memory", None) is None
     else:
         assert algorithm.memory is not None
 

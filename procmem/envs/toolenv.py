@@ -260,6 +260,7 @@ class ToolEnv(ArrayState):
     state_arrays = STATE_ARRAYS
     num_actions = len(TOOL_TOKENS)
     vocab_size = len(VOCAB)
+    pad_token = EOS  # pads the context of stages with fewer operands
     num_stages = len(STAGES)
     action_names = tuple(VOCAB[token] for token in TOOL_TOKENS)
 

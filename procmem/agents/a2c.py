@@ -1,0 +1,198 @@
+"""Advantage actor-critic (A2C) over a batched env, for any network in ``networks.py``."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from procmem.agents.networks import as_tensors
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop}
+
+
+def n_step_returns(rewards: Tensor, dones: Tensor, bootstrap: Tensor, gamma: float) -> Tensor:
+    """Discounted returns ``[T, B]`` of a rollout: ``R_t = r_t + gamma * (1 - done_t) * R_{t+1}``,
+    with ``R_T`` the value estimate of the state after the last step."""
+    returns = torch.empty_like(rewards)
+    running = bootstrap
+    for t in range(rewards.shape[0] - 1, -1, -1):
+        running = rewards[t] + gamma * (1.0 - dones[t]) * running
+        returns[t] = running
+    return returns
+
+
+class A2C:
+    """Synchronous advantage actor-critic: one update per iteration from ``n_steps`` steps of
+    every env.
+
+    Returns are per step, bootstrapped from the value of the state the rollout stops in and
+    cut at episode ends; truncation counts as an end (the step count is part of what the
+    envs observe). The loss is the policy gradient with (optionally normalised) advantages,
+    plus ``value_coef`` times the value MSE, minus ``entropy_coef`` times the entropy;
+    gradients are clipped to ``max_grad_norm``. Recurrent states are carried across updates
+    and reset where episodes end. A curriculum plugs in as the env's stage sampler when the
+    env has one. Evaluation acts greedily.
+    """
+
+    def __init__(
+        self,
+        env: Any,
+        eval_env: Any,
+        memory: Any,
+        curriculum: Any,
+        device: torch.device,
+        seed: int,
+        network: Callable[[Any], nn.Module],
+        n_steps: int = 7,
+        gamma: float = 1.0,
+        lr: float = 3e-4,
+        optimizer: str = "adam",
+        value_coef: float = 0.5,
+        entropy_coef: float = 0.01,
+        max_grad_norm: float = 1.0,
+        normalize_advantages: bool = False,
+        stats_window: int = 100,
+    ) -> None:
+        if memory is not None:
+            raise ValueError("agent=a2c keeps no external memory: set memory=none")
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
+        self.env, self.eval_env, self.curriculum = env, eval_env, curriculum
+        self.device, self.seed = device, seed
+        self.n_steps, self.gamma = n_steps, gamma
+        self.value_coef, self.entropy_coef = value_coef, entropy_coef
+        self.max_grad_norm = max_grad_norm
+        self.normalize_advantages = normalize_advantages
+        self.stats_window = stats_window
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.net = network(env).to(device)
+        self.optimizer = OPTIMIZERS[optimizer](self.net.parameters(), lr=lr)
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        if hasattr(env, "set_stage_sampler"):
+            env.set_stage_sampler(curriculum.sample)
+        self.obs, _ = env.reset(seed=seed)
+        self.state = self.net.initial_state(env.num_envs)
+        self.episode_return = np.zeros(env.num_envs)
+        self.finished: list[tuple[float, float]] = []  # (return, correct) of recent episodes
+        self.env_steps = 0
+
+    # --- the algorithm protocol ---------------------------------------------------------------
+
+    def train_iteration(self) -> dict[str, float]:
+        start = time.perf_counter()
+        log_probs, values, entropies, rewards, dones = [], [], [], [], []
+        for _ in range(self.n_steps):
+            logits, value, self.state = self.net(as_tensors(self.obs, self.device), self.state)
+            dist = torch.distributions.Categorical(logits=logits)
+            action = torch.multinomial(dist.probs, 1, generator=self.generator).squeeze(1)
+            obs, reward, terminated, truncated, info = self.env.step(action.cpu().numpy())
+            done = terminated | truncated
+            self._track_episodes(reward, done, info)
+            log_probs.append(dist.log_prob(action))
+            entropies.append(dist.entropy())
+            values.append(value)
+            rewards.append(torch.as_tensor(reward, dtype=torch.float32, device=self.device))
+            dones.append(torch.as_tensor(done, dtype=torch.float32, device=self.device))
+            self.state = self.state * (1.0 - dones[-1]).unsqueeze(1)
+            self.obs = obs
+        with torch.no_grad():
+            _, bootstrap, _ = self.net(as_tensors(self.obs, self.device), self.state)
+        returns = n_step_returns(torch.stack(rewards), torch.stack(dones), bootstrap, self.gamma)
+        values_t = torch.stack(values)
+        advantages = (returns - values_t).detach()
+        if self.normalize_advantages:
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        policy_loss = -(torch.stack(log_probs) * advantages).mean()
+        value_loss = (returns - values_t).pow(2).mean()
+        entropy = torch.stack(entropies).mean()
+        loss = policy_loss + self.value_coef * value_loss - self.entropy_coef * entropy
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = nn.utils.clip_grad_norm_(self.net.parameters(), self.max_grad_norm)
+        self.optimizer.step()
+        self.state = self.state.detach()
+        samples = self.n_steps * self.env.num_envs
+        self.env_steps += samples
+        metrics = {
+            "train/loss_policy": policy_loss.item(),
+            "train/loss_value": value_loss.item(),
+            "train/entropy": entropy.item(),
+            "train/grad_norm": float(grad_norm),
+            "train/env_steps": float(self.env_steps),
+            "perf/sps": samples / (time.perf_counter() - start),
+        }
+        if self.finished:
+            recent = np.array(self.finished[-self.stats_window:])
+            metrics["train/episode_return"] = float(recent[:, 0].mean())
+            metrics["train/accuracy"] = float(recent[:, 1].mean())
+        return metrics
+
+    @torch.no_grad()
+    def evaluate(self, episodes: int) -> dict[str, float]:
+        """Greedy exact-answer accuracy per stage on ``episodes`` fresh problems each."""
+        metrics = {}
+        for stage in getattr(self.eval_env, "stages", (0,)):
+            correct = self._greedy_episodes(episodes, stage)
+            metrics[f"eval/accuracy_stage{stage}"] = float(np.mean(correct))
+        metrics["eval/accuracy"] = float(np.mean(list(metrics.values())))
+        return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "net": copy.deepcopy(self.net.state_dict()),
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "generator": self.generator.get_state(),
+            "env": self.env.state_dict(),
+            "obs": {k: v.copy() for k, v in self.obs.items()},
+            "state": self.state.detach().clone(),
+            "episode_return": self.episode_return.copy(),
+            "finished": list(self.finished),
+            "env_steps": self.env_steps,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.net.load_state_dict(state["net"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.env.load_state_dict(state["env"])
+        self.obs = {k: np.array(v) for k, v in state["obs"].items()}
+        self.state = state["state"].to(self.device)
+        self.episode_return = np.array(state["episode_return"])
+        self.finished = [tuple(e) for e in state["finished"]]
+        self.env_steps = int(state["env_steps"])
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def _track_episodes(self, reward: np.ndarray, done: np.ndarray, info: dict) -> None:
+        self.episode_return += reward
+        correct = info.get("final_correct", info.get("success", np.zeros_like(done)))
+        for i in np.flatnonzero(done):
+            self.finished.append((float(self.episode_return[i]), float(correct[i])))
+        self.finished = self.finished[-self.stats_window:]
+        self.episode_return[done] = 0.0
+
+    def _greedy_episodes(self, episodes: int, stage: int) -> list[float]:
+        """Correctness of ``episodes`` greedy episodes started at ``stage``."""
+        env, results, round_ = self.eval_env, [], 0
+        while len(results) < episodes:
+            obs, _ = env.reset(seed=self.seed + 7919 * (stage + 1) + round_, stages=stage)
+            state = self.net.initial_state(env.num_envs)
+            running = np.ones(env.num_envs, dtype=bool)
+            correct = np.zeros(env.num_envs)
+            while running.any():
+                logits, _, state = self.net(as_tensors(obs, self.device), state)
+                obs, _, terminated, truncated, info = env.step(logits.argmax(1).cpu().numpy())
+                ended = running & (terminated | truncated)
+                correct[ended] = info["final_correct"][ended]
+                running &= ~ended
+            results.extend(correct.tolist())
+            round_ += 1
+        return results[:episodes]
+

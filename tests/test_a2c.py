@@ -1,0 +1,103 @@
+"""A2C: returns against a hand computation, learning, evaluation and checkpoints."""
+
+import copy
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+
+from procmem.agents.a2c import A2C, n_step_returns
+from procmem.agents.networks import ToolGRUPolicy
+from procmem.curriculum import FixedCurriculum
+from procmem.envs.toolenv import ToolEnv
+
+CPU = torch.device("cpu")
+
+
+def make_a2c(seed: int = 0, num_envs: int = 64, **kwargs) -> A2C:
+    settings = {"lr": 3e-3, "entropy_coef": 0.01, **kwargs}
+    return A2C(env=ToolEnv(num_envs=num_envs, stages=(0,)),
+               eval_env=ToolEnv(num_envs=num_envs, stages=(0,)), memory=None,
+               curriculum=FixedCurriculum(0), device=CPU, seed=seed,
+               network=partial(ToolGRUPolicy, hidden=32), **settings)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_n_step_returns_match_a_hand_computed_case():
+    # Two envs, three steps; env 0's episode ends at t=1, env 1 runs on.
+    rewards = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.5, 1.0]])
+    dones = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 0.0]])
+    bootstrap = torch.tensor([10.0, 4.0])
+    gamma = 0.5
+    expected = torch.tensor([
+        [1.0 + 0.5 * 2.0, 0.0 + 0.5 * (0.0 + 0.5 * (1.0 + 0.5 * 4.0))],
+        [2.0, 0.0 + 0.5 * (1.0 + 0.5 * 4.0)],
+        [0.5 + 0.5 * 10.0, 1.0 + 0.5 * 4.0],
+    ])
+    assert torch.allclose(n_step_returns(rewards, dones, bootstrap, gamma), expected)
+
+
+def test_a_short_run_learns_stage_zero():
+    agent = make_a2c()
+    before = agent.evaluate(128)["eval/accuracy_stage0"]
+    for _ in range(60):
+        metrics = agent.train_iteration()
+    after = agent.evaluate(128)["eval/accuracy_stage0"]
+    assert before < 0.3
+    assert after > 0.9, after
+    assert metrics["train/env_steps"] == 60 * 7 * 64
+    assert {"train/loss_policy", "train/loss_value", "train/entropy", "perf/sps"} <= metrics.keys()
+
+
+def without_timing(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if not k.startswith("perf/")}
+
+
+def test_evaluate_is_repeatable_and_changes_nothing():
+    agent = make_a2c()
+    for _ in range(5):
+        agent.train_iteration()
+    twin = make_a2c()
+    twin.load_state_dict(copy.deepcopy(agent.state_dict()))
+    assert agent.evaluate(100) == agent.evaluate(100)
+    assert without_timing(agent.train_iteration()) == without_timing(twin.train_iteration())
+
+
+def test_state_dict_round_trip_continues_identically():
+    agent = make_a2c(seed=3)
+    for _ in range(4):
+        agent.train_iteration()
+    restored = make_a2c(seed=99)
+    restored.load_state_dict(copy.deepcopy(agent.state_dict()))
+    for _ in range(3):
+        assert without_timing(restored.train_iteration()) == without_timing(
+            agent.train_iteration())
+
+
+def test_a2c_refuses_a_memory_and_unknown_optimizers():
+    with pytest.raises(ValueError, match="memory=none"):
+        A2C(env=ToolEnv(), eval_env=ToolEnv(), memory=object(), curriculum=FixedCurriculum(0),
+            device=CPU, seed=0, network=ToolGRUPolicy)
+    with pytest.raises(ValueError, match="optimizer"):
+        make_a2c(optimizer="sgd")
+
+
+def test_the_curriculum_chooses_the_training_stages():
+    class OnlyStageOne(FixedCurriculum):
+        def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+            return np.ones(n, dtype=np.int64)
+
+    agent = A2C(env=ToolEnv(num_envs=16), eval_env=ToolEnv(num_envs=16), memory=None,
+                curriculum=OnlyStageOne(1), device=CPU, seed=0,
+                network=partial(ToolGRUPolicy, hidden=16))
+    for _ in range(3):
+        agent.train_iteration()
+        assert (agent.obs["stage"] == 1).all()
