@@ -29,7 +29,7 @@ def _constant(n: int, stage: int) -> np.ndarray:
 
 
 class FixedCurriculum:
-    """Always the same stage (``curriculum=none``)."""
+    """Always the same stage."""
 
     def __init__(self, stage: int = 0) -> None:
         if stage < 0:
@@ -54,6 +54,20 @@ class FixedCurriculum:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.stage = int(state["stage"])
+
+
+class UniformCurriculum(FixedCurriculum):
+    """No curriculum (``curriculum=none``): every problem's stage is drawn uniformly from
+    ``0..num_stages - 1`` from the first iteration on."""
+
+    def __init__(self, num_stages: int = 1) -> None:
+        if num_stages < 1:
+            raise ValueError(f"num_stages must be >= 1, got {num_stages}")
+        super().__init__(num_stages - 1)
+        self.num_stages = num_stages
+
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        return rng.integers(self.num_stages, size=n, dtype=np.int64)
 
 
 class StagedCurriculum(FixedCurriculum):

@@ -236,6 +236,15 @@ class SkillLibraryConfig:
 
 
 @dataclass
+class UniformCurriculumConfig:
+    _target_: str = "procmem.curriculum.UniformCurriculum"
+    num_stages: int = MISSING
+
+    def __post_init__(self) -> None:
+        at_least(self, "num_stages", 1)
+
+
+@dataclass
 class FixedCurriculumConfig:
     _target_: str = "procmem.curriculum.FixedCurriculum"
     stage: int = MISSING
@@ -323,8 +332,8 @@ def register_schema(schema: type) -> type:
     return schema
 
 
-for _schema in (GridWorldConfig, ProceduralAgentConfig, SkillLibraryConfig,
-                FixedCurriculumConfig, StagedCurriculumConfig, AdaptiveCurriculumConfig,
+for _schema in (GridWorldConfig, ProceduralAgentConfig, SkillLibraryConfig, FixedCurriculumConfig,
+                UniformCurriculumConfig, StagedCurriculumConfig, AdaptiveCurriculumConfig,
                 WandbConfig, MiniGridConfig, ToolEnvConfig, A2CConfig, ToolGRUPolicyConfig):
     register_schema(_schema)
 

@@ -10,7 +10,12 @@ import pytest
 from hydra.utils import instantiate
 
 from procmem.app import compose_config
-from procmem.curriculum import AdaptiveCurriculum, FixedCurriculum, StagedCurriculum
+from procmem.curriculum import (
+    AdaptiveCurriculum,
+    FixedCurriculum,
+    StagedCurriculum,
+    UniformCurriculum,
+)
 from procmem.schema import ConfigError, check_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -218,7 +223,16 @@ def test_constructor_rejects_bad_arguments(cls, kwargs, match):
 
 
 def test_curriculum_options():
-    assert {"none", "staged", "adaptive"} <= set(OPTIONS)
+    assert {"none", "fixed", "staged", "adaptive"} <= set(OPTIONS)
+
+
+def test_no_curriculum_trains_every_stage_from_the_start():
+    curriculum = UniformCurriculum(num_stages=3)
+    stages = curriculum.sample(30_000, np.random.default_rng(0))
+    assert np.bincount(stages).tolist() == pytest.approx([10_000] * 3, rel=0.05)
+    assert curriculum.stage == 2
+    with pytest.raises(ValueError, match="num_stages"):
+        UniformCurriculum(num_stages=0)
 
 
 @pytest.mark.parametrize("option", OPTIONS)
@@ -228,7 +242,9 @@ def test_option_composes_checks_and_builds(option):
     curriculum = instantiate(cfg.curriculum)
     curriculum.on_iteration(1, cfg.trainer.iterations)
     curriculum.update(1, {})
-    assert curriculum.sample(4, np.random.default_rng(0)).tolist() == [curriculum.stage] * 4
+    stages = curriculum.sample(64, np.random.default_rng(0))
+    assert stages.dtype == np.int64 and stages.shape == (64,)
+    assert 0 <= stages.min() and stages.max() <= curriculum.stage
     assert curriculum.metrics()["curriculum/stage"] == float(curriculum.stage)
     assert curriculum.state_dict()
 
@@ -242,7 +258,8 @@ def test_conf_values_match_the_original_and_adaptive_defaults():
 
 
 BAD_VALUES = [
-    ("curriculum=none", "curriculum.stage=-1", "curriculum.stage"),
+    ("curriculum=fixed", "curriculum.stage=-1", "curriculum.stage"),
+    ("curriculum=none", "curriculum.num_stages=0", "curriculum.num_stages"),
     ("curriculum=staged", "curriculum.schedule=[]", "curriculum.schedule"),
     ("curriculum=staged", "curriculum.schedule=[0,-1]", "curriculum.schedule"),
     ("curriculum=staged", "curriculum.schedule=[0,a]", "curriculum.schedule"),
