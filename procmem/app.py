@@ -25,6 +25,7 @@ from procmem.schema import check_config
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
 SAVED_CONFIG = Path(".hydra") / "config.yaml"
+EXPLAINED_PER_STAGE = 3  # evaluate_run spells out this many episodes per stage
 SAVED_OVERRIDES = Path(".hydra") / "overrides.yaml"
 
 
@@ -151,6 +152,8 @@ def evaluate_run(
     algorithm.load_state_dict(checkpoint["algorithm"])
     metrics = algorithm.evaluate(episodes)
     result = {"iteration": checkpoint["iteration"], "episodes": episodes, **metrics}
+    if hasattr(algorithm, "explain"):
+        result["samples"] = algorithm.explain(EXPLAINED_PER_STAGE)
     atomic_write_json(run_dir / "eval.json", result)
     if log:
         for sink in _logger_sinks(cfg, run_dir, "eval"):
@@ -170,10 +173,13 @@ def compare_runs(
 
 
 def format_metrics(metrics: Mapping[str, Any]) -> str:
-    """A two-column text table of a metrics dict."""
-    width = max((len(k) for k in metrics), default=0)
+    """A two-column text table of a metrics dict; a ``samples`` list follows, one a line."""
+    scalars = {k: v for k, v in metrics.items() if k != "samples"}
+    width = max((len(k) for k in scalars), default=0)
     lines = []
-    for key, value in metrics.items():
+    for key, value in scalars.items():
         shown = f"{value:.4g}" if isinstance(value, float) else str(value)
         lines.append(f"{key:<{width}}  {shown}")
+    lines += [", ".join(f"{k}={v}" for k, v in sample.items())
+              for sample in metrics.get("samples", ())]
     return "\n".join(lines)

@@ -101,3 +101,17 @@ def test_the_curriculum_chooses_the_training_stages():
     for _ in range(3):
         agent.train_iteration()
         assert (agent.obs["stage"] == 1).all()
+
+
+def test_explain_spells_out_greedy_episodes_per_stage():
+    agent = A2C(env=ToolEnv(num_envs=8), eval_env=ToolEnv(num_envs=8), memory=None,
+                curriculum=FixedCurriculum(0), device=CPU, seed=0,
+                network=partial(ToolGRUPolicy, hidden=16))
+    records = agent.explain(2)
+    assert [r["stage"] for r in records] == [0, 0, 1, 1, 2, 2]
+    for record in records:
+        assert set(record) == {"stage", "expression", "operands", "target", "program",
+                               "answer", "correct", "reward"}
+        assert record["correct"] == (record["program"].endswith("ANS")
+                                     and record["answer"] == record["target"])
+        assert set(record["program"].split()) <= {"MUL", "ADD", "SUB", "STO", "RCL", "ANS"}

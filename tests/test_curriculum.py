@@ -253,7 +253,7 @@ def test_conf_values_match_the_original_and_adaptive_defaults():
     staged = instantiate(compose_config(["curriculum=staged"]).curriculum)
     assert staged.schedule == ORIGINAL
     cfg = compose_config(["curriculum=adaptive"]).curriculum
-    assert (cfg.num_stages, cfg.threshold, cfg.replay) == (3, 0.95, 0.3)
+    assert (cfg.num_stages, cfg.threshold, cfg.replay) == (3, 0.99, 0.3)
     assert cfg.metric.format(stage=1) == "eval/accuracy_stage1"
 
 

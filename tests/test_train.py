@@ -188,3 +188,19 @@ def test_evaluate_writes_eval_json_for_a_finished_run(tmp_path: Path) -> None:
     assert evaluation["eval/mean_steps"] == 10.0
     assert evaluation["memory/skills"] == 1.0
     assert "eval/mean_reward" in result.stdout
+
+
+def test_tool_use_run_evaluates_per_stage_with_explained_samples(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_cli("train.py", "experiment=model_native_toolenv", "logger=none", "env.num_envs=16",
+            "trainer.iterations=4", "trainer.eval_every=2", "trainer.eval_episodes=16",
+            "trainer.progress=false", f"hydra.run.dir={run_dir}")
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    assert [r["iteration"] for r in rows if "eval/accuracy_stage2" in r] == [2, 4]
+    assert all("curriculum/stage" in r for r in rows if "eval/accuracy" in r)
+
+    result = run_cli("evaluate.py", f"run={run_dir}", "episodes=16", "log=false")
+    evaluation = json.loads((run_dir / "eval.json").read_text())
+    assert {f"eval/accuracy_stage{s}" for s in range(3)} <= evaluation.keys()
+    assert [s["stage"] for s in evaluation["samples"]] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert "program=" in result.stdout and "expression=(a*b+c)-(d*e)" in result.stdout

@@ -139,10 +139,16 @@ class A2C:
         """Greedy exact-answer accuracy per stage on ``episodes`` fresh problems each."""
         metrics = {}
         for stage in getattr(self.eval_env, "stages", (0,)):
-            correct = self._greedy_episodes(episodes, stage)
-            metrics[f"eval/accuracy_stage{stage}"] = float(np.mean(correct))
+            records = self._greedy_episodes(episodes, stage)
+            metrics[f"eval/accuracy_stage{stage}"] = float(np.mean([r["correct"] for r in records]))
         metrics["eval/accuracy"] = float(np.mean(list(metrics.values())))
         return metrics
+
+    @torch.no_grad()
+    def explain(self, per_stage: int) -> list[dict[str, Any]]:
+        """A few greedy episodes per stage, spelled out (problem, program, answer, reward)."""
+        return [record for stage in getattr(self.eval_env, "stages", (0,))
+                for record in self._greedy_episodes(per_stage, stage)]
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -178,21 +184,31 @@ class A2C:
         self.finished = self.finished[-self.stats_window:]
         self.episode_return[done] = 0.0
 
-    def _greedy_episodes(self, episodes: int, stage: int) -> list[float]:
-        """Correctness of ``episodes`` greedy episodes started at ``stage``."""
-        env, results, round_ = self.eval_env, [], 0
-        while len(results) < episodes:
+    def _greedy_episodes(self, episodes: int, stage: int) -> list[dict[str, Any]]:
+        """``episodes`` greedy episodes started at ``stage``: what was asked, what the agent
+        emitted, its answer and reward (the fixed seeds make evaluations comparable)."""
+        env, records, round_ = self.eval_env, [], 0
+        while len(records) < episodes:
             obs, _ = env.reset(seed=self.seed + 7919 * (stage + 1) + round_, stages=stage)
+            problems = env.describe()
             state = self.net.initial_state(env.num_envs)
             running = np.ones(env.num_envs, dtype=bool)
-            correct = np.zeros(env.num_envs)
+            actions, outcome = [], {}
             while running.any():
                 logits, _, state = self.net(as_tensors(obs, self.device), state)
-                obs, _, terminated, truncated, info = env.step(logits.argmax(1).cpu().numpy())
+                action = logits.argmax(1).cpu().numpy()
+                obs, reward, terminated, truncated, info = env.step(action)
+                actions.append(np.where(running, action, -1))
                 ended = running & (terminated | truncated)
-                correct[ended] = info["final_correct"][ended]
+                for i in np.flatnonzero(ended):
+                    outcome[i] = (int(info["final_answer"][i]), bool(info["final_correct"][i]),
+                                  round(float(reward[i]), 6))
                 running &= ~ended
-            results.extend(correct.tolist())
+            emitted = np.stack(actions, axis=1)
+            for i, problem in enumerate(problems):
+                answer, correct, reward = outcome[i]
+                program = env.program([a for a in emitted[i] if a >= 0])
+                records.append({**problem, "program": program, "answer": answer,
+                                "correct": correct, "reward": reward})
             round_ += 1
-        return results[:episodes]
-
+        return records[:episodes]

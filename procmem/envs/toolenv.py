@@ -414,6 +414,20 @@ class ToolEnv(ArrayState):
         self.partials[rows] = partials
         self.partial_mask[rows] = present & ~repeated.any(axis=2)
 
+    def describe(self) -> list[dict[str, Any]]:
+        """The current problem of every env: stage, expression, operands and target."""
+        return [
+            {"stage": int(stage), "expression": STAGES[stage].expression,
+             "operands": self.operands[i, : STAGES[stage].num_operands].tolist(),
+             "target": int(self.target[i])}
+            for i, stage in enumerate(self.stage)
+        ]
+
+    @staticmethod
+    def program(actions: Sequence[int]) -> str:
+        """Actions as the tool tokens they emit, e.g. ``"MUL ADD ANS"``."""
+        return decode([TOOL_TOKENS[action] for action in actions])
+
     def _obs(self) -> dict[str, np.ndarray]:
         digits = self.operands[:, :, None] // self._place % 10  # [B, K, digits]
         unused = np.arange(self.max_operands) >= _NUM_OPERANDS[self.stage][:, None]
