@@ -31,6 +31,10 @@ class ConfigError(ValueError):
         self.key = key
         self.reason = reason
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        """Picklable, so errors cross process boundaries (launchers, process pools)."""
+        return ConfigError, (self.key, self.reason)
+
     def under(self, prefix: str) -> ConfigError:
         return ConfigError(f"{prefix}.{self.key}" if prefix else self.key, self.reason)
 

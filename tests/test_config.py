@@ -3,6 +3,7 @@ early with a one-line error naming the full key; run dirs resolve as documented.
 
 from __future__ import annotations
 
+import pickle
 import re
 import subprocess
 import sys
@@ -233,3 +234,10 @@ def test_cli_bad_value_exits_before_training(tmp_path):
     assert "Traceback" not in result.stderr
     assert not (run_dir / "metrics.jsonl").exists()
     assert not (run_dir / "checkpoints").exists()
+
+
+def test_config_errors_survive_pickling():
+    """Launchers and process pools send a job's error back to the parent process."""
+    error = pickle.loads(pickle.dumps(ConfigError("memory.top_k", "0 is out of range")))
+    assert (error.key, error.reason) == ("memory.top_k", "0 is out of range")
+    assert str(error) == "memory.top_k: 0 is out of range"
