@@ -12,6 +12,8 @@ from procmem.agents.networks import ToolGRUPolicy
 from procmem.curriculum import FixedCurriculum
 from procmem.envs.toolenv import ToolEnv
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 CPU = torch.device("cpu")
 
 
@@ -21,14 +23,6 @@ def make_a2c(seed: int = 0, num_envs: int = 64, **kwargs) -> A2C:
                eval_env=ToolEnv(num_envs=num_envs, stages=(0,)), memory=None,
                curriculum=FixedCurriculum(0), device=CPU, seed=seed,
                network=partial(ToolGRUPolicy, hidden=32), **settings)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_n_step_returns_match_a_hand_computed_case():

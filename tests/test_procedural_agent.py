@@ -17,6 +17,8 @@ from procmem.envs.keydoor import FIELD
 from procmem.memory.skill_library import SkillLibrary
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 CPU = torch.device("cpu")
 
 
@@ -362,15 +364,6 @@ SUBGOAL_PRECONDITIONS = {
     "open_door": {"has_key": True, "door_open": False},
     "reach_goal": {"has_key": True, "door_open": True},
 }
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """The policies are tiny; extra threads only slow them down on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_subgoal_agent(
