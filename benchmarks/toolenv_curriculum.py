@@ -7,11 +7,10 @@ every stage's accuracy is >= 0.99: its update, the env samples trained on until 
 trains `experiment=model_native_toolenv_original` (60 updates, staged [0,0,0,1,1,2], lr 3e-4,
 entropy 0.01, no shaping) for every seed and reports its final per-stage accuracies.
 
-`curriculum=none` is a FixedCurriculum at stage 0: the agent plugs `curriculum.sample` into
-the env as its stage sampler, so `env.stages` is never used for training and `none` trains
-on stage 0 only (evaluation still covers every stage). It runs as it is. The experiment
-sets `curriculum.threshold`, which only the adaptive curriculum accepts, so `none` and
-`staged` also pass `~curriculum.threshold`.
+`curriculum=none` draws every problem's stage uniformly from all stages from the first
+update; `staged` trains only the scheduled stage ([0,0,0,1,1,2] stretched over the run);
+`adaptive` advances when the current stage's accuracy reaches its threshold and replays
+earlier stages.
 
 Wall time is measured from the rows themselves: with `trainer.log_every=1` every update's
 row carries `perf/iterations_per_second`, the rate since the previous row, so
@@ -52,9 +51,6 @@ def run(curriculum: str, seed: int, iterations: int | None, eval_every: int) -> 
     else:
         overrides = ["experiment=model_native_toolenv", f"curriculum={curriculum}", *COMMON,
                      f"seed={seed}", f"trainer.eval_every={eval_every}"]
-        if curriculum != "adaptive":
-            # The experiment sets curriculum.threshold, a key only the adaptive curriculum has.
-            overrides.append("~curriculum.threshold")
         if iterations is not None:
             overrides.append(f"trainer.iterations={iterations}")
     cfg = app.compose_config(overrides)
