@@ -138,7 +138,7 @@ class A2C:
     def evaluate(self, episodes: int) -> dict[str, float]:
         """Greedy exact-answer accuracy per stage on ``episodes`` fresh problems each."""
         metrics = {}
-        for stage in getattr(self.eval_env, "stages", (0,)):
+        for stage in self.eval_env.stages:
             records = self._greedy_episodes(episodes, stage)
             metrics[f"eval/accuracy_stage{stage}"] = float(np.mean([r["correct"] for r in records]))
         metrics["eval/accuracy"] = float(np.mean(list(metrics.values())))
@@ -147,7 +147,7 @@ class A2C:
     @torch.no_grad()
     def explain(self, per_stage: int) -> list[dict[str, Any]]:
         """A few greedy episodes per stage, spelled out (problem, program, answer, reward)."""
-        return [record for stage in getattr(self.eval_env, "stages", (0,))
+        return [record for stage in self.eval_env.stages
                 for record in self._greedy_episodes(per_stage, stage)]
 
     def state_dict(self) -> dict[str, Any]:

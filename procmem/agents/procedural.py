@@ -352,8 +352,8 @@ class ProceduralMemoryAgent:
     def _learn_from_episode(self, stream: _Stream, i: int, final_obs: np.ndarray) -> None:
         length = int(stream.length[i])
         if self.extraction == EXTRACTIONS[0]:
-            if stream.trajectory_events[i, length - 1, _SUCCESS] and length >= \
-                    self.min_success_steps:
+            succeeded = stream.trajectory_events[i, length - 1, _SUCCESS]
+            if succeeded and length >= self.min_success_steps:
                 self._add_last_transitions(stream, i, length, final_obs)
             return
         obs = np.concatenate([stream.trajectory_obs[i, :length], final_obs[None]])
