@@ -58,6 +58,16 @@ def within(obj: Any, key: str, low: float, high: float) -> None:
         raise ConfigError(key, f"{_value(obj, key)!r} is out of range: must be in [{low}, {high}]")
 
 
+def stage_list(obj: Any, key: str, num_stages: int) -> None:
+    """A non-empty list of stages, each in ``0..num_stages - 1``."""
+    stages = _value(obj, key)
+    if not stages:
+        raise ConfigError(key, "must not be empty")
+    for stage in stages:
+        if not 0 <= stage < num_stages:
+            raise ConfigError(key, f"{stage!r} is out of range: stages are 0..{num_stages - 1}")
+
+
 def one_of(obj: Any, key: str, options: Iterable[Any]) -> None:
     options = tuple(options)
     if _value(obj, key) not in options:
@@ -121,6 +131,7 @@ class ToolEnvConfig:
     operand_high: int = MISSING
     shaping: float = MISSING
     stages: list[int] = MISSING
+    eval_stages: list[int] | None = MISSING
 
     def __post_init__(self) -> None:
         at_least(self, "num_envs", 1)
@@ -128,12 +139,9 @@ class ToolEnvConfig:
         at_least(self, "operand_low", 0)  # the vocabulary has no sign token
         at_least(self, "operand_high", self.operand_low)
         at_least(self, "shaping", 0.0)
-        if not self.stages:
-            raise ConfigError("stages", "must not be empty")
-        for stage in self.stages:
-            if not 0 <= stage < len(TOOL_STAGES):
-                raise ConfigError("stages", f"{stage!r} is out of range: "
-                                  f"stages are 0..{len(TOOL_STAGES) - 1}")
+        stage_list(self, "stages", len(TOOL_STAGES))
+        if self.eval_stages is not None:
+            stage_list(self, "eval_stages", len(TOOL_STAGES))
 
 
 # --- agent ----------------------------------------------------------------------------------

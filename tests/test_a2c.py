@@ -109,3 +109,14 @@ def test_explain_spells_out_greedy_episodes_per_stage():
         assert record["correct"] == (record["program"].endswith("ANS")
                                      and record["answer"] == record["target"])
         assert set(record["program"].split()) <= {"MUL", "ADD", "SUB", "STO", "RCL", "ANS"}
+
+
+def test_stages_only_evaluated_are_reported_but_left_out_of_the_mean():
+    agent = A2C(env=ToolEnv(num_envs=8, stages=(0, 1)),
+                eval_env=ToolEnv(num_envs=8, stages=(0, 1), eval_stages=(0, 1, 2)), memory=None,
+                curriculum=FixedCurriculum(0), device=CPU, seed=0,
+                network=partial(ToolGRUPolicy, hidden=16))
+    metrics = agent.evaluate(16)
+    per_stage = [metrics[f"eval/accuracy_stage{stage}"] for stage in (0, 1, 2)]
+    assert metrics["eval/accuracy"] == pytest.approx(np.mean(per_stage[:2]))
+    assert [r["stage"] for r in agent.explain(1)] == [0, 1, 2]

@@ -20,10 +20,11 @@ from procmem.schema import SCHEMAS, ConfigError, check_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
-GROUPS = ("env", "agent", "memory", "curriculum", "logger", "experiment")
+GROUPS = ("env", "agent", "agent/network", "memory", "curriculum", "logger", "experiment")
 DEFAULTS = {
     "env": "gridworld",
     "agent": "procedural",
+    "agent/network": "tool_gru",  # the default of agent=a2c
     "memory": "skill_library",
     "curriculum": "none",
     "logger": "wandb",
@@ -64,10 +65,12 @@ def experiment_using(group: str, option: str) -> str | None:
 @pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS)
 def test_option_composes_checks_and_builds(group, option):
     overrides = [f"{group}={option}"]
-    if group in ("env", "agent"):
-        # Envs and agents are built with an experiment that pairs them; an env without
-        # one is built alone.
+    if group in ("env", "agent", "agent/network"):
+        # Envs, agents and networks are built with an experiment that pairs them (a network
+        # no experiment names, with one using its agent); an env without one is built alone.
         experiment = experiment_using(group, option)
+        if experiment is None and group == "agent/network":
+            experiment = experiment_using("agent", "a2c")
         if experiment is None and group == "env":
             cfg = compose_config(overrides)
             check_config(cfg)

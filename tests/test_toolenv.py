@@ -373,6 +373,8 @@ def test_no_shaping_without_answer():
         ({"shaping": -0.1}, "shaping"),
         ({"stages": ()}, "stages"),
         ({"stages": (0, 4)}, "stages"),
+        ({"eval_stages": ()}, "eval_stages"),
+        ({"eval_stages": (0, 4)}, "eval_stages"),
     ],
 )
 def test_bad_arguments_name_the_argument(kwargs, name):
@@ -411,6 +413,7 @@ def test_config_schema():
         ({"operand_high": -1}, "env.operand_high"),
         ({"shaping": -1.0}, "env.shaping"),
         ({"max_steps": 0}, "env.max_steps"),
+        ({"eval_stages": [0, 4]}, "env.eval_stages"),
     ]:
         with pytest.raises(ConfigError) as error:
             check_node(OmegaConf.merge(node, override), ToolEnvConfig, "env")

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from procmem.agents.networks import as_tensors
+from procmem.agents.networks import as_tensors, copy_observations
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop}
 
@@ -37,7 +37,14 @@ class A2C:
     plus ``value_coef`` times the value MSE, minus ``entropy_coef`` times the entropy;
     gradients are clipped to ``max_grad_norm``. Recurrent states are carried across updates
     and reset where episodes end. A curriculum plugs in as the env's stage sampler when the
-    env has one. Evaluation acts greedily.
+    env has one.
+
+    Evaluation acts greedily on the eval env. Envs with stages (``stages``, ``eval_stages``,
+    ``describe()``) report the exact-answer accuracy of every eval stage,
+    ``eval/accuracy_stage{k}``, and ``eval/accuracy``, the mean over the stages the env trains
+    on (stages only evaluated, never trained, stay out of it). Other envs report
+    ``eval/success_rate``, ``eval/mean_reward`` and ``eval/mean_steps`` as the procedural
+    agent does.
     """
 
     def __init__(
@@ -136,18 +143,29 @@ class A2C:
 
     @torch.no_grad()
     def evaluate(self, episodes: int) -> dict[str, float]:
-        """Greedy exact-answer accuracy per stage on ``episodes`` fresh problems each."""
+        """Greedy episodes: accuracy per eval stage, or success, reward and steps."""
+        if not hasattr(self.eval_env, "stages"):
+            records = self._greedy_episodes(episodes)
+            return {
+                "eval/success_rate": float(np.mean([r["success"] for r in records])),
+                "eval/mean_reward": float(np.mean([r["reward"] for r in records])),
+                "eval/mean_steps": float(np.mean([r["steps"] for r in records])),
+            }
         metrics = {}
-        for stage in self.eval_env.stages:
+        for stage in self.eval_env.eval_stages:
             records = self._greedy_episodes(episodes, stage)
             metrics[f"eval/accuracy_stage{stage}"] = float(np.mean([r["correct"] for r in records]))
-        metrics["eval/accuracy"] = float(np.mean(list(metrics.values())))
+        trained = [metrics[f"eval/accuracy_stage{stage}"] for stage in self.eval_env.stages]
+        metrics["eval/accuracy"] = float(np.mean(trained))
         return metrics
 
     @torch.no_grad()
     def explain(self, per_stage: int) -> list[dict[str, Any]]:
-        """A few greedy episodes per stage, spelled out (problem, program, answer, reward)."""
-        return [record for stage in self.eval_env.stages
+        """A few greedy episodes per eval stage, spelled out (problem, program, answer,
+        reward); nothing for envs without stages."""
+        if not hasattr(self.eval_env, "stages"):
+            return []
+        return [record for stage in self.eval_env.eval_stages
                 for record in self._greedy_episodes(per_stage, stage)]
 
     def state_dict(self) -> dict[str, Any]:
@@ -156,7 +174,7 @@ class A2C:
             "optimizer": copy.deepcopy(self.optimizer.state_dict()),
             "generator": self.generator.get_state(),
             "env": self.env.state_dict(),
-            "obs": {k: v.copy() for k, v in self.obs.items()},
+            "obs": copy_observations(self.obs),
             "state": self.state.detach().clone(),
             "episode_return": self.episode_return.copy(),
             "finished": list(self.finished),
@@ -168,7 +186,7 @@ class A2C:
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
         self.env.load_state_dict(state["env"])
-        self.obs = {k: np.array(v) for k, v in state["obs"].items()}
+        self.obs = copy_observations(state["obs"])
         self.state = state["state"].to(self.device)
         self.episode_return = np.array(state["episode_return"])
         self.finished = [tuple(e) for e in state["finished"]]
@@ -178,37 +196,55 @@ class A2C:
 
     def _track_episodes(self, reward: np.ndarray, done: np.ndarray, info: dict) -> None:
         self.episode_return += reward
-        correct = info.get("final_correct", info.get("success", np.zeros_like(done)))
+        correct = _success(info, done)
         for i in np.flatnonzero(done):
             self.finished.append((float(self.episode_return[i]), float(correct[i])))
         self.finished = self.finished[-self.stats_window:]
         self.episode_return[done] = 0.0
 
-    def _greedy_episodes(self, episodes: int, stage: int) -> list[dict[str, Any]]:
-        """``episodes`` greedy episodes started at ``stage``: what was asked, what the agent
-        emitted, its answer and reward (the fixed seeds make evaluations comparable)."""
+    def _greedy_episodes(self, episodes: int, stage: int | None = None) -> list[dict[str, Any]]:
+        """``episodes`` greedy episodes (started at ``stage`` for envs with stages): their
+        return, steps and success, and for staged envs what was asked, the program the agent
+        emitted and its answer. Fixed seeds make evaluations comparable."""
         env, records, round_ = self.eval_env, [], 0
         while len(records) < episodes:
-            obs, _ = env.reset(seed=self.seed + 7919 * (stage + 1) + round_, stages=stage)
-            problems = env.describe()
+            seed = self.seed + 7919 * (0 if stage is None else stage + 1) + round_
+            if stage is None:
+                obs, _ = env.reset(seed=seed)
+            else:
+                obs, _ = env.reset(seed=seed, stages=stage)
+                problems = env.describe()
             state = self.net.initial_state(env.num_envs)
             running = np.ones(env.num_envs, dtype=bool)
-            actions, outcome = [], {}
+            returns, solved = np.zeros(env.num_envs), np.zeros(env.num_envs, dtype=bool)
+            answers = np.zeros(env.num_envs, dtype=np.int64)
+            actions = []
             while running.any():
                 logits, _, state = self.net(as_tensors(obs, self.device), state)
                 action = logits.argmax(1).cpu().numpy()
                 obs, reward, terminated, truncated, info = env.step(action)
                 actions.append(np.where(running, action, -1))
+                returns += np.where(running, reward, 0.0)
                 ended = running & (terminated | truncated)
-                for i in np.flatnonzero(ended):
-                    outcome[i] = (int(info["final_answer"][i]), bool(info["final_correct"][i]),
-                                  round(float(reward[i]), 6))
+                solved[ended] = _success(info, ended)[ended]
+                if stage is not None:
+                    answers[ended] = info["final_answer"][ended]
                 running &= ~ended
             emitted = np.stack(actions, axis=1)
-            for i, problem in enumerate(problems):
-                answer, correct, reward = outcome[i]
-                program = env.program([a for a in emitted[i] if a >= 0])
-                records.append({**problem, "program": program, "answer": answer,
-                                "correct": correct, "reward": reward})
+            for i in range(env.num_envs):
+                taken = [a for a in emitted[i] if a >= 0]
+                reward = round(float(returns[i]), 6)
+                if stage is None:
+                    records.append({"reward": reward, "steps": len(taken),
+                                    "success": bool(solved[i])})
+                else:
+                    records.append({**problems[i], "program": env.program(taken),
+                                    "answer": int(answers[i]), "correct": bool(solved[i]),
+                                    "reward": reward})
             round_ += 1
         return records[:episodes]
+
+
+def _success(info: dict[str, Any], like: np.ndarray) -> np.ndarray:
+    """Which envs' episodes ended solved: ``final_correct`` or ``success`` from ``info``."""
+    return info.get("final_correct", info.get("success", np.zeros_like(like, dtype=bool)))

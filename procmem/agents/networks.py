@@ -13,9 +13,21 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+Observations = np.ndarray | dict[str, np.ndarray]
 
-def as_tensors(obs: dict[str, np.ndarray], device: torch.device) -> dict[str, Tensor]:
-    return {key: torch.as_tensor(value, device=device) for key, value in obs.items()}
+
+def as_tensors(obs: Observations, device: torch.device) -> Tensor | dict[str, Tensor]:
+    """An env's observation batch (an array or a dict of arrays) as tensors on ``device``."""
+    if isinstance(obs, dict):
+        return {key: torch.as_tensor(value, device=device) for key, value in obs.items()}
+    return torch.as_tensor(obs, device=device)
+
+
+def copy_observations(obs: Observations) -> Observations:
+    """A copy of an observation batch (an array or a dict of arrays)."""
+    if isinstance(obs, dict):
+        return {key: np.array(value) for key, value in obs.items()}
+    return np.array(obs)
 
 
 class ToolGRUPolicy(nn.Module):

@@ -45,6 +45,8 @@ once). An invalid token terminates the episode with reward 0; no ``ANS`` within
 ended) draws its stage from the stage sampler: uniform over ``stages`` unless
 :meth:`ToolEnv.set_stage_sampler` plugs in another (a curriculum's ``sample``);
 ``reset(stages=...)`` forces the stages of the problems it starts, for evaluation.
+``eval_stages`` (default: ``stages``) are the stages an evaluation reports; stages there and
+not in ``stages`` measure generalisation to problems never trained on.
 
 **Observations** are a dict of int64 arrays:
 
@@ -272,6 +274,7 @@ class ToolEnv(ArrayState):
         operand_high: int = 9,
         shaping: float = 0.0,
         stages: Sequence[int] = (0, 1, 2),
+        eval_stages: Sequence[int] | None = None,
     ) -> None:
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
@@ -285,18 +288,16 @@ class ToolEnv(ArrayState):
             )
         if shaping < 0:
             raise ValueError(f"shaping must be >= 0, got {shaping}")
-        stages = tuple(int(stage) for stage in stages)
-        if not stages or any(not 0 <= stage < self.num_stages for stage in stages):
-            raise ValueError(
-                f"stages must be a non-empty list of stages in [0, {self.num_stages}), "
-                f"got {list(stages)}"
-            )
+        stages = self._stage_list(stages, "stages")
+        if eval_stages is not None:
+            eval_stages = self._stage_list(eval_stages, "eval_stages")
         self.num_envs = num_envs
         self.max_steps = max_steps
         self.operand_low = operand_low
         self.operand_high = operand_high
         self.shaping = shaping
         self.stages = stages
+        self.eval_stages = stages if eval_stages is None else eval_stages
         self.digits = len(str(operand_high))
         self.max_operands = int(_NUM_OPERANDS.max())
         self.context_length = 1 + self.max_operands * self.digits
@@ -369,6 +370,15 @@ class ToolEnv(ArrayState):
         if done.any():
             self._new_problems(np.flatnonzero(done), None)
         return self._obs(), reward, terminated, truncated, info
+
+    def _stage_list(self, stages: Sequence[int], name: str) -> tuple[int, ...]:
+        stages = tuple(int(stage) for stage in stages)
+        if not stages or any(not 0 <= stage < self.num_stages for stage in stages):
+            raise ValueError(
+                f"{name} must be a non-empty list of stages in [0, {self.num_stages}), "
+                f"got {list(stages)}"
+            )
+        return stages
 
     def _uniform_stages(self, n: int, rng: np.random.Generator) -> np.ndarray:
         return rng.choice(np.array(self.stages, dtype=np.int64), size=n)
