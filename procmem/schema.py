@@ -144,6 +144,30 @@ class ToolEnvConfig:
             stage_list(self, "eval_stages", len(TOOL_STAGES))
 
 
+@dataclass
+class ExpressionEnvConfig:
+    _target_: str = "procmem.envs.expressions.ExpressionEnv"
+    num_envs: int = MISSING
+    max_depth: int = MISSING
+    max_steps: int = MISSING
+    operand_low: int = MISSING
+    operand_high: int = MISSING
+    shaping: float = MISSING
+    stages: list[int] = MISSING
+    eval_stages: list[int] | None = MISSING
+
+    def __post_init__(self) -> None:
+        at_least(self, "num_envs", 1)
+        at_least(self, "max_depth", 1)
+        at_least(self, "max_steps", 1)
+        at_least(self, "operand_low", 0)  # the vocabulary has no sign token
+        at_least(self, "operand_high", self.operand_low)
+        at_least(self, "shaping", 0.0)
+        stage_list(self, "stages", self.max_depth)
+        if self.eval_stages is not None:
+            stage_list(self, "eval_stages", self.max_depth)
+
+
 # --- agent ----------------------------------------------------------------------------------
 
 
@@ -190,6 +214,28 @@ class ToolGRUPolicyConfig:
 
     def __post_init__(self) -> None:
         at_least(self, "hidden", 1)
+
+
+@dataclass
+class KeyDoorMLPPolicyConfig:
+    _target_: str = "procmem.agents.networks.KeyDoorMLPPolicy"
+    _partial_: bool = True  # built by the algorithm with its env: network(env)
+    hidden: int = MISSING
+
+    def __post_init__(self) -> None:
+        at_least(self, "hidden", 1)
+
+
+@dataclass
+class ToolAttentionPolicyConfig:
+    _target_: str = "procmem.agents.networks.ToolAttentionPolicy"
+    _partial_: bool = True  # built by the algorithm with its env: network(env)
+    hidden: int = MISSING
+
+    def __post_init__(self) -> None:
+        at_least(self, "hidden", 2)
+        if self.hidden % 2:
+            raise ConfigError("hidden", f"{self.hidden} must be even (two encoder directions)")
 
 
 @dataclass
@@ -346,7 +392,8 @@ def register_schema(schema: type) -> type:
 
 for _schema in (GridWorldConfig, ProceduralAgentConfig, SkillLibraryConfig, FixedCurriculumConfig,
                 UniformCurriculumConfig, StagedCurriculumConfig, AdaptiveCurriculumConfig,
-                WandbConfig, MiniGridConfig, ToolEnvConfig, A2CConfig, ToolGRUPolicyConfig):
+                WandbConfig, MiniGridConfig, ToolEnvConfig, A2CConfig, ToolGRUPolicyConfig,
+                KeyDoorMLPPolicyConfig, ExpressionEnvConfig, ToolAttentionPolicyConfig):
     register_schema(_schema)
 
 

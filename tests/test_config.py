@@ -66,11 +66,9 @@ def experiment_using(group: str, option: str) -> str | None:
 def test_option_composes_checks_and_builds(group, option):
     overrides = [f"{group}={option}"]
     if group in ("env", "agent", "agent/network"):
-        # Envs, agents and networks are built with an experiment that pairs them (a network
-        # no experiment names, with one using its agent); an env without one is built alone.
+        # Envs, agents and networks are built with an experiment that pairs them; an env
+        # without one is built alone.
         experiment = experiment_using(group, option)
-        if experiment is None and group == "agent/network":
-            experiment = experiment_using("agent", "a2c")
         if experiment is None and group == "env":
             cfg = compose_config(overrides)
             check_config(cfg)

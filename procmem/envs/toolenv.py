@@ -154,8 +154,8 @@ _NUM_PARTIALS = np.array(
     [len(stage.partial_results(range(stage.num_operands))) for stage in STAGES], dtype=np.int64
 )
 STATE_ARRAYS = (
-    "stage", "operands", "target", "partials", "partial_mask", "partial_hit",
-    "acc", "mem", "pointer", "steps", "prev_token",
+    "stage", "operands", "num_operands", "target", "partials", "partial_mask", "partial_hit",
+    "context", "acc", "mem", "pointer", "steps", "prev_token",
 )
 
 
@@ -202,6 +202,40 @@ def run_program(tokens: Sequence[int], operands: Sequence[int]) -> tuple[int | N
     return None, trace
 
 
+def binary_op(tokens: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """``left (MUL|ADD|SUB) right`` elementwise by operator token; ``left`` for other tokens."""
+    return np.select(
+        [tokens == MUL, tokens == ADD, tokens == SUB], [left * right, left + right, left - right],
+        left,
+    )
+
+
+def digit_tokens(values: np.ndarray, width: int) -> np.ndarray:
+    """Non-negative ints as ``width`` digit tokens each, most significant first: [..., width]."""
+    place = 10 ** np.arange(width - 1, -1, -1, dtype=np.int64)
+    return np.asarray(values)[..., None] // place % 10
+
+
+def distinct_partials(partials: np.ndarray, num_partials: np.ndarray) -> np.ndarray:
+    """Mask [n, P] of the partial results that count: the first ``num_partials`` of each row,
+    equal values once (the first of them)."""
+    present = np.arange(partials.shape[1]) < num_partials[:, None]
+    earlier = np.tril(np.ones((partials.shape[1],) * 2, dtype=bool), k=-1)
+    repeated = (partials[:, :, None] == partials[:, None, :]) & present[:, None, :] & earlier
+    return present & ~repeated.any(axis=2)
+
+
+class Problems(NamedTuple):
+    """New problems as a task family draws them (``n`` rows, int64)."""
+
+    operands: np.ndarray  # [n, max_operands], 0 past num_operands
+    num_operands: np.ndarray  # [n]
+    target: np.ndarray  # [n]
+    partials: np.ndarray  # [n, max_partials], the first num_partials of a row count
+    num_partials: np.ndarray  # [n]
+    context: np.ndarray  # [n, context_length], the observed problem
+
+
 def apply_tools(
     tokens: np.ndarray,
     acc: np.ndarray,
@@ -219,9 +253,7 @@ def apply_tools(
     slots = np.arange(operands.shape[-1])
     next_operand = np.sum(operands * (slots == np.asarray(pointer)[..., None]), axis=-1)
     right = np.where(has_next, next_operand, mem)
-    result = np.select(
-        [tokens == MUL, tokens == ADD, tokens == SUB], [acc * right, acc + right, acc - right], acc
-    )
+    result = binary_op(tokens, acc, right)
     binary = (tokens == MUL) | (tokens == ADD) | (tokens == SUB)
     store = (tokens == STO) & has_next
     recall = tokens == RCL
@@ -299,23 +331,23 @@ class ToolEnv(ArrayState):
         self.stages = stages
         self.eval_stages = stages if eval_stages is None else eval_stages
         self.digits = len(str(operand_high))
-        self.max_operands = int(_NUM_OPERANDS.max())
-        self.context_length = 1 + self.max_operands * self.digits
+        self.max_operands, max_partials, self.context_length = self._sizes()
 
-        b, k, p = num_envs, self.max_operands, int(_NUM_PARTIALS.max())
+        b, k, p = num_envs, self.max_operands, max_partials
         self.stage = np.zeros(b, dtype=np.int64)
         self.operands = np.zeros((b, k), dtype=np.int64)
+        self.num_operands = np.ones(b, dtype=np.int64)
         self.target = np.zeros(b, dtype=np.int64)
         self.partials = np.zeros((b, p), dtype=np.int64)
         self.partial_mask = np.zeros((b, p), dtype=bool)
         self.partial_hit = np.zeros((b, p), dtype=bool)
+        self.context = np.full((b, self.context_length), EOS, dtype=np.int64)
         self.acc = np.zeros(b, dtype=np.int64)
         self.mem = np.zeros(b, dtype=np.int64)
         self.pointer = np.ones(b, dtype=np.int64)
         self.steps = np.zeros(b, dtype=np.int64)
         self.prev_token = np.full(b, CTX, dtype=np.int64)
         self._tool_ids = np.array(TOOL_TOKENS, dtype=np.int64)
-        self._place = 10 ** np.arange(self.digits - 1, -1, -1, dtype=np.int64)
         self._sampler: StageSampler = self._uniform_stages
         self._rng = np.random.default_rng()
         self._needs_reset = True
@@ -345,7 +377,7 @@ class ToolEnv(ArrayState):
             raise RuntimeError("call reset() before step()")
         tokens = self._tool_ids[check_actions(actions, self.num_envs, self.num_actions)]
         self.acc, self.mem, self.pointer, valid = apply_tools(
-            tokens, self.acc, self.mem, self.pointer, self.operands, _NUM_OPERANDS[self.stage]
+            tokens, self.acc, self.mem, self.pointer, self.operands, self.num_operands
         )
         self.steps += 1
         self.prev_token = tokens
@@ -396,33 +428,54 @@ class ToolEnv(ArrayState):
         return stages.astype(np.int64)
 
     def _new_problems(self, rows: np.ndarray, stages: np.ndarray | None) -> None:
-        """Draw new problems (stages, then operands) for ``rows`` and reset their machines."""
-        n, k = len(rows), self.max_operands
+        """Draw new problems (stages, then the problems) for ``rows``; reset their machines."""
         if stages is None:
+            n = len(rows)
             stages = self._check_stages(self._sampler(n, self._rng), "stage sampler output", n)
-        operands = self._rng.integers(self.operand_low, self.operand_high + 1, size=(n, k))
-        operands[np.arange(k) >= _NUM_OPERANDS[stages][:, None]] = 0
+        problems = self._draw(rows, stages)
         self.stage[rows] = stages
-        self.operands[rows] = operands
-        self.acc[rows] = operands[:, 0]
+        self.operands[rows] = problems.operands
+        self.num_operands[rows] = problems.num_operands
+        self.target[rows] = problems.target
+        self.partials[rows] = problems.partials
+        self.partial_mask[rows] = distinct_partials(problems.partials, problems.num_partials)
+        self.partial_hit[rows] = False
+        self.context[rows] = problems.context
+        self.acc[rows] = problems.operands[:, 0]
         self.mem[rows] = 0
         self.pointer[rows] = 1
         self.steps[rows] = 0
         self.prev_token[rows] = CTX
-        self.partial_hit[rows] = False
+
+    # --- the task family: the stage table (a subclass may draw other problems) ---------------
+
+    def _sizes(self) -> tuple[int, int, int]:
+        """The most operands and partial results a problem has, and the context length."""
+        max_operands = int(_NUM_OPERANDS.max())
+        return max_operands, int(_NUM_PARTIALS.max()), 1 + max_operands * self.digits
+
+    def _draw(self, rows: np.ndarray, stages: np.ndarray) -> Problems:
+        """New problems of the given stages for envs ``rows``: operands, target, partial
+        results and context (a family that keeps more per problem stores it here)."""
+        n, k = len(stages), self.max_operands
+        operands = self._rng.integers(self.operand_low, self.operand_high + 1, size=(n, k))
+        num_operands = _NUM_OPERANDS[stages]
+        unused = np.arange(k) >= num_operands[:, None]
+        operands[unused] = 0
+        target = np.zeros(n, dtype=np.int64)
         partials = np.zeros((n, self.partials.shape[1]), dtype=np.int64)
         for stage in np.unique(stages):
             of_stage = stages == stage
             columns = list(operands[of_stage].T)
-            self.target[rows[of_stage]] = STAGES[stage].evaluate(columns)
+            target[of_stage] = STAGES[stage].evaluate(columns)
             for j, value in enumerate(STAGES[stage].partial_results(columns)):
                 partials[of_stage, j] = value
-        # Count equal partial results once: keep the first of every value.
-        present = np.arange(partials.shape[1]) < _NUM_PARTIALS[stages][:, None]
-        earlier = np.tril(np.ones((partials.shape[1],) * 2, dtype=bool), k=-1)
-        repeated = (partials[:, :, None] == partials[:, None, :]) & present[:, None, :] & earlier
-        self.partials[rows] = partials
-        self.partial_mask[rows] = present & ~repeated.any(axis=2)
+        digits = digit_tokens(operands, self.digits)
+        digits[unused] = EOS
+        context = np.concatenate(
+            [np.full((n, 1), CTX, dtype=np.int64), digits.reshape(n, -1)], axis=1
+        )
+        return Problems(operands, num_operands, target, partials, _NUM_PARTIALS[stages], context)
 
     def describe(self) -> list[dict[str, Any]]:
         """The current problem of every env: stage, expression, operands and target."""
@@ -439,15 +492,8 @@ class ToolEnv(ArrayState):
         return decode([TOOL_TOKENS[action] for action in actions])
 
     def _obs(self) -> dict[str, np.ndarray]:
-        digits = self.operands[:, :, None] // self._place % 10  # [B, K, digits]
-        unused = np.arange(self.max_operands) >= _NUM_OPERANDS[self.stage][:, None]
-        digits[unused] = EOS
-        context = np.concatenate(
-            [np.full((self.num_envs, 1), CTX, dtype=np.int64), digits.reshape(self.num_envs, -1)],
-            axis=1,
-        )
         return {
-            "context": context,
+            "context": self.context.copy(),
             "stage": self.stage.copy(),
             "prev_token": self.prev_token.copy(),
             "step": self.steps.copy(),
