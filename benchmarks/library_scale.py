@@ -5,7 +5,9 @@ index; for hnsw that time is the graph build) with d=64 random unit embeddings a
 four precondition patterns per skill, then measured:
 
 * ``adds/s``: single ``add`` calls with merge-on-add (half near-duplicates of stored skills);
-* ``top5@1``, ``top5@256``: median latency of ``retrieve(k=5)`` for 1 and 256 queries;
+* ``top5@1``, ``top5@256``: median latency of ``retrieve(k=5)`` for 1 and 256 queries, the
+  library unchanged between calls (the exact index copies out each precondition pattern's
+  embeddings on the first search after a change, here the warm-up call);
 * ``vs raw``: that latency over a raw ``torch.topk(q @ emb.T)`` on the same matrix (the
   memory-bandwidth bound of scoring every skill); the exact index scores only the skills
   whose preconditions match, one matmul per distinct precondition pattern, so it can beat it;

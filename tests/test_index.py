@@ -127,6 +127,45 @@ def test_exact_blocks_give_the_same_results_as_one_block(num_queries) -> None:
         assert torch.allclose(expected[1], got[1])
 
 
+def test_exact_search_follows_adds_removes_clears_and_new_labels() -> None:
+    """Cached per-label candidates never outlive the keys or the key labels they came from."""
+    vectors, queries = unit_rows(400), unit_rows(12, seed=1)
+    labels, query_labels = torch.arange(400) % 3, torch.arange(12) % 3
+    stored = torch.zeros(400, dtype=torch.bool)
+    index = ExactIndex(16)
+
+    def check() -> None:
+        for rows in (slice(0, 1), slice(None)):  # one query, and a batch of every label
+            for allowed in (None, LabelFilter(labels, query_labels[rows])):
+                sims = (queries[rows] @ vectors.T).masked_fill(~stored, -math.inf)
+                if allowed is not None:
+                    sims = sims.masked_fill(labels != query_labels[rows, None], -math.inf)
+                scores, keys = sims.topk(5, dim=1)
+                found_keys, found_scores = index.search(queries[rows], 5, allowed)
+                assert torch.equal(found_keys, keys.masked_fill(torch.isneginf(scores), -1))
+                assert torch.allclose(found_scores, scores, atol=1e-5)
+
+    index.add(torch.arange(200), vectors[:200])
+    stored[:200] = True
+    check()
+    index.add(torch.arange(200, 400), vectors[200:])
+    stored[200:] = True
+    check()
+    gone = torch.tensor([0, 4, 5, 7, 399])
+    index.remove(gone)
+    stored[gone] = False
+    check()
+    vectors[5] = unit_rows(1, seed=7)[0]
+    index.add(torch.tensor([5]), vectors[5:6])
+    stored[5] = True
+    check()
+    labels = (labels + 1) % 3  # another key labels tensor
+    check()
+    index.clear()
+    stored[:] = False
+    check()
+
+
 def test_hnsw_without_usearch_names_the_setting_and_extra(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "usearch.index", None)  # makes the import fail
 

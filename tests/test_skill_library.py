@@ -446,6 +446,35 @@ def test_merge_on_add_finds_near_duplicates(index) -> None:
     assert library[0].support == 2
 
 
+def assert_retrieval_matches_brute_force(library: SkillLibrary) -> None:
+    """Top-5 for one state and for a batch of every pattern, against scoring every skill."""
+    states = torch.tensor([[False, False], [True, False], [False, True], [True, True]] * 3)
+    queries = torch.randn(12, 16, generator=torch.Generator().manual_seed(6))
+    for rows in (slice(0, 1), slice(None)):
+        applicable = library.applicable(states[rows])[:, library.indices]
+        sims = torch.nn.functional.normalize(queries[rows], dim=1) @ library.embeddings.T
+        scores, order = sims.masked_fill(~applicable, -math.inf).topk(5, dim=1)
+        indices, found_scores = library.retrieve(states[rows], queries[rows], k=5)
+        assert torch.equal(indices, library.indices[order])
+        assert torch.allclose(found_scores, scores, atol=1e-5)
+
+
+def test_exact_retrieval_follows_adds_evictions_merges_and_loads() -> None:
+    library = filled("exact", n=200, capacity=220)
+    assert_retrieval_matches_brute_force(library)
+    for i, vector in enumerate(unit_rows(40, 16, seed=3)):  # the last 20 evict
+        library.add(f"new_{i}", [0], flag_dict(i % 4), vector)
+    assert library.stats()["evictions"] == 20
+    assert_retrieval_matches_brute_force(library)
+    for source in (1, 2, 3):  # near-duplicates, merged away by the sweep
+        library.add("again", [0], flag_dict(source % 4), library.embeddings[source] + 0.01)
+    library.merge_threshold = 0.99
+    assert library.merge_duplicates() == 3
+    assert_retrieval_matches_brute_force(library)
+    library.load_state_dict(filled("exact", n=120).state_dict())
+    assert_retrieval_matches_brute_force(library)
+
+
 def near_duplicate_state() -> dict:
     """Skills 0 (a) and 2 (close to a, more support), with 1 (b) far from both."""
     library = SkillLibrary(embedding_dim=4, merge_threshold=1.0)

@@ -9,10 +9,10 @@ slots). Two backends share one interface:
   cost ``O(log n)`` and removed keys are gone from the graph.
 
 A search may take a :class:`LabelFilter`: a query may only return keys carrying its label
-(the skill library labels skills and states with their precondition code). For a few
-queries the exact index scores every key in one matmul and masks the keys without the
-query's label; for many, it scores the queries of each distinct label together (copying out
-only the keys that carry it), block by block. The HNSW index asks the graph for
+(the skill library labels skills and states with their precondition code). The exact
+index scores the queries of each distinct label together against only the keys that carry
+it, block by block; it copies those keys' vectors out once per label and keeps them until
+its keys change. The HNSW index asks the graph for
 ``k * oversample`` candidates, keeps the allowed ones, and doubles the candidate count for
 the queries still short of ``k`` allowed keys; once the count reaches the index size the
 round is an exact scan, so a query gets fewer than ``k`` keys only when fewer are allowed.
@@ -35,10 +35,12 @@ from torch import Tensor
 INDEX_KINDS = ("exact", "hnsw")
 
 _BLOCK_ELEMENTS = 1 << 24  # scores per matmul block: 64 MiB of float32
-# From this many queries with one label on, copying out the keys with that label and
-# scoring only those beats scoring every key and masking (measured on CPU).
-_GATHER_MIN_QUERIES = 8
 _INITIAL_CAPACITY = 16
+
+_Label = int | float | None  # a key or query label; None stands for "no filter"
+# The candidates of a label: keys [m], their vectors [m, d] and a mask [m] of the rows to skip
+# (removed keys; None when there are none)
+_Candidates = tuple[Tensor, Tensor, Tensor | None]
 
 
 def empty_results(batch: int, k: int, device: torch.device | str) -> tuple[Tensor, Tensor]:
@@ -52,6 +54,9 @@ class LabelFilter:
     """Query ``b`` may return key ``j`` only when ``key_labels[j] == query_labels[b]``.
 
     ``key_labels`` is indexed by key and covers every stored key; ``query_labels`` is ``[B]``.
+    A stored key's label must not change in place until the key is removed: the exact index
+    caches the keys of each label until its next ``add``, ``remove`` or ``clear``, or until it
+    is searched with another ``key_labels`` tensor.
     """
 
     key_labels: Tensor
@@ -100,7 +105,13 @@ class VectorIndex(ABC):
 
 
 class ExactIndex(VectorIndex):
-    """Brute-force cosine search over one ``[capacity, d]`` tensor, on CPU or CUDA."""
+    """Brute-force cosine search over one ``[capacity, d]`` tensor, on CPU or CUDA.
+
+    A search scores each query only against its candidates: the stored keys carrying its
+    label (with a copy of their vectors), or without a filter every row of the storage, the
+    rows of removed keys masked. They are cached per label until the next ``add``, ``remove``
+    or ``clear``, or a search with another ``key_labels`` tensor.
+    """
 
     def __init__(
         self, dim: int, device: str | torch.device = "cpu", block_elements: int = _BLOCK_ELEMENTS
@@ -123,16 +134,20 @@ class ExactIndex(VectorIndex):
         self._stored[keys] = True
         self._end = max(self._end, end)
         self._count += len(keys)
+        self._candidates.clear()
 
     def remove(self, keys: Tensor) -> None:
         self._stored[keys.to(self.device)] = False
         self._count -= len(keys)
+        self._candidates.clear()
 
     def clear(self) -> None:
         self._vectors = torch.zeros(_INITIAL_CAPACITY, self.dim, device=self.device)
         self._stored = torch.zeros(_INITIAL_CAPACITY, dtype=torch.bool, device=self.device)
-        self._end = 0  # one past the highest key ever stored: searches scan rows [0, end)
+        self._end = 0  # one past the highest key ever stored
         self._count = 0
+        self._candidates: dict[_Label, _Candidates] = {}
+        self._key_labels: Tensor | None = None  # the key labels the candidates were found with
 
     def vectors(self, keys: Tensor) -> Tensor:
         return self._vectors[keys.to(self.device)]
@@ -141,78 +156,63 @@ class ExactIndex(VectorIndex):
         self, queries: Tensor, k: int, allowed: LabelFilter | None = None
     ) -> tuple[Tensor, Tensor]:
         queries = queries.to(self.device, torch.float32)
-        batch = queries.shape[0]
-        if batch < _GATHER_MIN_QUERIES and self._end * batch <= self.block_elements:
-            return self._search_one_block(queries, k, allowed)
-        keys, scores = empty_results(batch, k, self.device)
-        # queries sorted by label, so that each label's queries are one slice of rows
-        order = torch.arange(batch, device=self.device)
-        groups: list[tuple[int | None, int, int]] = [(None, 0, batch)]
-        if allowed is not None:
-            labels = allowed.query_labels.to(self.device)
-            order = torch.argsort(labels, stable=True)
-            distinct, counts = torch.unique_consecutive(labels[order], return_counts=True)
-            ends = counts.cumsum(0).tolist()
-            groups = list(zip(distinct.tolist(), [0, *ends[:-1]], ends, strict=True))
-            queries = queries[order]
-        block = max(1, self.block_elements // max(batch, 1))
-        for start in range(0, self._end, block):
-            stop = min(self._end, start + block)
-            for label, first, last in groups:
-                rows = slice(first, last)
-                candidates, sims = self._score_block(queries[rows], start, stop, allowed, label)
-                if not len(candidates):
-                    continue
-                top, arg = sims.topk(min(k, len(candidates)), dim=1)
-                scores[rows], pick = torch.cat([scores[rows], top], dim=1).topk(k, dim=1)
-                keys[rows] = torch.cat([keys[rows], candidates[arg]], dim=1).gather(1, pick)
-        keys = keys.masked_fill(torch.isneginf(scores), -1)
-        unsorted = torch.empty_like(order)
-        unsorted[order] = torch.arange(batch, device=self.device)
-        return keys[unsorted], scores[unsorted]
-
-    def _search_one_block(
-        self, queries: Tensor, k: int, allowed: LabelFilter | None
-    ) -> tuple[Tensor, Tensor]:
-        """Every stored key in one matmul, one mask and one top-k (few queries)."""
-        end = self._end
-        sims = queries @ self._vectors[:end].T
-        ok = self._stored[:end][None, :] if self._count < end else None
-        if allowed is not None:
-            labels = allowed.key_labels[:end].to(self.device)[None, :]
-            same = labels == allowed.query_labels.to(self.device)[:, None]
-            ok = same if ok is None else ok & same
-        if ok is not None:
-            sims = torch.where(ok, sims, -math.inf)
-        scores, keys = sims.topk(min(k, end), dim=1)
-        if end < k:
-            keys, scores = (torch.cat(pair, dim=1) for pair in
-                            zip((keys, scores), empty_results(len(queries), k - end, self.device),
-                                strict=True))
+        keys, scores = empty_results(len(queries), k, self.device)
+        for label, rows in self._query_groups(queries, allowed):
+            candidates = self._candidates_of(label, allowed)
+            if len(candidates[0]):
+                found, sims = self._top_k(queries[rows], k, *candidates)
+                keys[rows, : found.shape[1]], scores[rows, : sims.shape[1]] = found, sims
         return keys.masked_fill(torch.isneginf(scores), -1), scores
 
-    def _score_block(
-        self,
-        queries: Tensor,
-        start: int,
-        stop: int,
-        allowed: LabelFilter | None,
-        label: int | None,
+    def _query_groups(
+        self, queries: Tensor, allowed: LabelFilter | None
+    ) -> list[tuple[_Label, Tensor | slice]]:
+        """Each distinct query label (None without a filter) and the rows of its queries."""
+        if allowed is None:
+            return [(None, slice(None))]
+        labels = allowed.query_labels.to(self.device)
+        if len(queries) == 1:
+            return [(labels[0].item(), slice(None))]
+        order = torch.argsort(labels, stable=True)
+        distinct, counts = torch.unique_consecutive(labels[order], return_counts=True)
+        return list(zip(distinct.tolist(), order.split(counts.tolist()), strict=True))
+
+    def _candidates_of(self, label: _Label, allowed: LabelFilter | None) -> _Candidates:
+        """The candidates of queries with ``label``, cached until the keys or labels change."""
+        if allowed is not None and allowed.key_labels is not self._key_labels:
+            self._candidates.clear()
+            self._key_labels = allowed.key_labels
+        if label not in self._candidates:
+            end = self._end
+            if label is None:  # every row, masking those of removed keys
+                removed = ~self._stored[:end] if self._count < end else None
+                keys = torch.arange(end, device=self.device)
+                self._candidates[label] = keys, self._vectors[:end], removed
+            else:
+                same = allowed.key_labels[:end].to(self.device) == label
+                keys = torch.nonzero(self._stored[:end] & same).squeeze(1)
+                self._candidates[label] = keys, self._vectors.index_select(0, keys), None
+        return self._candidates[label]
+
+    def _top_k(
+        self, queries: Tensor, k: int, keys: Tensor, vectors: Tensor, excluded: Tensor | None
     ) -> tuple[Tensor, Tensor]:
-        """Candidate keys in ``[start, stop)`` and the queries' similarities to them, -inf
-        for keys that are not stored or lack ``label``: ``(keys [m], sims [R, m])``."""
-        every = torch.arange(start, stop, device=self.device)
-        ok = self._stored[start:stop] if self._count < self._end else None
-        if allowed is not None:
-            same = allowed.key_labels[start:stop].to(self.device) == label
-            ok = same if ok is None else ok & same
-        if ok is None:
-            return every, queries @ self._vectors[start:stop].T
-        if len(queries) >= _GATHER_MIN_QUERIES:  # worth copying out just the allowed keys
-            keys = torch.nonzero(ok).squeeze(1) + start
-            return keys, queries @ self._vectors[keys].T
-        sims = queries @ self._vectors[start:stop].T
-        return every, sims.add_(torch.where(ok, 0.0, -math.inf))
+        """The (at most) ``k`` candidates most similar to each query, scored block by block:
+        ``(keys [R, k'], scores [R, k'])``, best first, excluded candidates scoring -inf."""
+        block = max(1, self.block_elements // max(len(queries), 1))
+        found, scores = [], []
+        for start in range(0, len(keys), block):
+            rows = slice(start, start + block)
+            sims = queries @ vectors[rows].T
+            if excluded is not None:
+                sims.masked_fill_(excluded[rows], -math.inf)
+            top, arg = sims.topk(min(k, sims.shape[1]), dim=1)
+            found.append(keys[rows][arg])
+            scores.append(top)
+        if len(found) == 1:
+            return found[0], scores[0]
+        top, pick = torch.cat(scores, dim=1).topk(min(k, len(keys)), dim=1)
+        return torch.cat(found, dim=1).gather(1, pick), top
 
     def _reserve(self, size: int) -> None:
         capacity = self._vectors.shape[0]
