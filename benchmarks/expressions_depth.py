@@ -1,0 +1,82 @@
+"""Exact accuracy by expression depth: depths trained on, and a deeper one never trained on.
+
+For every seed, trains `experiment=model_native_expressions` (extra overrides are passed on),
+then evaluates its last checkpoint greedily on `--episodes` fresh problems per depth (the
+eval env's `eval_stages`: stage s is depth s + 1) and prints, per depth, the exact-answer
+accuracy of every seed and the mean, marking the depths the runs trained on; then the env
+samples and wall time of each run.
+
+    python benchmarks/expressions_depth.py                          # 3 seeds
+    python benchmarks/expressions_depth.py --seeds 1 trainer.iterations=200
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from omegaconf import OmegaConf
+
+from procmem import app
+from procmem.logging import read_metrics
+
+COMMON = ["experiment=model_native_expressions", "logger=none", "trainer.progress=false"]
+
+
+def run(seed: int, overrides: list[str], episodes: int) -> dict:
+    """Train and evaluate one seed in a temp dir."""
+    cfg = app.compose_config([*COMMON, f"seed={seed}", *overrides])
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as run_dir:
+        saved = Path(run_dir) / app.SAVED_CONFIG  # the config evaluate_run reads
+        saved.parent.mkdir()
+        OmegaConf.save(cfg, saved)
+        app.train(cfg, run_dir)
+        wall = time.perf_counter() - start
+        result = app.evaluate_run(run_dir, episodes, device="cpu", log=False)
+        rows = read_metrics(Path(run_dir) / "metrics.jsonl")
+    accuracy = {int(key.removeprefix("eval/accuracy_stage")) + 1: value
+                for key, value in result.items() if key.startswith("eval/accuracy_stage")}
+    return {
+        "accuracy": accuracy,
+        "trained": [stage + 1 for stage in cfg.env.stages],
+        "env_samples": max(r.get("train/env_steps", 0.0) for r in rows),
+        "updates": int(cfg.trainer.iterations),
+        "wall_s": wall,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--episodes", type=int, default=1000, help="problems per depth")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. agent.lr=0.002")
+    args = parser.parse_args()
+
+    seeds = list(range(args.seeds))
+    with ProcessPoolExecutor(args.workers) as pool:
+        runs = list(pool.map(run, seeds, [args.overrides] * len(seeds),
+                             [args.episodes] * len(seeds)))
+
+    first = runs[0]
+    print(f"experiment=model_native_expressions {' '.join(args.overrides)}: "
+          f"{first['updates']} updates, {args.seeds} seeds; greedy exact accuracy on "
+          f"{args.episodes} problems per depth\n")
+    print(f"{'depth':>5} {'trained':>7} {'mean':>6} {'min':>6}  per seed")
+    for depth in sorted(first["accuracy"]):
+        values = [r["accuracy"][depth] for r in runs]
+        trained = "yes" if depth in first["trained"] else "no"
+        print(f"{depth:>5} {trained:>7} {np.mean(values):6.3f} {np.min(values):6.3f}  "
+              + " ".join(f"{v:.3f}" for v in values))
+    print("\nper seed: env samples, wall seconds (training)")
+    for seed, r in zip(seeds, runs, strict=True):
+        print(f"  seed {seed}: {r['env_samples']:.0f} samples, {r['wall_s']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
