@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from procmem.agents.a2c import A2C, n_step_returns
-from procmem.agents.networks import ToolGRUPolicy
-from procmem.curriculum import FixedCurriculum
+from procmem.agents.networks import KeyDoorMLPPolicy, ToolGRUPolicy
+from procmem.curriculum import FixedCurriculum, UniformCurriculum
+from procmem.envs.gridworld import GridWorld
 from procmem.envs.toolenv import ToolEnv
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -48,6 +49,8 @@ def test_a_short_run_learns_stage_zero():
     assert before < 0.3
     assert after > 0.9, after
     assert metrics["train/env_steps"] == 60 * 7 * 64
+    # Every episode lasts 1 to 7 steps: each env finished between 60 and 420 of them.
+    assert 60 * 64 <= metrics["train/episodes"] <= 60 * 7 * 64
     assert {"train/loss_policy", "train/loss_value", "train/entropy", "perf/sps"} <= metrics.keys()
 
 
@@ -65,11 +68,22 @@ def test_evaluate_is_repeatable_and_changes_nothing():
     assert without_timing(agent.train_iteration()) == without_timing(twin.train_iteration())
 
 
-def test_state_dict_round_trip_continues_identically():
-    agent = make_a2c(seed=3)
+def make_gridworld_a2c(seed: int) -> A2C:
+    """A2C with the feed-forward key/door/goal net on random 5x5 gridworlds."""
+    def env() -> GridWorld:
+        return GridWorld(num_envs=16, size=5, max_steps=50, layout="random")
+
+    return A2C(env=env(), eval_env=env(), memory=None, curriculum=UniformCurriculum(1),
+               device=CPU, seed=seed, network=partial(KeyDoorMLPPolicy, hidden=32),
+               n_steps=8, gamma=0.99, lr=3e-3)
+
+
+@pytest.mark.parametrize("make", [make_a2c, make_gridworld_a2c], ids=["toolenv", "gridworld"])
+def test_state_dict_round_trip_continues_identically(make):
+    agent = make(seed=3)
     for _ in range(4):
         agent.train_iteration()
-    restored = make_a2c(seed=99)
+    restored = make(seed=99)
     restored.load_state_dict(copy.deepcopy(agent.state_dict()))
     for _ in range(3):
         assert without_timing(restored.train_iteration()) == without_timing(

@@ -88,6 +88,7 @@ class A2C:
         self.state = self.net.initial_state(env.num_envs)
         self.episode_return = np.zeros(env.num_envs)
         self.finished: list[tuple[float, float]] = []  # (return, correct) of recent episodes
+        self.episodes = 0  # finished episodes, all told
         self.env_steps = 0
 
     # --- the algorithm protocol ---------------------------------------------------------------
@@ -133,6 +134,7 @@ class A2C:
             "train/entropy": entropy.item(),
             "train/grad_norm": float(grad_norm),
             "train/env_steps": float(self.env_steps),
+            "train/episodes": float(self.episodes),
             "perf/sps": samples / (time.perf_counter() - start),
         }
         if self.finished:
@@ -179,6 +181,7 @@ class A2C:
             "episode_return": self.episode_return.copy(),
             "finished": list(self.finished),
             "env_steps": self.env_steps,
+            "episodes": self.episodes,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -191,6 +194,7 @@ class A2C:
         self.episode_return = np.array(state["episode_return"])
         self.finished = [tuple(e) for e in state["finished"]]
         self.env_steps = int(state["env_steps"])
+        self.episodes = int(state["episodes"])
 
     # --- helpers ------------------------------------------------------------------------------
 
@@ -199,6 +203,7 @@ class A2C:
         correct = _success(info, done)
         for i in np.flatnonzero(done):
             self.finished.append((float(self.episode_return[i]), float(correct[i])))
+        self.episodes += int(done.sum())
         self.finished = self.finished[-self.stats_window:]
         self.episode_return[done] = 0.0
 

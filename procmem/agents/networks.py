@@ -74,8 +74,10 @@ class KeyDoorMLPPolicy(nn.Module):
     (all zero where moves are absolute); and for the key, door and goal whether the cell is
     known, the cell, its offset from the agent and that offset in the agent's frame (ahead,
     to the right; zero without a heading). Cells and offsets are divided by ``env.size - 1``.
-    Two tanh layers feed linear policy and value heads. The net keeps no memory: its state
-    is an empty ``[B, 0]`` tensor, so recurrent algorithms can carry it unchanged.
+    The policy and the value each read them through their own two tanh layers (so returns
+    of any scale do not swamp the policy's features); the policy head starts near uniform.
+    The net keeps no memory: its state is an empty ``[B, 0]`` tensor, so algorithms that
+    carry a recurrent state carry it unchanged.
     """
 
     def __init__(self, env: Any, hidden: int = 64) -> None:
@@ -95,10 +97,13 @@ class KeyDoorMLPPolicy(nn.Module):
         self.register_buffer("forward_of", forward, persistent=False)
         self.register_buffer("right_of", forward.roll(-1, 0), persistent=False)
         features = 2 + 4 + len(self.flags) + 3 * 7
-        self.body = nn.Sequential(nn.Linear(features, hidden), nn.Tanh(),
-                                  nn.Linear(hidden, hidden), nn.Tanh())
+        self.actor, self.critic = (nn.Sequential(nn.Linear(features, hidden), nn.Tanh(),
+                                                 nn.Linear(hidden, hidden), nn.Tanh())
+                                   for _ in range(2))
         self.policy = nn.Linear(hidden, env.num_actions)
         self.value = nn.Linear(hidden, 1)
+        nn.init.orthogonal_(self.policy.weight, gain=0.01)
+        nn.init.zeros_(self.policy.bias)
 
     def initial_state(self, batch: int) -> Tensor:
         return torch.zeros(batch, 0, device=self.policy.weight.device)
@@ -121,8 +126,9 @@ class KeyDoorMLPPolicy(nn.Module):
         return torch.cat(parts, 1)
 
     def forward(self, obs: Tensor, state: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        hidden = self.body(self.features(obs))
-        return self.policy(hidden), self.value(hidden).squeeze(1), state
+        features = self.features(obs)
+        return (self.policy(self.actor(features)), self.value(self.critic(features)).squeeze(1),
+                state)
 
 
 class ToolAttentionPolicy(nn.Module):
