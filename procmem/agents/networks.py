@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from procmem.envs.keydoor import BLOCKED, FIELD, FLAGS, NEIGHBOURS, OBS_FIELDS
+
 Observations = np.ndarray | dict[str, np.ndarray]
 
 
@@ -82,8 +84,6 @@ class KeyDoorMLPPolicy(nn.Module):
 
     def __init__(self, env: Any, hidden: int = 64) -> None:
         super().__init__()
-        from procmem.envs.keydoor import BLOCKED, FIELD, FLAGS, NEIGHBOURS, OBS_FIELDS
-
         if getattr(env, "obs_dim", None) != len(OBS_FIELDS):
             raise ValueError("KeyDoorMLPPolicy needs the key/door/goal observation layout")
         self.agent = [FIELD["x"], FIELD["y"]]
