@@ -133,39 +133,31 @@ class ToolEnvConfig:
     stages: list[int] = MISSING
     eval_stages: list[int] | None = MISSING
 
+    def num_stages(self) -> int:
+        return len(TOOL_STAGES)
+
     def __post_init__(self) -> None:
         at_least(self, "num_envs", 1)
         at_least(self, "max_steps", 1)
         at_least(self, "operand_low", 0)  # the vocabulary has no sign token
         at_least(self, "operand_high", self.operand_low)
         at_least(self, "shaping", 0.0)
-        stage_list(self, "stages", len(TOOL_STAGES))
+        stage_list(self, "stages", self.num_stages())
         if self.eval_stages is not None:
-            stage_list(self, "eval_stages", len(TOOL_STAGES))
+            stage_list(self, "eval_stages", self.num_stages())
 
 
 @dataclass
-class ExpressionEnvConfig:
+class ExpressionEnvConfig(ToolEnvConfig):
     _target_: str = "procmem.envs.expressions.ExpressionEnv"
-    num_envs: int = MISSING
     max_depth: int = MISSING
-    max_steps: int = MISSING
-    operand_low: int = MISSING
-    operand_high: int = MISSING
-    shaping: float = MISSING
-    stages: list[int] = MISSING
-    eval_stages: list[int] | None = MISSING
+
+    def num_stages(self) -> int:
+        return self.max_depth
 
     def __post_init__(self) -> None:
-        at_least(self, "num_envs", 1)
         at_least(self, "max_depth", 1)
-        at_least(self, "max_steps", 1)
-        at_least(self, "operand_low", 0)  # the vocabulary has no sign token
-        at_least(self, "operand_high", self.operand_low)
-        at_least(self, "shaping", 0.0)
-        stage_list(self, "stages", self.max_depth)
-        if self.eval_stages is not None:
-            stage_list(self, "eval_stages", self.max_depth)
+        super().__post_init__()
 
 
 # --- agent ----------------------------------------------------------------------------------
