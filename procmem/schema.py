@@ -242,6 +242,7 @@ class A2CConfig:
     entropy_coef: float = MISSING
     max_grad_norm: float = MISSING
     normalize_advantages: bool = MISSING
+    bootstrap_truncated: bool = MISSING
     stats_window: int = MISSING
 
     def __post_init__(self) -> None:

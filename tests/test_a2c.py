@@ -134,3 +134,45 @@ def test_stages_only_evaluated_are_reported_but_left_out_of_the_mean():
     per_stage = [metrics[f"eval/accuracy_stage{stage}"] for stage in (0, 1, 2)]
     assert metrics["eval/accuracy"] == pytest.approx(np.mean(per_stage[:2]))
     assert [r["stage"] for r in agent.explain(1)] == [0, 1, 2]
+
+
+class TimeLimited:
+    """Two envs, reward 0, truncated every second step; final observations are 5s."""
+
+    num_envs, num_actions = 2, 2
+
+    def reset(self, seed: int | None = None) -> tuple[np.ndarray, dict]:
+        self.t = 0
+        return np.zeros((2, 1), dtype=np.float32), {}
+
+    def step(self, actions: np.ndarray) -> tuple:
+        self.t += 1
+        cut = np.full(2, self.t % 2 == 0)
+        info = {"final_obs": np.full((2, 1), 5.0, dtype=np.float32)}
+        obs, zeros = np.zeros((2, 1), dtype=np.float32), np.zeros(2, dtype=np.float32)
+        return obs, zeros, np.zeros(2, dtype=bool), cut, info
+
+
+class ValueOfInput(torch.nn.Module):
+    """Uniform policy; value = the observation + 1 (1 before the cut, 6 at the final obs)."""
+
+    def __init__(self, env) -> None:
+        super().__init__()
+        self.offset = torch.nn.Parameter(torch.ones(1))
+
+    def initial_state(self, batch: int) -> torch.Tensor:
+        return torch.zeros(batch, 0)
+
+    def forward(self, obs, state):
+        return torch.zeros(len(obs), 2), obs[:, 0] + self.offset, state
+
+
+@pytest.mark.parametrize(("bootstrap", "expected"), [(False, 1.0), (True, 2.125)])
+def test_truncation_bootstraps_from_the_final_observation_only_when_asked(bootstrap, expected):
+    """gamma 0.5, two steps, truncated at the second: returns are (0, 0) when truncation ends
+    the episode, (0.5 * 0.5 * 6, 0.5 * 6) = (1.5, 3) when it bootstraps V(final obs) = 6;
+    values are 1, so the value loss is mean((R - 1)^2): 1.0 or (0.25 + 4) / 2 = 2.125."""
+    agent = A2C(env=TimeLimited(), eval_env=TimeLimited(), memory=None,
+                curriculum=FixedCurriculum(0), device=CPU, seed=0, network=ValueOfInput,
+                n_steps=2, gamma=0.5, bootstrap_truncated=bootstrap)
+    assert agent.train_iteration()["train/loss_value"] == pytest.approx(expected)

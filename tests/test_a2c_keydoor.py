@@ -97,3 +97,15 @@ def test_evaluate_without_stages_reports_success_reward_and_steps():
     # Rewards: -0.1 a step, +1 key, +2 door, 10 on reaching the goal.
     assert -0.1 * 50 <= metrics["eval/mean_reward"] <= 1.0 + 2.0 + 10.0
     assert agent.evaluate(20) == metrics
+
+
+@pytest.mark.parametrize(("bootstrap", "learns"), [(False, False), (True, True)])
+def test_with_a_step_penalty_learning_needs_bootstrapped_truncation(bootstrap, learns):
+    """The fixed gridworld with its -0.1 step penalty: the observation does not show the time
+    left, so cutting returns at the 50-step limit makes timing out look like a good end; A2C
+    then never learns. Bootstrapping V(final obs) at truncation, it solves the task."""
+    agent = make_a2c(seed=0, num_envs=64, env={"layout": "fixed"}, bootstrap_truncated=bootstrap)
+    best = 0.0
+    for _ in range(400):
+        best = max(best, agent.train_iteration().get("train/accuracy", 0.0))
+    assert (best >= 0.9) == learns, best

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from procmem.agents.networks import as_tensors, copy_observations
+from procmem.agents.networks import as_tensors, copy_observations, take_rows
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop}
 
@@ -32,9 +32,12 @@ class A2C:
     every env.
 
     Returns are per step, bootstrapped from the value of the state the rollout stops in and
-    cut at episode ends; truncation counts as an end (the step count is part of what the
-    envs observe). The loss is the policy gradient with (optionally normalised) advantages,
-    plus ``value_coef`` times the value MSE, minus ``entropy_coef`` times the entropy;
+    cut at episode ends. A truncated episode (a time limit) ends there too, which is right
+    when the observation shows the time left (toolenv's step count); for envs whose
+    observation does not (a frame cap), ``bootstrap_truncated`` adds ``gamma`` times the
+    value of the final observation to the reward of the truncated step instead. The loss is
+    the policy gradient with (optionally normalised) advantages, plus ``value_coef`` times the
+    value MSE, minus ``entropy_coef`` times the entropy;
     gradients are clipped to ``max_grad_norm``. Recurrent states are carried across updates
     and reset where episodes end. A curriculum plugs in as the env's stage sampler when the
     env has one.
@@ -64,6 +67,7 @@ class A2C:
         entropy_coef: float = 0.01,
         max_grad_norm: float = 1.0,
         normalize_advantages: bool = False,
+        bootstrap_truncated: bool = False,
         stats_window: int = 100,
     ) -> None:
         if memory is not None:
@@ -76,6 +80,7 @@ class A2C:
         self.value_coef, self.entropy_coef = value_coef, entropy_coef
         self.max_grad_norm = max_grad_norm
         self.normalize_advantages = normalize_advantages
+        self.bootstrap_truncated = bootstrap_truncated
         self.stats_window = stats_window
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -103,6 +108,8 @@ class A2C:
             obs, reward, terminated, truncated, info = self.env.step(action.cpu().numpy())
             done = terminated | truncated
             self._track_episodes(reward, done, info)
+            if self.bootstrap_truncated:
+                reward = reward + self.gamma * self._final_values(truncated & ~terminated, info)
             log_probs.append(dist.log_prob(action))
             entropies.append(dist.entropy())
             values.append(value)
@@ -206,6 +213,19 @@ class A2C:
         self.episodes += int(done.sum())
         self.finished = self.finished[-self.stats_window:]
         self.episode_return[done] = 0.0
+
+    @torch.no_grad()
+    def _final_values(self, rows: np.ndarray, info: dict[str, Any]) -> np.ndarray:
+        """Value estimates of the final observations of the envs in mask ``rows`` (0 elsewhere),
+        from the recurrent state the episode had reached."""
+        values = np.zeros(len(rows), dtype=np.float32)
+        index = np.flatnonzero(rows)
+        if len(index):
+            final_obs = as_tensors(take_rows(info["final_obs"], index), self.device)
+            state = self.state[torch.as_tensor(index, device=self.device)]
+            _, value, _ = self.net(final_obs, state)
+            values[index] = value.cpu().numpy()
+        return values
 
     def _greedy_episodes(self, episodes: int, stage: int | None = None) -> list[dict[str, Any]]:
         """``episodes`` greedy episodes (started at ``stage`` for envs with stages): their

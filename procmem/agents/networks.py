@@ -25,6 +25,13 @@ def as_tensors(obs: Observations, device: torch.device) -> Tensor | dict[str, Te
     return torch.as_tensor(obs, device=device)
 
 
+def take_rows(obs: Observations, rows: np.ndarray) -> Observations:
+    """The observations of some envs of a batch (an array or a dict of arrays)."""
+    if isinstance(obs, dict):
+        return {key: value[rows] for key, value in obs.items()}
+    return obs[rows]
+
+
 def copy_observations(obs: Observations) -> Observations:
     """A copy of an observation batch (an array or a dict of arrays)."""
     if isinstance(obs, dict):
