@@ -148,6 +148,19 @@ class ToolEnvConfig:
 
 
 @dataclass
+class MiniPacmanConfig:
+    _target_: str = "procmem.envs.minipacman.MiniPacman"
+    num_envs: int = MISSING
+    mode: str = MISSING
+    frame_cap: int = MISSING
+
+    def __post_init__(self) -> None:
+        at_least(self, "num_envs", 1)
+        one_of(self, "mode", ("regular", "avoid", "hunt", "ambush", "rush"))
+        at_least(self, "frame_cap", 1)
+
+
+@dataclass
 class ExpressionEnvConfig(ToolEnvConfig):
     _target_: str = "procmem.envs.expressions.ExpressionEnv"
     max_depth: int = MISSING
@@ -228,6 +241,18 @@ class ToolAttentionPolicyConfig:
         at_least(self, "hidden", 2)
         if self.hidden % 2:
             raise ConfigError("hidden", f"{self.hidden} must be even (two encoder directions)")
+
+
+@dataclass
+class PixelCNNPolicyConfig:
+    _target_: str = "procmem.agents.networks.PixelCNNPolicy"
+    _partial_: bool = True  # built by the algorithm with its env: network(env)
+    channels: int = MISSING
+    hidden: int = MISSING
+
+    def __post_init__(self) -> None:
+        at_least(self, "channels", 1)
+        at_least(self, "hidden", 1)
 
 
 @dataclass
@@ -386,7 +411,9 @@ def register_schema(schema: type) -> type:
 for _schema in (GridWorldConfig, ProceduralAgentConfig, SkillLibraryConfig, FixedCurriculumConfig,
                 UniformCurriculumConfig, StagedCurriculumConfig, AdaptiveCurriculumConfig,
                 WandbConfig, MiniGridConfig, ToolEnvConfig, A2CConfig, ToolGRUPolicyConfig,
-                KeyDoorMLPPolicyConfig, ExpressionEnvConfig, ToolAttentionPolicyConfig):
+                KeyDoorMLPPolicyConfig, ExpressionEnvConfig, ToolAttentionPolicyConfig,
+                PixelCNNPolicyConfig,
+                MiniPacmanConfig):
     register_schema(_schema)
 
 

@@ -191,3 +191,30 @@ class ToolAttentionPolicy(nn.Module):
         features = torch.tanh(self.combine(torch.cat([decoder, read], dim=1)))
         state = torch.cat([decoder, read, encoded.flatten(1)], dim=1)
         return self.policy(features), self.value(features).squeeze(1), state
+
+
+class PixelCNNPolicy(nn.Module):
+    """A feed-forward actor-critic on image observations ``[B, C, H, W]`` in [0, 1]: two 3x3
+    convolutions (``channels``, stride 1 then 2, ReLU), a ``hidden``-unit ReLU layer and
+    linear policy and value heads (the MiniPacman A2C tutorial's network by default). No
+    recurrent state: an empty ``[B, 0]`` tensor."""
+
+    def __init__(self, env: Any, channels: int = 16, hidden: int = 256) -> None:
+        super().__init__()
+        in_channels, height, width = env.obs_shape
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, channels, 3, stride=1), nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, stride=2), nn.ReLU(), nn.Flatten(),
+        )
+        with torch.no_grad():
+            flat = self.body(torch.zeros(1, in_channels, height, width)).shape[1]
+        self.fc = nn.Sequential(nn.Linear(flat, hidden), nn.ReLU())
+        self.policy = nn.Linear(hidden, env.num_actions)
+        self.value = nn.Linear(hidden, 1)
+
+    def initial_state(self, batch: int) -> Tensor:
+        return torch.zeros(batch, 0, device=self.policy.weight.device)
+
+    def forward(self, obs: Tensor, state: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        features = self.fc(self.body(obs.float()))
+        return self.policy(features), self.value(features).squeeze(1), state

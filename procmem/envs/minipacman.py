@@ -146,6 +146,10 @@ PACMAN, GHOST, PILL, FOOD, WALL, EMPTY = range(6)
 COLOURS = np.array(
     [[0, 1, 0], [1, 0, 0], [0, 1, 1], [0, 0, 1], [1, 1, 1], [0, 0, 0]], dtype=np.float32
 )
+# Bit c of COLOUR_BITS[class] is channel c of its colour (every channel is 0 or 1).
+COLOUR_BITS = (COLOURS.astype(np.uint8) << np.arange(3, dtype=np.uint8)).sum(axis=1)
+COLOUR_BITS = COLOUR_BITS.astype(np.uint8)
+CHANNEL_SHIFTS = np.arange(3, dtype=np.uint8)[None, :, None]
 BACKGROUND = np.where(WALLS.ravel(), WALL, EMPTY).astype(np.uint8)
 
 STATE_ARRAYS = (
@@ -306,21 +310,28 @@ class MiniPacman(ArrayState):
 
     def render(self, rows: np.ndarray | None = None) -> np.ndarray:
         """Observations of ``rows`` (default: all envs), float32 [len(rows), 3, 15, 19]."""
-        if rows is None:
-            rows = self._rows
-        n = len(rows)
+        if rows is None:  # all envs: no fancy-indexed copies
+            food, pills, alive = self.food, self.pills, self.ghost_alive
+            ghost_pos, pacman, power = self.ghost_pos, self.pacman, self.power
+        else:
+            food, pills, alive = self.food[rows], self.pills[rows], self.ghost_alive[rows]
+            ghost_pos, pacman, power = self.ghost_pos[rows], self.pacman[rows], self.power[rows]
+        n = len(pacman)
         local = np.arange(n)
-        classes = np.where(self.food[rows], FOOD, BACKGROUND).astype(np.uint8)
-        classes[self.pills[rows]] = PILL
-        alive = self.ghost_alive[rows]
+        classes = np.where(food, FOOD, BACKGROUND).astype(np.uint8)
+        classes[pills] = PILL
         ghost_rows = np.broadcast_to(local[:, None], alive.shape)[alive]
-        classes[ghost_rows, self.ghost_pos[rows][alive]] = GHOST
-        classes[local, self.pacman[rows]] = PACMAN
+        classes[ghost_rows, ghost_pos[alive]] = GHOST
+        classes[local, pacman] = PACMAN
         obs = np.empty((n, 3, NUM_CELLS), dtype=np.float32)
-        for channel in range(3):
-            np.take(COLOURS[:, channel], classes, out=obs[:, channel])
-        edible = (self.power[rows] / PILL_POWER).astype(np.float32)
-        np.copyto(obs[:, 1], edible[:, None], where=classes == GHOST)
+        colour_bits = np.take(COLOUR_BITS, classes)[:, None, :]
+        np.bitwise_and(colour_bits >> CHANNEL_SHIFTS, 1, out=obs, casting="unsafe")
+        # The ghosts' green channel: power / 20 (where no Pacman covers them).
+        shown = alive & (ghost_pos != pacman[:, None])
+        edible = (power / PILL_POWER).astype(np.float32)
+        obs[ghost_rows[shown[alive]], 1, ghost_pos[shown]] = np.broadcast_to(
+            edible[:, None], shown.shape
+        )[shown]
         return obs.reshape(n, 3, HEIGHT, WIDTH)
 
     # --- dynamics ---------------------------------------------------------------------------
@@ -337,14 +348,17 @@ class MiniPacman(ArrayState):
         dcol = CELL_COL[self.pacman][:, None] - CELL_COL[pos]
         # Dot product of each move (right, up, left, down) with Pacman's offset.
         toward = np.stack([dcol, -drow, -dcol, drow], axis=2)
-        fleeing = (self.power > 0)[:, None, None]
-        score = np.where(fleeing, -toward, toward)
-        best = np.argmax(np.where(options, score, np.iinfo(np.int64).min), axis=2)
-        count = options.sum(axis=2)
-        nth = np.minimum((pick * count).astype(np.int64), count - 1)
-        drawn = np.argmax(np.cumsum(options, axis=2) > nth[..., None], axis=2)
+        sign = np.where(self.power > 0, -1, 1)[:, None, None]  # power > 0: flee
+        score = toward * sign
+        choice = np.argmax(np.where(options, score, np.iinfo(np.int64).min), axis=2)
         use_random = random_turn & (self.power == 0)[:, None]
-        return np.where(use_random, drawn, best) + 1
+        if use_random.any():
+            drawn_options = options[use_random]  # [R, 4]
+            count = drawn_options.sum(axis=1)
+            nth = np.minimum((pick[use_random] * count).astype(np.int64), count - 1)
+            ranks = np.cumsum(drawn_options, axis=1)
+            choice[use_random] = np.argmax(ranks > nth[:, None], axis=1)
+        return choice + 1
 
     def _ghost_phase(self, draws: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         g = MAX_GHOSTS
