@@ -176,3 +176,12 @@ def test_truncation_bootstraps_from_the_final_observation_only_when_asked(bootst
                 curriculum=FixedCurriculum(0), device=CPU, seed=0, network=ValueOfInput,
                 n_steps=2, gamma=0.5, bootstrap_truncated=bootstrap)
     assert agent.train_iteration()["train/loss_value"] == pytest.approx(expected)
+
+
+def test_envs_without_success_get_no_success_metrics():
+    agent = A2C(env=TimeLimited(), eval_env=TimeLimited(), memory=None,
+                curriculum=FixedCurriculum(0), device=CPU, seed=0, network=ValueOfInput,
+                n_steps=2)
+    metrics = agent.train_iteration()
+    assert metrics["train/episode_return"] == 0.0 and "train/accuracy" not in metrics
+    assert agent.evaluate(4) == {"eval/mean_reward": 0.0, "eval/mean_steps": 2.0}

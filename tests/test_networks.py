@@ -1,10 +1,14 @@
-"""Networks built from an env's shape: the image actor-critic."""
+"""Networks built from an env's shape: the image actor-critic, alone and under A2C."""
 
+from functools import partial
 from types import SimpleNamespace
 
 import torch
 
+from procmem.agents.a2c import A2C
 from procmem.agents.networks import PixelCNNPolicy
+from procmem.curriculum import UniformCurriculum
+from procmem.envs.minipacman import MiniPacman
 
 MINIPACMAN = SimpleNamespace(obs_shape=(3, 15, 19), num_actions=5)
 
@@ -28,3 +32,19 @@ def test_pixel_cnn_sizes_follow_the_config():
     logits, values, _ = net(torch.rand(2, 1, 10, 10), net.initial_state(2))
     assert logits.shape == (2, 3) and values.shape == (2,)
     assert net.fc[0].in_features == 8 * 3 * 3
+
+
+def test_a2c_trains_and_evaluates_the_pixel_cnn_on_minipacman(one_torch_thread):
+    def env() -> MiniPacman:
+        return MiniPacman(num_envs=4, frame_cap=30)
+
+    agent = A2C(env=env(), eval_env=env(), memory=None, curriculum=UniformCurriculum(1),
+                device=torch.device("cpu"), seed=0, network=partial(PixelCNNPolicy, hidden=32),
+                n_steps=5, gamma=0.99, bootstrap_truncated=True)
+    for _ in range(3):
+        metrics = agent.train_iteration()
+    assert metrics["train/env_steps"] == 3 * 5 * 4
+    assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
+    evaluation = agent.evaluate(4)
+    assert set(evaluation) == {"eval/mean_reward", "eval/mean_steps"}
+    assert 1 <= evaluation["eval/mean_steps"] <= 30

@@ -46,8 +46,8 @@ class A2C:
     ``describe()``) report the exact-answer accuracy of every eval stage,
     ``eval/accuracy_stage{k}``, and ``eval/accuracy``, the mean over the stages the env trains
     on (stages only evaluated, never trained, stay out of it). Other envs report
-    ``eval/success_rate``, ``eval/mean_reward`` and ``eval/mean_steps`` as the procedural
-    agent does.
+    ``eval/mean_reward`` and ``eval/mean_steps``, and ``eval/success_rate`` where the env
+    reports success, as the procedural agent does; ``train/accuracy`` too needs it.
     """
 
     def __init__(
@@ -147,7 +147,8 @@ class A2C:
         if self.finished:
             recent = np.array(self.finished[-self.stats_window:])
             metrics["train/episode_return"] = float(recent[:, 0].mean())
-            metrics["train/accuracy"] = float(recent[:, 1].mean())
+            if not np.isnan(recent[:, 1]).all():  # the env reports which episodes succeeded
+                metrics["train/accuracy"] = float(np.nanmean(recent[:, 1]))
         return metrics
 
     @torch.no_grad()
@@ -155,11 +156,13 @@ class A2C:
         """Greedy episodes: accuracy per eval stage, or success, reward and steps."""
         if not hasattr(self.eval_env, "stages"):
             records = self._greedy_episodes(episodes)
-            return {
-                "eval/success_rate": float(np.mean([r["success"] for r in records])),
+            metrics = {
                 "eval/mean_reward": float(np.mean([r["reward"] for r in records])),
                 "eval/mean_steps": float(np.mean([r["steps"] for r in records])),
             }
+            if records[0]["success"] is not None:  # the env reports which episodes succeeded
+                metrics["eval/success_rate"] = float(np.mean([r["success"] for r in records]))
+            return metrics
         metrics = {}
         for stage in self.eval_env.eval_stages:
             records = self._greedy_episodes(episodes, stage)
@@ -207,9 +210,10 @@ class A2C:
 
     def _track_episodes(self, reward: np.ndarray, done: np.ndarray, info: dict) -> None:
         self.episode_return += reward
-        correct = _success(info, done)
+        correct = _success(info)
         for i in np.flatnonzero(done):
-            self.finished.append((float(self.episode_return[i]), float(correct[i])))
+            solved = float("nan") if correct is None else float(correct[i])
+            self.finished.append((float(self.episode_return[i]), solved))
         self.episodes += int(done.sum())
         self.finished = self.finished[-self.stats_window:]
         self.episode_return[done] = 0.0
@@ -251,7 +255,10 @@ class A2C:
                 actions.append(np.where(running, action, -1))
                 returns += np.where(running, reward, 0.0)
                 ended = running & (terminated | truncated)
-                solved[ended] = _success(info, ended)[ended]
+                success = _success(info)
+                reports_success = success is not None
+                if reports_success:
+                    solved[ended] = success[ended]
                 if stage is not None:
                     answers[ended] = info["final_answer"][ended]
                 running &= ~ended
@@ -261,7 +268,7 @@ class A2C:
                 reward = round(float(returns[i]), 6)
                 if stage is None:
                     records.append({"reward": reward, "steps": len(taken),
-                                    "success": bool(solved[i])})
+                                    "success": bool(solved[i]) if reports_success else None})
                 else:
                     records.append({**problems[i], "program": env.program(taken),
                                     "answer": int(answers[i]), "correct": bool(solved[i]),
@@ -270,6 +277,7 @@ class A2C:
         return records[:episodes]
 
 
-def _success(info: dict[str, Any], like: np.ndarray) -> np.ndarray:
-    """Which envs' episodes ended solved: ``final_correct`` or ``success`` from ``info``."""
-    return info.get("final_correct", info.get("success", np.zeros_like(like, dtype=bool)))
+def _success(info: dict[str, Any]) -> np.ndarray | None:
+    """Which envs' episodes ended solved (``final_correct`` or ``success`` in ``info``), or
+    None for envs without a notion of success (MiniPacman)."""
+    return info.get("final_correct", info.get("success"))
