@@ -22,6 +22,8 @@ class Sink(Protocol):
 
     def log_image(self, key: str, path: Path) -> None: ...
 
+    def log_video(self, key: str, path: Path) -> None: ...
+
     def finish(self, exit_code: int) -> None: ...
 
 
@@ -70,6 +72,10 @@ class MetricLogger:
     def log_image(self, key: str, path: Path) -> None:
         for sink in self.sinks:
             sink.log_image(key, path)
+
+    def log_video(self, key: str, path: Path) -> None:
+        for sink in self.sinks:
+            sink.log_video(key, path)
 
     def finish(self, exit_code: int = 0) -> None:
         for sink in self.sinks:
@@ -160,6 +166,10 @@ class WandbSink:
 
     def log_image(self, key: str, path: Path) -> None:
         self.run.log({key: self._wandb.Image(str(path))})
+
+    def log_video(self, key: str, path: Path) -> None:
+        """Log a video file (GIF, MP4, WebM, OGG); a file path needs no encoder."""
+        self.run.log({key: self._wandb.Video(str(path))})
 
     def finish(self, exit_code: int) -> None:
         self.run.finish(exit_code=exit_code)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,8 +13,21 @@ import torch
 from torch import Tensor, nn
 
 from procmem.agents.networks import as_tensors, copy_observations, take_rows
+from procmem.logging import MetricLogger
+from procmem.plots import plot_curves
+from procmem.render import save_gif, save_strip, to_rgb8, upscale
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop}
+# Panels of plots/training.png; those whose metric the run never logged are left out.
+A2C_PANELS = (
+    ("train/episode_return", "Episode return"),
+    ("train/accuracy", "Train accuracy"),
+    ("eval/accuracy", "Eval accuracy"),
+    ("eval/mean_reward", "Eval mean reward"),
+    ("eval/success_rate", "Eval success rate"),
+    ("train/entropy", "Policy entropy"),
+    ("train/loss_value", "Value loss"),
+)
 
 
 def n_step_returns(rewards: Tensor, dones: Tensor, bootstrap: Tensor, gamma: float) -> Tensor:
@@ -205,6 +219,39 @@ class A2C:
         self.finished = [tuple(e) for e in state["finished"]]
         self.env_steps = int(state["env_steps"])
         self.episodes = int(state["episodes"])
+
+    def on_train_end(self, run_dir: Path, logger: MetricLogger) -> None:
+        """Draw ``plots/training.png``; for image observations also record a greedy episode
+        as ``plots/episode.gif`` (10 frames a second, each pixel drawn 8x8; logged as
+        ``media/episode``) and ``plots/episode_strip.png`` (its first 16 frames)."""
+        plots = Path(run_dir) / "plots"
+        panels = [p for p in A2C_PANELS if any(p[0] in row for row in logger.rows)]
+        figure = plot_curves(logger.rows, panels or A2C_PANELS, plots / "training.png",
+                             title="A2C: training")
+        logger.log_image("plots/training", figure)
+        if len(getattr(self.eval_env, "obs_shape", ())) != 3:
+            return
+        frames = upscale(to_rgb8(self.record_episode()), 8)
+        logger.log_video("media/episode", save_gif(frames, plots / "episode.gif", fps=10))
+        save_strip(frames[:16], plots / "episode_strip.png", columns=8)
+
+    @torch.no_grad()
+    def record_episode(self, max_frames: int = 300) -> np.ndarray:
+        """The observations of one greedy episode of eval env 0 (the whole batch steps; a
+        fixed seed): the first, then one after every step up to the episode's end, at most
+        ``max_frames`` of them (longer episodes are cut there)."""
+        env = self.eval_env
+        obs, _ = env.reset(seed=self.seed + 104729)
+        state = self.net.initial_state(env.num_envs)
+        frames = [obs[0]]
+        while len(frames) < max_frames:
+            logits, _, state = self.net(as_tensors(obs, self.device), state)
+            obs, _, terminated, truncated, info = env.step(logits.argmax(1).cpu().numpy())
+            if terminated[0] or truncated[0]:
+                frames.append(info.get("final_obs", obs)[0])
+                break
+            frames.append(obs[0])
+        return np.stack(frames)
 
     # --- helpers ------------------------------------------------------------------------------
 
