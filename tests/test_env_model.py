@@ -1,0 +1,166 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from procmem.agents.env_model import (
+    EDIBLE_GHOST,
+    GHOST,
+    PIXEL_CLASSES,
+    EnvModel,
+    class_frames,
+    frame_classes,
+    rollout_accuracy,
+)
+from procmem.envs.minipacman import EVENTS, PILL_POWER, MiniPacman
+
+METRICS = ("pixel_accuracy", "frame_accuracy", "event_accuracy", "reward_accuracy")
+
+
+def collect(num_envs: int = 8, steps: int = 4, seed: int = 0):
+    """Transitions under random actions, ``info["final_obs"]`` as the next frame (so every
+    transition is real): frames, actions, next frames, events, all stacked step-major,
+    and the reward vector."""
+    env = MiniPacman(num_envs=num_envs)
+    obs, _ = env.reset(seed=seed)
+    rng = np.random.default_rng(seed)
+    frames, actions, next_frames, events = [], [], [], []
+    for _ in range(steps):
+        action = rng.integers(0, env.num_actions, num_envs)
+        next_obs, _, _, _, info = env.step(action)
+        frames.append(obs)
+        actions.append(action)
+        next_frames.append(info["final_obs"])
+        events.append(info["events"])
+        obs = next_obs
+    stacked = (torch.as_tensor(np.concatenate(x)) for x in (frames, actions, next_frames, events))
+    return (*stacked, torch.as_tensor(env.reward_vector))
+
+
+def test_round_trip_on_env_frames():
+    env = MiniPacman(num_envs=16)
+    obs, _ = env.reset(seed=1)
+    rng = np.random.default_rng(1)
+    seen = torch.zeros(len(PIXEL_CLASSES), dtype=torch.bool)
+    for step in range(40):
+        if step % 10 == 5:  # force the pill timer on some envs and render again
+            env.power[:] = rng.integers(0, PILL_POWER + 1, env.num_envs)
+            obs = env.render()
+        frames = torch.as_tensor(obs)
+        classes = frame_classes(frames)
+        assert classes.dtype == torch.int64 and classes.shape == (16, 15, 19)
+        power = torch.as_tensor(env.power)
+        assert torch.equal(class_frames(classes, power=power), frames)
+        seen[classes.unique()] = True
+        # Ghosts are edible exactly where the timer runs (unless Pacman hides them).
+        edible = (classes == EDIBLE_GHOST).flatten(1).any(1)
+        dangerous = (classes == GHOST).flatten(1).any(1)
+        assert not (edible & (power == 0)).any() and not (dangerous & (power > 0)).any()
+        # Without a power, edible ghosts get green 1 and nothing else changes.
+        full = class_frames(classes)
+        differ = (full != frames).any(1)
+        assert torch.equal(differ, (classes == EDIBLE_GHOST) & (power < PILL_POWER)[:, None, None])
+        obs = env.step(rng.integers(0, env.num_actions, env.num_envs))[0]
+    assert seen.all()
+
+
+def test_every_class_in_a_crafted_frame():
+    colours = [(0, 0, 0), (1, 1, 1), (0, 0, 1), (0, 1, 1), (0, 1, 0), (1, 0, 0), (1, 0.35, 0)]
+    frame = torch.zeros(1, 3, 15, 19)
+    for col, colour in enumerate(colours):
+        frame[0, :, 0, col] = torch.tensor(colour)
+    classes = frame_classes(frame)
+    names = [PIXEL_CLASSES[i] for i in classes[0, 0, : len(colours)]]
+    assert names == ["empty", "wall", "food", "pill", "pacman", "ghost", "edible_ghost"]
+    assert torch.equal(class_frames(classes, power=7), frame)
+    assert class_frames(classes)[0, :, 0, 6].tolist() == [1.0, 1.0, 0.0]
+
+
+def test_shapes(one_torch_thread):
+    torch.manual_seed(0)
+    frames, actions, next_frames, events, rewards = collect(num_envs=4, steps=1)
+    model = EnvModel(channels=8)
+    pixel_logits, event_logits = model(frames, actions)
+    assert pixel_logits.shape == (4, len(PIXEL_CLASSES), 15, 19)
+    assert event_logits.shape == (4, len(EVENTS), 2)
+    predicted, counts = model.predict(frames, actions)
+    assert predicted.shape == frames.shape and counts.shape == (4, len(EVENTS))
+    assert torch.equal(class_frames(frame_classes(predicted)), predicted)
+    loss, metrics = model.loss(frames, actions, next_frames, events, reward_vector=rewards)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    assert set(metrics) >= {f"envmodel/{name}" for name in METRICS}
+    assert all(0.0 <= metrics[f"envmodel/{name}"] <= 1.0 for name in METRICS)
+    assert EnvModel(channels=8, max_count=3)(frames, actions)[1].shape == (4, len(EVENTS), 4)
+
+
+def test_masked_transitions_change_nothing(one_torch_thread):
+    torch.manual_seed(0)
+    frames, actions, next_frames, events, rewards = collect(num_envs=6, steps=1)
+    model = EnvModel(channels=8)
+    mask = torch.tensor([True, False, True, False, True, True])
+    loss, metrics = model.loss(frames, actions, next_frames, events, mask, rewards)
+    garbage = ~mask
+    frames2, next2, events2, actions2 = (x.clone() for x in (frames, next_frames, events, actions))
+    frames2[garbage] = torch.rand_like(frames2[garbage])
+    next2[garbage] = torch.rand_like(next2[garbage])
+    events2[garbage] = 7.0
+    actions2[garbage] = (actions2[garbage] + 1) % 5
+    loss2, metrics2 = model.loss(frames2, actions2, next2, events2, mask, rewards)
+    assert loss2.item() == pytest.approx(loss.item(), abs=1e-6) and metrics2 == pytest.approx(
+        metrics, abs=1e-6
+    )
+    kept = model.loss(frames[mask], actions[mask], next_frames[mask], events[mask])[0]
+    assert kept.item() == pytest.approx(loss.item(), abs=1e-6)
+    # No transition kept: a zero loss that still backpropagates.
+    empty, metrics = model.loss(frames, actions, next_frames, events, torch.zeros(6, dtype=bool))
+    empty.backward()
+    assert empty.item() == 0.0 and metrics == {}
+
+
+def test_overfits_a_batch_of_real_transitions(one_torch_thread):
+    torch.manual_seed(0)
+    frames, actions, next_frames, events, rewards = collect(num_envs=8, steps=4)
+    # The share of the commonest event pattern: what guessing it scores.
+    _, counts = events.unique(dim=0, return_counts=True)
+    baseline = counts.max().item() / len(events)
+    model = EnvModel(channels=16)
+    optimizer = torch.optim.Adam(model.parameters(), lr=5e-3)
+    history = []
+    for _ in range(300):
+        loss, metrics = model.loss(frames, actions, next_frames, events, reward_vector=rewards)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        history.append(metrics)
+    first, last = history[0], model.loss(frames, actions, next_frames, events,
+                                         reward_vector=rewards)[1]
+    assert last["envmodel/loss"] < first["envmodel/loss"] / 10
+    assert first["envmodel/pixel_accuracy"] < 0.5 < 0.99 < last["envmodel/pixel_accuracy"]
+    assert last["envmodel/frame_accuracy"] > first["envmodel/frame_accuracy"]
+    assert last["envmodel/event_accuracy"] > baseline + 0.1
+    assert last["envmodel/reward_accuracy"] > baseline + 0.1
+
+
+class CopyModel(EnvModel):
+    """Predicts that nothing changes."""
+
+    def predict(self, frames, actions):
+        return frames, torch.zeros(len(frames), len(EVENTS))
+
+
+def test_rollout_accuracy(one_torch_thread):
+    frames, actions, _, _, _ = collect(num_envs=3, steps=1)
+    actions = actions.repeat(3, 1).T  # [B, T]
+    still = frames[:, None].repeat(1, 3, 1, 1, 1)
+    still[1, 1:] = 0.0  # row 1 empties after its first step (a reset frame has no empty cell)
+    mask = torch.ones(3, 3, dtype=torch.bool)
+    mask[2, 1] = False  # row 2 crosses a boundary before its second step
+    result = rollout_accuracy(CopyModel(channels=4), frames, actions, still, mask, steps=3)
+    assert result["frame_accuracy"] == [1.0, 0.5, 0.5]
+    assert result["pixel_accuracy"] == [1.0, 0.5, 0.5]
+    mask[:, 0] = False
+    result = rollout_accuracy(CopyModel(channels=4), frames, actions, still, mask, steps=2)
+    assert all(math.isnan(x) for x in result["pixel_accuracy"])
+    with pytest.raises(ValueError):
+        rollout_accuracy(CopyModel(channels=4), frames, actions, still, mask, steps=4)
