@@ -281,6 +281,30 @@ class A2CConfig:
         at_least(self, "stats_window", 1)
 
 
+@dataclass
+class EnvModelTrainerConfig:
+    _target_: str = "procmem.agents.env_model_trainer.EnvModelTrainer"
+    policy_run: str | None = MISSING
+    channels: int = MISSING
+    blocks: int = MISSING
+    lr: float = MISSING
+    batch_size: int = MISSING
+    buffer_size: int = MISSING
+    collect_steps: int = MISSING
+    updates_per_iteration: int = MISSING
+    event_coef: float = MISSING
+
+    def __post_init__(self) -> None:
+        at_least(self, "channels", 1)
+        at_least(self, "blocks", 0)
+        greater_than(self, "lr", 0.0)
+        at_least(self, "batch_size", 1)
+        at_least(self, "buffer_size", 1)
+        at_least(self, "collect_steps", 1)
+        at_least(self, "updates_per_iteration", 1)
+        at_least(self, "event_coef", 0.0)
+
+
 # --- memory ---------------------------------------------------------------------------------
 
 
@@ -413,7 +437,7 @@ for _schema in (GridWorldConfig, ProceduralAgentConfig, SkillLibraryConfig, Fixe
                 WandbConfig, MiniGridConfig, ToolEnvConfig, A2CConfig, ToolGRUPolicyConfig,
                 KeyDoorMLPPolicyConfig, ExpressionEnvConfig, ToolAttentionPolicyConfig,
                 PixelCNNPolicyConfig,
-                MiniPacmanConfig):
+                MiniPacmanConfig, EnvModelTrainerConfig):
     register_schema(_schema)
 
 

@@ -1,0 +1,175 @@
+"""agent=env_model: data collection, the replay ring, learning, resuming, saving the model and
+acting with a trained A2C run's policy."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from procmem import app
+from procmem.agents.env_model_trainer import (
+    EnvModelTrainer,
+    _windows,
+    decode_frames,
+    encode_frames,
+    load_env_model,
+)
+from procmem.checkpoint import CheckpointManager
+from procmem.curriculum import FixedCurriculum
+from procmem.envs.minipacman import MiniPacman
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+SMALL = {"channels": 16, "blocks": 1, "lr": 3e-3, "batch_size": 32, "buffer_size": 2000,
+         "collect_steps": 4, "updates_per_iteration": 2, "event_coef": 0.1}
+
+
+def make_trainer(num_envs: int = 4, frame_cap: int = 1000, seed: int = 0,
+                 **settings) -> EnvModelTrainer:
+    return EnvModelTrainer(
+        MiniPacman(num_envs, frame_cap=frame_cap), MiniPacman(num_envs, frame_cap=frame_cap),
+        None, FixedCurriculum(), torch.device("cpu"), seed, **{**SMALL, **settings},
+    )
+
+
+def quiet(trainer: EnvModelTrainer, iterations: int) -> list[dict[str, float]]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return [trainer.train_iteration() for _ in range(iterations)]
+
+
+def test_random_policy_warns_once():
+    trainer = make_trainer()
+    with pytest.warns(UserWarning, match="random policy"):
+        metrics = trainer.train_iteration()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        trainer.train_iteration()
+    assert metrics["train/env_steps"] == 4 * 4
+    assert {"envmodel/loss", "envmodel/pixel_accuracy", "envmodel/reward_accuracy"} <= set(metrics)
+
+
+def test_frames_encode_exactly():
+    env = MiniPacman(8)
+    obs, _ = env.reset(seed=3)
+    for _ in range(40):  # eat a pill now and then: ghosts with green power / 20
+        obs, *_ = env.step(np.random.default_rng(0).integers(0, 5, size=8))
+        assert np.array_equal(decode_frames(encode_frames(obs)), obs)
+
+
+def test_buffer_ring_and_final_frames():
+    trainer = make_trainer(num_envs=4, frame_cap=2, buffer_size=10, collect_steps=2)
+    env_copy = MiniPacman(4, frame_cap=2)
+    env_copy.load_state_dict(trainer.env.state_dict())
+    quiet(trainer, 1)  # 2 steps x 4 envs; every episode is truncated on step 2
+    assert trainer.size == 8 and trainer.position == 8
+    assert trainer.mask[:8].all()  # final_obs makes every transition real
+    # Replaying the stored actions on a copy of the env: the rows of step 2 hold the final
+    # frames, not the reset frames the env returned (which start the next transitions).
+    env_copy.step(trainer.actions[:4])
+    obs, _, terminated, truncated, info = env_copy.step(trainer.actions[4:8])
+    assert (terminated | truncated).all()
+    assert np.array_equal(decode_frames(trainer.next_frames[4:8]), info["final_obs"])
+    assert not np.array_equal(info["final_obs"], obs)
+    assert np.array_equal(decode_frames(trainer.frames[4:8]), decode_frames(
+        trainer.next_frames[:4]))
+
+    quiet(trainer, 1)  # 8 more into a ring of 10: the oldest 6 are overwritten
+    assert trainer.size == 10 and trainer.position == 6
+    assert np.array_equal(decode_frames(trainer.frames[:2]), obs[2:])
+    assert trainer.frames.shape == (10, 3, 15, 19) and trainer.frames.dtype == np.uint8
+    assert trainer.events.shape == (10, 5) and trainer.mask.shape == (10,)
+    batch = trainer._batch(np.arange(5))
+    assert [tuple(t.shape) for t in batch] == [(5, 3, 15, 19), (5,), (5, 3, 15, 19), (5, 5), (5,)]
+
+
+def test_rollout_windows_mask_episode_ends():
+    segments, length, batch = 1, 6, 2
+    done = np.zeros((segments, length, batch), dtype=bool)
+    done[0, 1, 0] = True  # env 0 ends at step 1 of the first window
+    data = {
+        "frames": np.zeros((segments, length, batch, 3, 15, 19), dtype=np.float32),
+        "actions": np.zeros((segments, length, batch), dtype=np.int64),
+        "next_frames": np.zeros((segments, length, batch, 3, 15, 19), dtype=np.float32),
+        "mask": np.ones((segments, length, batch), dtype=bool),
+        "done": done,
+    }
+    frames, actions, next_frames, mask = _windows(data, 3)
+    assert frames.shape == (4, 3, 15, 19) and actions.shape == (4, 3)
+    assert next_frames.shape == (4, 3, 3, 15, 19)
+    # windows ordered (segment, window, env): env 0's first window is kept up to its end
+    assert mask.tolist() == [[True, True, False], [True, True, True],
+                             [True, True, True], [True, True, True]]
+
+
+def test_training_improves_held_out_pixel_accuracy():
+    trainer = make_trainer(num_envs=8, updates_per_iteration=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        before = trainer.evaluate(1)
+        quiet(trainer, 40)
+        after = trainer.evaluate(1)
+    names = ["pixel_accuracy", "frame_accuracy", "event_accuracy", "reward_accuracy",
+             *(f"rollout_pixel_accuracy_{k}" for k in range(1, 6))]
+    assert {f"eval/envmodel/{name}" for name in names} <= set(after)
+    assert after["eval/envmodel/pixel_accuracy"] > before["eval/envmodel/pixel_accuracy"] + 0.2
+    assert after["eval/envmodel/pixel_accuracy"] > 0.9
+    assert after["eval/envmodel/rollout_pixel_accuracy_1"] > 0.8
+
+
+def test_state_dict_round_trip_continues_identically(tmp_path):
+    trainer = make_trainer()
+    quiet(trainer, 3)
+    state = trainer.state_dict()
+    path = tmp_path / "state.pt"
+    torch.save(state, path)
+    expected = quiet(trainer, 3)
+
+    resumed = make_trainer(seed=5)
+    resumed.load_state_dict(torch.load(path, weights_only=False))
+    got = quiet(resumed, 3)
+    for want, have in zip(expected, got, strict=True):
+        want.pop("perf/sps"), have.pop("perf/sps")
+        assert want == have
+    for a, b in zip(trainer.model.parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_on_train_end_saves_a_loadable_model(tmp_path):
+    trainer = make_trainer()
+    quiet(trainer, 1)
+    trainer.on_train_end(tmp_path, None)
+    model = load_env_model(tmp_path)
+    frames = torch.as_tensor(trainer.env.render())
+    actions = torch.zeros(len(frames), dtype=torch.int64)
+    trainer.model.eval()
+    for a, b in zip(model(frames, actions), trainer.model(frames, actions), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_policy_run_acts_with_the_a2c_policy_without_warning(tmp_path):
+    run_dir = tmp_path / "a2c"
+    cfg = app.compose_config([
+        "experiment=a2c_minipacman", "logger=none", "trainer.progress=false",
+        "env.num_envs=2", "env.frame_cap=20", "agent.n_steps=2", "trainer.iterations=2",
+        "trainer.eval_every=0", "trainer.eval_episodes=1", "trainer.checkpoint_every=0",
+    ])
+    saved = run_dir / app.SAVED_CONFIG
+    saved.parent.mkdir(parents=True)
+    OmegaConf.save(cfg, saved)
+    app.train(cfg, run_dir)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        trainer = make_trainer(policy_run=str(run_dir))
+        metrics = trainer.train_iteration()
+        trainer.evaluate(1)
+    assert np.isfinite(metrics["envmodel/loss"])
+    net = CheckpointManager(Path(run_dir) / "checkpoints").load_latest()["algorithm"]["net"]
+    for name, value in trainer.policy.state_dict().items():
+        assert torch.equal(value, net[name])
