@@ -8,8 +8,13 @@ from typing import Any
 import numpy as np
 
 
-def check_actions(actions: np.ndarray, num_envs: int, num_actions: int) -> np.ndarray:
-    """``actions`` as int64 ``[num_envs]``, each in ``[0, num_actions)``; else ``ValueError``."""
+def check_actions(env: Any, actions: np.ndarray) -> np.ndarray:
+    """The actions of ``env.step``: ``RuntimeError`` before the first ``reset``; else
+    ``actions`` as int64 ``[env.num_envs]``, each in ``[0, env.num_actions)``, or
+    ``ValueError``."""
+    if env._needs_reset:
+        raise RuntimeError("call reset() before step()")
+    num_envs, num_actions = env.num_envs, env.num_actions
     actions = np.asarray(actions)
     if actions.shape != (num_envs,):
         raise ValueError(f"actions must have shape ({num_envs},), got {actions.shape}")

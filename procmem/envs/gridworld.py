@@ -158,9 +158,7 @@ class GridWorld(ArrayState):
         self, actions: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """Apply one action per env; returns (obs, reward, terminated, truncated, info)."""
-        if self._needs_reset:
-            raise RuntimeError("call reset() before step()")
-        actions = check_actions(actions, self.num_envs, self.num_actions)
+        actions = check_actions(self, actions)
 
         target = np.clip(self.agent_pos + MOVES[actions], 0, self.size - 1)
         into_wall = self.walls[self._rows, target[:, 0], target[:, 1]]

@@ -125,9 +125,7 @@ class MiniGridEnv:
         self, actions: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """Apply one action per env; returns (obs, reward, terminated, truncated, info)."""
-        if self._needs_reset:
-            raise RuntimeError("call reset() before step()")
-        actions = check_actions(actions, self.num_envs, self.num_actions).tolist()
+        actions = check_actions(self, actions).tolist()
         b = self.num_envs
         reward = np.zeros(b, dtype=np.float32)
         terminated = np.zeros(b, dtype=bool)

@@ -253,9 +253,7 @@ class MiniPacman(ArrayState):
         self, actions: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """Apply one action per env; returns (obs, reward, terminated, truncated, info)."""
-        if self._needs_reset:
-            raise RuntimeError("call reset() before step()")
-        actions = check_actions(actions, self.num_envs, self.num_actions)
+        actions = check_actions(self, actions)
         rows = self._rows
         events = np.zeros((self.num_envs, len(EVENTS)), dtype=np.float32)
         events[:, 0] = 1.0

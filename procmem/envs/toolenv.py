@@ -373,9 +373,7 @@ class ToolEnv(ArrayState):
         self, actions: np.ndarray
     ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """Emit one tool token per env; returns (obs, reward, terminated, truncated, info)."""
-        if self._needs_reset:
-            raise RuntimeError("call reset() before step()")
-        tokens = self._tool_ids[check_actions(actions, self.num_envs, self.num_actions)]
+        tokens = self._tool_ids[check_actions(self, actions)]
         self.acc, self.mem, self.pointer, valid = apply_tools(
             tokens, self.acc, self.mem, self.pointer, self.operands, self.num_operands
         )
