@@ -256,9 +256,9 @@ class PixelCNNPolicyConfig:
 
 
 @dataclass
-class A2CConfig:
-    _target_: str = "procmem.agents.a2c.A2C"
-    network: Any = MISSING
+class A2CSettings:
+    """The A2C settings shared by ``agent=a2c`` and ``agent=i2a``."""
+
     n_steps: int = MISSING
     gamma: float = MISSING
     lr: float = MISSING
@@ -282,6 +282,38 @@ class A2CConfig:
 
 
 @dataclass
+class A2CConfig(A2CSettings):
+    _target_: str = "procmem.agents.a2c.A2C"
+    network: Any = MISSING
+
+
+@dataclass
+class I2AConfig(A2CSettings):
+    _target_: str = "procmem.agents.i2a.I2A"
+    imagination: str = MISSING
+    env_model_run: str | None = MISSING
+    depth: int = MISSING
+    channels: int = MISSING
+    hidden: int = MISSING
+    code_size: int = MISSING
+    distill_lr: float = MISSING
+    finetune_env_model: bool = MISSING
+    env_model_lr: float = MISSING
+    pretrain_iterations: int = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        one_of(self, "imagination", ("learned", "copy", "none"))
+        at_least(self, "depth", 1)
+        at_least(self, "channels", 1)
+        at_least(self, "hidden", 1)
+        at_least(self, "code_size", 1)
+        greater_than(self, "distill_lr", 0.0)
+        greater_than(self, "env_model_lr", 0.0)
+        at_least(self, "pretrain_iterations", 1)
+
+
+@dataclass
 class EnvModelTrainerConfig:
     _target_: str = "procmem.agents.env_model_trainer.EnvModelTrainer"
     policy_run: str | None = MISSING
@@ -293,6 +325,7 @@ class EnvModelTrainerConfig:
     collect_steps: int = MISSING
     updates_per_iteration: int = MISSING
     event_coef: float = MISSING
+    lr_decay_iterations: int = MISSING
 
     def __post_init__(self) -> None:
         at_least(self, "channels", 1)
@@ -303,6 +336,7 @@ class EnvModelTrainerConfig:
         at_least(self, "collect_steps", 1)
         at_least(self, "updates_per_iteration", 1)
         at_least(self, "event_coef", 0.0)
+        at_least(self, "lr_decay_iterations", 0)
 
 
 # --- memory ---------------------------------------------------------------------------------
@@ -437,7 +471,7 @@ for _schema in (GridWorldConfig, ProceduralAgentConfig, SkillLibraryConfig, Fixe
                 WandbConfig, MiniGridConfig, ToolEnvConfig, A2CConfig, ToolGRUPolicyConfig,
                 KeyDoorMLPPolicyConfig, ExpressionEnvConfig, ToolAttentionPolicyConfig,
                 PixelCNNPolicyConfig,
-                MiniPacmanConfig, EnvModelTrainerConfig):
+                MiniPacmanConfig, EnvModelTrainerConfig, I2AConfig):
     register_schema(_schema)
 
 

@@ -62,6 +62,11 @@ def experiment_using(group: str, option: str) -> str | None:
     return DEFAULTS["experiment"] if DEFAULTS["experiment"] in users else next(iter(users), None)
 
 
+# Overrides that keep building an option quick: I2A without an env model run pretrains one.
+QUICK_BUILD = {(group, option): ["agent.pretrain_iterations=1"]
+               for group, option in (("agent", "i2a"), ("experiment", "i2a_minipacman"))}
+
+
 @pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS)
 def test_option_composes_checks_and_builds(group, option):
     overrides = [f"{group}={option}"]
@@ -76,6 +81,7 @@ def test_option_composes_checks_and_builds(group, option):
             return
         if experiment is not None:
             overrides.insert(0, f"experiment={experiment}")
+    overrides += QUICK_BUILD.get((group, option), [])
     cfg = compose_config(overrides)
     check_config(cfg)
 

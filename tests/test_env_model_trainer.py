@@ -173,3 +173,11 @@ def test_policy_run_acts_with_the_a2c_policy_without_warning(tmp_path):
     net = CheckpointManager(Path(run_dir) / "checkpoints").load_latest()["algorithm"]["net"]
     for name, value in trainer.policy.state_dict().items():
         assert torch.equal(value, net[name])
+
+
+def test_learning_rate_decays_linearly_to_zero():
+    trainer = make_trainer(lr=1e-3, lr_decay_iterations=4)
+    rates = [metrics["train/lr"] for metrics in quiet(trainer, 6)]
+    assert rates == pytest.approx([1e-3, 7.5e-4, 5e-4, 2.5e-4, 0.0, 0.0])
+    assert trainer.optimizer.param_groups[0]["lr"] == 0.0
+    assert {m["train/lr"] for m in quiet(make_trainer(lr=1e-3), 3)} == {1e-3}

@@ -99,7 +99,7 @@ class A2C:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.net = network(env).to(device)
-        self.optimizer = OPTIMIZERS[optimizer](self.net.parameters(), lr=lr)
+        self.optimizer = OPTIMIZERS[optimizer](self.trained_parameters(), lr=lr)
         self.generator = torch.Generator(device=device).manual_seed(seed)
         if hasattr(env, "set_stage_sampler"):
             env.set_stage_sampler(curriculum.sample)
@@ -115,12 +115,16 @@ class A2C:
     def train_iteration(self) -> dict[str, float]:
         start = time.perf_counter()
         log_probs, values, entropies, rewards, dones = [], [], [], [], []
+        steps = []
         for _ in range(self.n_steps):
-            logits, value, self.state = self.net(as_tensors(self.obs, self.device), self.state)
+            obs_tensors = as_tensors(self.obs, self.device)
+            logits, value, self.state = self.net(obs_tensors, self.state)
             dist = torch.distributions.Categorical(logits=logits)
             action = torch.multinomial(dist.probs, 1, generator=self.generator).squeeze(1)
             obs, reward, terminated, truncated, info = self.env.step(action.cpu().numpy())
             done = terminated | truncated
+            steps.append({"obs": obs_tensors, "action": action, "logits": logits.detach(),
+                          "next_obs": obs, "done": done, "info": info})
             self._track_episodes(reward, done, info)
             if self.bootstrap_truncated:
                 reward = reward + self.gamma * self._final_values(truncated & ~terminated, info)
@@ -144,7 +148,7 @@ class A2C:
         loss = policy_loss + self.value_coef * value_loss - self.entropy_coef * entropy
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(self.net.parameters(), self.max_grad_norm)
+        grad_norm = nn.utils.clip_grad_norm_(self.trained_parameters(), self.max_grad_norm)
         self.optimizer.step()
         self.state = self.state.detach()
         samples = self.n_steps * self.env.num_envs
@@ -156,14 +160,26 @@ class A2C:
             "train/grad_norm": float(grad_norm),
             "train/env_steps": float(self.env_steps),
             "train/episodes": float(self.episodes),
-            "perf/sps": samples / (time.perf_counter() - start),
+            **self.auxiliary_updates(steps),
         }
+        metrics["perf/sps"] = samples / (time.perf_counter() - start)
         if self.finished:
             recent = np.array(self.finished[-self.stats_window:])
             metrics["train/episode_return"] = float(recent[:, 0].mean())
             if not np.isnan(recent[:, 1]).all():  # the env reports which episodes succeeded
                 metrics["train/accuracy"] = float(np.nanmean(recent[:, 1]))
         return metrics
+
+    def trained_parameters(self) -> list[nn.Parameter]:
+        """The parameters the A2C loss trains (all of the network's here)."""
+        return list(self.net.parameters())
+
+    def auxiliary_updates(self, steps: list[dict[str, Any]]) -> dict[str, float]:
+        """Updates of a subclass's own after each A2C step, and their metrics; none here.
+        ``steps`` holds, per env step of the update, the observations as tensors ``obs``, the
+        ``action`` taken, the policy's ``logits`` (detached) and what the env returned:
+        ``next_obs``, ``done`` and ``info``."""
+        return {}
 
     @torch.no_grad()
     def evaluate(self, episodes: int) -> dict[str, float]:

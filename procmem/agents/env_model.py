@@ -93,7 +93,9 @@ class EnvModel(nn.Module):
     ``num_actions`` planes. Trunk: a 1x1 convolution to ``channels`` (ReLU), then ``blocks``
     :class:`PoolAndInject` blocks. Pixel head: a 1x1 convolution to the 7 class logits of
     each pixel of the next frame. Event head: a 3x3 convolution (``channels``, ReLU), its
-    global max and mean pools (``2C``), a ``channels``-unit ReLU layer and, for each of the
+    global max and mean pools and its features at Pacman's pixel of the input frame (``3C``;
+    every event happens where Pacman goes, and rare events such as a pill were never
+    predicted from the pools alone), a ``channels``-unit ReLU layer and, for each of the
     5 events, logits over its count ``0..max_count`` on the step (targets above
     ``max_count`` are clamped; each event happens at most once a step, so the default
     ``max_count = 1`` makes every event a binary head).
@@ -102,10 +104,10 @@ class EnvModel(nn.Module):
     def __init__(
         self,
         num_actions: int = len(ACTION_NAMES),
-        channels: int = 64,
+        channels: int = 16,
         blocks: int = 2,
         max_count: int = 1,
-        event_coef: float = 0.1,
+        event_coef: float = 1.0,
     ) -> None:
         super().__init__()
         self.num_actions = num_actions
@@ -117,7 +119,7 @@ class EnvModel(nn.Module):
         self.pixel_head = nn.Conv2d(channels, len(PIXEL_CLASSES), 1)
         self.event_conv = nn.Conv2d(channels, channels, 3, padding=1)
         self.event_head = nn.Sequential(
-            nn.Linear(2 * channels, channels), nn.ReLU(),
+            nn.Linear(3 * channels, channels), nn.ReLU(),
             nn.Linear(channels, self.num_events * self.num_counts),
         )
 
@@ -128,10 +130,12 @@ class EnvModel(nn.Module):
         planes = F.one_hot(actions.long(), self.num_actions).to(frames.dtype)
         planes = planes[:, :, None, None].expand(batch, self.num_actions, height, width)
         classes = F.one_hot(frame_classes(frames), len(PIXEL_CLASSES)).permute(0, 3, 1, 2)
-        x = F.relu(self.stem(torch.cat([frames, classes.to(frames.dtype), planes], dim=1)))
+        classes = classes.to(frames.dtype)
+        x = F.relu(self.stem(torch.cat([frames, classes, planes], dim=1)))
         x = self.blocks(x)
         y = F.relu(self.event_conv(x))
-        pooled = torch.cat([y.amax(dim=(2, 3)), y.mean(dim=(2, 3))], dim=1)
+        at_pacman = (y * classes[:, PACMAN:PACMAN + 1]).sum(dim=(2, 3))
+        pooled = torch.cat([y.amax(dim=(2, 3)), y.mean(dim=(2, 3)), at_pacman], dim=1)
         events = self.event_head(pooled).view(batch, self.num_events, self.num_counts)
         return self.pixel_head(x), events
 

@@ -20,7 +20,8 @@ channel of a MiniPacman frame is a multiple of ``1 / PILL_POWER``), a quarter of
 **Buffer.** A FIFO ring of ``buffer_size`` transitions (numpy arrays); each iteration
 steps the whole batch ``collect_steps`` times (``collect_steps * num_envs`` transitions)
 and then takes ``updates_per_iteration`` Adam steps on minibatches of ``batch_size`` drawn
-uniformly, with replacement, from the transitions held.
+uniformly, with replacement, from the transitions held. With ``lr_decay_iterations`` the
+learning rate falls linearly from ``lr`` (first iteration) to 0 over that many iterations.
 
 **Evaluation.** ``evaluate(episodes)`` acts with the same policy (fixed seeds, so every
 evaluation sees the same held-out data) on the eval env: ``episodes`` segments, each a
@@ -117,14 +118,15 @@ class EnvModelTrainer:
         device: torch.device,
         seed: int,
         policy_run: str | None = None,
-        channels: int = 64,
+        channels: int = 16,
         blocks: int = 2,
         lr: float = 1e-3,
         batch_size: int = 64,
-        buffer_size: int = 20000,
+        buffer_size: int = 50000,
         collect_steps: int = 8,
-        updates_per_iteration: int = 1,
-        event_coef: float = 0.1,
+        updates_per_iteration: int = 2,
+        event_coef: float = 1.0,
+        lr_decay_iterations: int = 0,
     ) -> None:
         if memory is not None:
             raise ValueError("agent=env_model keeps no external memory: set memory=none")
@@ -141,6 +143,7 @@ class EnvModelTrainer:
             torch.manual_seed(seed)
             self.model = EnvModel(**self.settings).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
+        self.lr, self.lr_decay_iterations = lr, lr_decay_iterations
         self.policy = None if policy_run is None else load_policy_network(policy_run, env,
                                                                            self.device)
         self.warned = False
@@ -169,11 +172,14 @@ class EnvModelTrainer:
             action, self.state = self._act(self.obs, self.state, self.rng, self.generator)
             obs, _, terminated, truncated, info = self.env.step(action)
             done = terminated | truncated
-            next_frames, mask = _next_frames(obs, done, info)
+            next_frames, mask = next_frames_of(obs, done, info)
             self._store(self.obs, action, next_frames, info["events"], mask)
             self.state = _reset_state(self.state, done)
             self.obs = obs
         self.env_steps += self.collect_steps * self.env.num_envs
+        lr = self._learning_rate()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         self.model.train()
         totals: dict[str, float] = {}
         for _ in range(self.updates_per_iteration):
@@ -188,6 +194,7 @@ class EnvModelTrainer:
             **totals,
             "train/env_steps": float(self.env_steps),
             "train/buffer_size": float(self.size),
+            "train/lr": lr,
             "perf/sps": self.collect_steps * self.env.num_envs / (time.perf_counter() - start),
         }
 
@@ -271,6 +278,13 @@ class EnvModelTrainer:
         torch.save({"state_dict": self.model.state_dict(), "settings": dict(self.settings)},
                    path)
 
+    def _learning_rate(self) -> float:
+        """``lr``, decayed linearly to 0 over ``lr_decay_iterations`` iterations (0: constant)."""
+        if self.lr_decay_iterations == 0:
+            return self.lr
+        iteration = self.env_steps // (self.collect_steps * self.env.num_envs)
+        return self.lr * max(0.0, 1.0 - (iteration - 1) / self.lr_decay_iterations)
+
     # --- data ---------------------------------------------------------------------------------
 
     def collect_segments(self, segments: int) -> dict[str, np.ndarray]:
@@ -290,7 +304,7 @@ class EnvModelTrainer:
                 action, state = self._act(obs, state, rng, generator)
                 next_obs, _, terminated, truncated, info = env.step(action)
                 done = terminated | truncated
-                next_frames, mask = _next_frames(next_obs, done, info)
+                next_frames, mask = next_frames_of(next_obs, done, info)
                 for name, value in zip(names, (obs, action, next_frames, info["events"], mask,
                                                done), strict=True):
                     steps[name].append(np.array(value, copy=True))
@@ -343,8 +357,8 @@ class EnvModelTrainer:
         )
 
 
-def _next_frames(obs: np.ndarray, done: np.ndarray, info: Mapping[str, Any]
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def next_frames_of(obs: np.ndarray, done: np.ndarray, info: Mapping[str, Any]
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """The frames each action led to, and which of them are known (see the module docstring)."""
     if "final_obs" in info:
         return np.asarray(info["final_obs"]), np.ones(len(done), dtype=bool)

@@ -193,6 +193,21 @@ class ToolAttentionPolicy(nn.Module):
         return self.policy(features), self.value(features).squeeze(1), state
 
 
+def pixel_body(in_channels: int, channels: int) -> nn.Sequential:
+    """Two 3x3 convolutions (``channels``, stride 1 then 2, ReLU), flattened: the image
+    feature extractor of :class:`PixelCNNPolicy` and of I2A's parts."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, channels, 3, stride=1), nn.ReLU(),
+        nn.Conv2d(channels, channels, 3, stride=2), nn.ReLU(), nn.Flatten(),
+    )
+
+
+def flat_size(body: nn.Module, frame_shape: tuple[int, ...]) -> int:
+    """The number of features ``body`` makes of one input of ``frame_shape``."""
+    with torch.no_grad():
+        return int(body(torch.zeros(1, *frame_shape)).shape[1])
+
+
 class PixelCNNPolicy(nn.Module):
     """A feed-forward actor-critic on image observations ``[B, C, H, W]`` in [0, 1]: two 3x3
     convolutions (``channels``, stride 1 then 2, ReLU), a ``hidden``-unit ReLU layer and
@@ -201,14 +216,8 @@ class PixelCNNPolicy(nn.Module):
 
     def __init__(self, env: Any, channels: int = 16, hidden: int = 256) -> None:
         super().__init__()
-        in_channels, height, width = env.obs_shape
-        self.body = nn.Sequential(
-            nn.Conv2d(in_channels, channels, 3, stride=1), nn.ReLU(),
-            nn.Conv2d(channels, channels, 3, stride=2), nn.ReLU(), nn.Flatten(),
-        )
-        with torch.no_grad():
-            flat = self.body(torch.zeros(1, in_channels, height, width)).shape[1]
-        self.fc = nn.Sequential(nn.Linear(flat, hidden), nn.ReLU())
+        self.body = pixel_body(env.obs_shape[0], channels)
+        self.fc = nn.Sequential(nn.Linear(flat_size(self.body, env.obs_shape), hidden), nn.ReLU())
         self.policy = nn.Linear(hidden, env.num_actions)
         self.value = nn.Linear(hidden, 1)
 

@@ -1,0 +1,223 @@
+"""I2A: imagined rollouts, the rollout encoder, the copy model, distillation, the baselines'
+sizes and tiny end-to-end runs (agent=i2a alone and after an env model run)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from procmem import app
+from procmem.agents.env_model import EnvModel
+from procmem.agents.i2a import I2A, I2APolicy, distillation_loss
+from procmem.agents.imagination import CopyModel, RolloutEncoder, imagine
+from procmem.envs.minipacman import EVENTS, MiniPacman
+from procmem.logging import read_metrics
+from procmem.schema import ConfigError
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+FOOD = EVENTS.index("food")
+A2C_SETTINGS = {"n_steps": 3, "gamma": 0.99, "lr": 7e-4, "optimizer": "rmsprop",
+                "entropy_coef": 0.01, "value_coef": 0.5, "max_grad_norm": 0.5,
+                "bootstrap_truncated": True}
+TINY_RUN = ["logger=none", "trainer.progress=false", "env.num_envs=2", "env.frame_cap=30",
+            "agent.n_steps=3", "agent.depth=2", "trainer.iterations=3", "trainer.eval_every=3",
+            "trainer.eval_episodes=2", "trainer.checkpoint_every=0"]
+
+
+class CountingModel(nn.Module):
+    """A fake env model: every step adds 1 to each pixel and reports ``action`` foods."""
+
+    num_actions = 5
+
+    def predict(self, frames: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
+        events = torch.zeros(len(frames), len(EVENTS))
+        events[:, FOOD] = actions.float()
+        return frames + 1, events
+
+
+class FixedPolicy(nn.Module):
+    """A rollout policy that always prefers ``action``."""
+
+    def __init__(self, action: int) -> None:
+        super().__init__()
+        self.action = action
+
+    def forward(self, frames: Tensor) -> Tensor:
+        return nn.functional.one_hot(torch.full((len(frames),), self.action), 5).float()
+
+
+def make_agent(imagination: str, env_model: EnvModel | None = None, **settings) -> I2A:
+    env, eval_env = MiniPacman(2, frame_cap=40), MiniPacman(2, frame_cap=40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pretraining on random-policy data
+        agent = I2A(env, eval_env, None, None, torch.device("cpu"), 0,
+                    imagination=imagination, depth=3, pretrain_iterations=2,
+                    **{**A2C_SETTINGS, **settings})
+    if env_model is not None:
+        agent.net.model.load_state_dict(env_model.state_dict())
+    return agent
+
+
+def snapshot(module: nn.Module) -> list[Tensor]:
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def changed(before: list[Tensor], module: nn.Module) -> bool:
+    return any(not torch.equal(a, b) for a, b in zip(before, module.parameters(), strict=True))
+
+
+def test_imagine_runs_one_rollout_per_action_in_time_order():
+    frames = torch.zeros(2, 3, 15, 19)
+    frames[1] += 10
+    reward_vector = torch.tensor(MiniPacman(1).reward_vector, dtype=torch.float32)
+    imagined, rewards = imagine(CountingModel(), FixedPolicy(action=2), frames, 4, reward_vector)
+    assert imagined.shape == (4, 2, 5, 3, 15, 19) and rewards.shape == (4, 2, 5)
+    for step in range(4):  # step t is the model applied t + 1 times
+        assert torch.equal(imagined[step, 0], torch.full((5, 3, 15, 19), step + 1.0))
+        assert torch.equal(imagined[step, 1], torch.full((5, 3, 15, 19), step + 11.0))
+    # regular mode: a food is worth 1, so a step's reward is the action it took
+    assert torch.equal(rewards[0], torch.arange(5.0).repeat(2, 1))
+    assert torch.equal(rewards[1:], torch.full((3, 2, 5), 2.0))
+
+
+def test_rollout_encoder_reads_the_steps_last_first():
+    torch.manual_seed(0)
+    encoder = RolloutEncoder((3, 15, 19), channels=4, hidden=8)
+    frames, rewards = torch.rand(3, 6, 3, 15, 19), torch.randn(3, 6)
+    code = encoder(frames, rewards)
+    assert code.shape == (6, 8)
+    features = [torch.cat([encoder.body(frames[t]), rewards[t, :, None]], 1) for t in range(3)]
+    state = None
+    for t in (2, 1, 0):  # the LSTM stepped by hand, last imagined step first
+        output, state = encoder.lstm(features[t][None], state)
+    assert torch.allclose(code, output[0], atol=1e-6)
+    assert not torch.allclose(code, encoder(frames.flip(0), rewards.flip(0)), atol=1e-4)
+
+
+def test_copy_model_imagines_the_input_frame_and_no_reward():
+    env = MiniPacman(3)
+    obs, _ = env.reset(seed=1)
+    frames = torch.as_tensor(obs)
+    net = I2APolicy(env, "copy", depth=4)
+    assert isinstance(net.model, CopyModel) and not list(net.model.parameters())
+    imagined, rewards = net.imagine(frames)
+    assert torch.equal(imagined, frames[None, :, None].expand(4, 3, 5, *frames.shape[1:]))
+    assert torch.equal(rewards, torch.zeros(4, 3, 5))
+    logits, values, _ = net(frames, net.initial_state(3))
+    assert logits.shape == (3, 5) and values.shape == (3,)
+
+
+def test_learned_imagination_follows_the_env_model():
+    env = MiniPacman(2)
+    obs, _ = env.reset(seed=2)
+    frames = torch.as_tensor(obs)
+    model = EnvModel(channels=8, blocks=1).eval()
+    net = I2APolicy(env, "learned", model, depth=2)
+    imagined, _ = net.imagine(frames)
+    first, _ = model.predict(frames.repeat_interleave(5, 0), torch.arange(5).repeat(2))
+    assert torch.equal(imagined[0].flatten(0, 1), first)
+
+
+def test_distillation_loss_is_the_cross_entropy_to_the_agent_policy():
+    teacher = torch.tensor([[2.0, 0.0, -1.0, 0.5, 0.0]])
+    probs = torch.softmax(teacher, 1)
+    entropy = -(probs * probs.log()).sum()
+    assert torch.isclose(distillation_loss(teacher, teacher), entropy)  # smallest where equal
+    assert distillation_loss(torch.zeros(1, 5), teacher) > entropy > 0
+    student = torch.zeros(1, 5, requires_grad=True)
+    distillation_loss(student, teacher).backward()
+    moved = student - 0.5 * student.grad  # descending it moves the student to the teacher
+    assert distillation_loss(moved, teacher) < distillation_loss(student, teacher)
+    assert torch.argmax(moved) == torch.argmax(teacher)
+
+
+def test_training_updates_each_part_with_its_own_optimizer():
+    agent = make_agent("learned")
+    rollout, model = snapshot(agent.net.rollout_policy), snapshot(agent.net.model)
+    trunk, encoder = snapshot(agent.net.fc), snapshot(agent.net.encoder)
+    metrics = agent.train_iteration()
+    assert metrics["train/loss_distill"] > 0
+    assert changed(rollout, agent.net.rollout_policy)  # the distillation optimizer stepped
+    assert changed(trunk, agent.net.fc) and changed(encoder, agent.net.encoder)
+    assert not changed(model, agent.net.model)  # frozen by default
+    assert {id(p) for group in agent.optimizer.param_groups for p in group["params"]} == {
+        id(p) for p in agent.net.agent_parameters()}
+
+    tuned = make_agent("learned", finetune_env_model=True)
+    model = snapshot(tuned.net.model)
+    metrics = tuned.train_iteration()
+    assert changed(model, tuned.net.model)
+    assert "train/envmodel/pixel_accuracy" in metrics
+
+
+def test_standard_baseline_trains_as_many_parameters_as_i2a():
+    env = MiniPacman(1)
+    i2a = sum(p.numel() for p in I2APolicy(env, "copy").agent_parameters())
+    standard = I2APolicy(env, "none")
+    assert standard.model is None and standard.rollout_policy is None
+    assert abs(sum(p.numel() for p in standard.parameters()) - i2a) / i2a < 0.005
+    agent = make_agent("none")
+    assert "train/loss_distill" not in agent.train_iteration()
+
+
+def test_state_dict_round_trip_continues_identically(tmp_path):
+    agent = make_agent("copy")
+    agent.train_iteration()
+    path = tmp_path / "state.pt"
+    torch.save(agent.state_dict(), path)
+    expected = [agent.train_iteration() for _ in range(2)]
+    resumed = make_agent("copy")
+    resumed.load_state_dict(torch.load(path, weights_only=False))
+    got = [resumed.train_iteration() for _ in range(2)]
+    for want, have in zip(expected, got, strict=True):
+        want.pop("perf/sps"), have.pop("perf/sps")
+        assert want == have
+    assert not changed(snapshot(agent.net), resumed.net)
+
+
+def test_bad_settings_are_refused():
+    env = MiniPacman(1)
+    with pytest.raises(ValueError, match="imagination must be one of"):
+        I2APolicy(env, "dream")
+    with pytest.raises(ValueError, match="needs an env model"):
+        I2APolicy(env, "learned")
+    with pytest.raises(ValueError, match="finetune_env_model needs"):
+        make_agent("copy", finetune_env_model=True)
+    with pytest.raises(ConfigError, match="imagination"):
+        app.check_config(app.compose_config(["experiment=i2a_minipacman",
+                                             "agent.imagination=dream"]))
+
+
+def test_env_model_then_i2a_end_to_end(tmp_path: Path):
+    model_dir, agent_dir = tmp_path / "envmodel", tmp_path / "i2a"
+    cfg = app.compose_config([
+        "experiment=envmodel_minipacman", "logger=none", "trainer.progress=false",
+        "env.num_envs=2", "trainer.iterations=2", "trainer.eval_every=0",
+        "trainer.eval_episodes=1", "trainer.checkpoint_every=0", "agent.channels=8",
+    ])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random-policy data
+        app.train(cfg, model_dir)
+    cfg = app.compose_config(["experiment=i2a_minipacman", *TINY_RUN,
+                              f"agent.env_model_run={model_dir}"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the env model is loaded, not pretrained
+        app.train(cfg, agent_dir)
+    rows = read_metrics(agent_dir / "metrics.jsonl")
+    assert any("train/loss_distill" in row for row in rows)
+    assert "eval/mean_reward" in rows[-1]
+    assert (agent_dir / "plots" / "imagination.png").stat().st_size > 0
+    assert (agent_dir / "plots" / "episode.gif").exists()
+
+
+def test_i2a_runs_on_its_own_with_a_warning(tmp_path: Path):
+    cfg = app.compose_config(["experiment=i2a_minipacman", *TINY_RUN,
+                              "agent.pretrain_iterations=2"])
+    with pytest.warns(UserWarning, match="no env_model_run: pretraining"):
+        app.train(cfg, tmp_path)
+    assert (tmp_path / "plots" / "imagination.png").exists()
