@@ -110,6 +110,8 @@ class EnvModel(nn.Module):
         event_coef: float = 1.0,
     ) -> None:
         super().__init__()
+        self.settings = {"num_actions": num_actions, "channels": channels, "blocks": blocks,
+                         "max_count": max_count, "event_coef": event_coef}
         self.num_actions = num_actions
         self.num_events = len(EVENTS)
         self.num_counts = max_count + 1

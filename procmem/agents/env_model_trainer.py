@@ -73,9 +73,17 @@ def decode_frames(codes: np.ndarray) -> np.ndarray:
     return codes.astype(np.float32) / np.float32(PILL_POWER)
 
 
+def save_env_model(model: EnvModel, path: str | Path) -> Path:
+    """Save ``model``'s weights and settings to ``path`` (a file) for :func:`load_env_model`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": model.state_dict(), "settings": dict(model.settings)}, path)
+    return path
+
+
 def load_env_model(path: str | Path, device: torch.device | str = "cpu") -> EnvModel:
-    """The :class:`EnvModel` saved by :meth:`EnvModelTrainer.on_train_end` (a run dir or
-    the ``env_model.pt`` file), in eval mode."""
+    """The :class:`EnvModel` saved by :func:`save_env_model` (as a run's ``on_train_end``
+    does: a run dir or its ``env_model.pt`` file), in eval mode."""
     path = Path(path)
     if path.is_dir():
         path = path / MODEL_FILE
@@ -273,10 +281,7 @@ class EnvModelTrainer:
 
     def on_train_end(self, run_dir: Path, logger: Any) -> None:
         """Save the model as ``<run_dir>/env_model.pt`` (see :func:`load_env_model`)."""
-        path = Path(run_dir) / MODEL_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"state_dict": self.model.state_dict(), "settings": dict(self.settings)},
-                   path)
+        save_env_model(self.model, Path(run_dir) / MODEL_FILE)
 
     def _learning_rate(self) -> float:
         """``lr``, decayed linearly to 0 over ``lr_decay_iterations`` iterations (0: constant)."""
