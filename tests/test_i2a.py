@@ -6,8 +6,10 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import Tensor, nn
 
 from procmem import app
@@ -15,7 +17,7 @@ from procmem.agents.env_model import EnvModel
 from procmem.agents.i2a import I2A, I2APolicy, distillation_loss
 from procmem.agents.imagination import CopyModel, RolloutEncoder, imagine
 from procmem.envs.minipacman import EVENTS, MiniPacman
-from procmem.logging import read_metrics
+from procmem.logging import MetricLogger, read_metrics
 from procmem.schema import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -121,6 +123,45 @@ def test_learned_imagination_follows_the_env_model():
     imagined, _ = net.imagine(frames)
     first, _ = model.predict(frames.repeat_interleave(5, 0), torch.arange(5).repeat(2))
     assert torch.equal(imagined[0].flatten(0, 1), first)
+
+
+class ImageSink:
+    """A metrics sink that remembers the images it was given."""
+
+    def __init__(self) -> None:
+        self.images: list[tuple[str, Path]] = []
+
+    def log(self, row: dict) -> None:
+        pass
+
+    def log_image(self, key: str, path: Path) -> None:
+        self.images.append((key, path))
+
+    def log_video(self, key: str, path: Path) -> None:
+        pass
+
+    def finish(self, exit_code: int) -> None:
+        pass
+
+
+def test_imagined_vs_real_frames_are_drawn_and_logged(tmp_path: Path):
+    agent = make_agent("copy")
+    real, imagined = agent.imagined_vs_real()
+    start, _ = agent.eval_env.reset(seed=agent.seed + 104729)
+    assert 1 <= len(real) == len(imagined) <= 3 and real.shape[1:] == (3, 15, 19)
+    assert (imagined == start[0]).all()  # the copy model imagines the start frame again
+    sink = ImageSink()
+    logger = MetricLogger(tmp_path, [sink])
+    logger.log(1, agent.train_iteration())
+    agent.on_train_end(tmp_path, logger)
+    path = tmp_path / "plots" / "imagination.png"
+    assert ("media/imagination", path) in sink.images
+    columns = len(real)
+    width, height = Image.open(path).size  # real frames above imagined ones, 8x, 2-pixel gaps
+    assert (width, height) == (columns * 19 * 8 + (columns - 1) * 2, 2 * 15 * 8 + 2)
+    pixels = np.asarray(Image.open(path).convert("RGB"))
+    assert (pixels[:120, :152] == np.repeat(np.repeat(
+        np.round(real[0].transpose(1, 2, 0) * 255), 8, 0), 8, 1)).all()
 
 
 def test_distillation_loss_is_the_cross_entropy_to_the_agent_policy():
