@@ -54,6 +54,12 @@ PRETRAIN_WARNING = (
 )
 
 
+def check_imagination(imagination: str) -> None:
+    """Refuse an ``imagination`` that is not one of :data:`IMAGINATION`."""
+    if imagination not in IMAGINATION:
+        raise ValueError(f"imagination must be one of {IMAGINATION}, got {imagination!r}")
+
+
 def distillation_loss(rollout_logits: Tensor, agent_logits: Tensor) -> Tensor:
     """Cross-entropy of the rollout policy against the agent's policy (a constant target),
     ``-sum_a pi(a) log pi_hat(a)``, averaged over the batch; it is smallest, the agent
@@ -91,8 +97,7 @@ class I2APolicy(nn.Module):
         code_size: int = 64,
     ) -> None:
         super().__init__()
-        if imagination not in IMAGINATION:
-            raise ValueError(f"imagination must be one of {IMAGINATION}, got {imagination!r}")
+        check_imagination(imagination)
         if imagination == "learned" and env_model is None:
             raise ValueError("imagination='learned' needs an env model")
         if depth < 1:
@@ -183,8 +188,7 @@ class I2A(A2C):
     ) -> None:
         if not hasattr(env, "reward_vector"):
             raise ValueError("agent=i2a needs a MiniPacman env (env=minipacman)")
-        if imagination not in IMAGINATION:
-            raise ValueError(f"imagination must be one of {IMAGINATION}, got {imagination!r}")
+        check_imagination(imagination)  # before any env model is pretrained
         if finetune_env_model and imagination != "learned":
             raise ValueError("finetune_env_model needs imagination='learned'")
         self.finetune_env_model = finetune_env_model
