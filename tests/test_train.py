@@ -86,12 +86,34 @@ def test_default_output_dirs_follow_the_contract(tmp_path: Path) -> None:
     assert result.stdout.strip().splitlines()[-1] == f"run_dir: {runs[0]}"
 
 
-def test_multirun_logs_one_wandb_run_per_job_in_one_group(tmp_path: Path) -> None:
-    sweep = tmp_path / "sweep"
-    run_cli("train.py", "-m", "seed=0,1", "memory=none,skill_library", "logger=wandb",
-            "experiment=procedural_gridworld_original", *TINY, f"hydra.sweep.dir={sweep}")
+# Launchers a multirun can use, with the overrides that start them on this machine: joblib
+# with 2 workers, a local Ray instance of 2 CPUs (started by the launcher, stopped when the
+# driver exits) and submitit's local executor (one process per job).
+LAUNCHERS = {
+    "basic": [],
+    "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+    "ray": ["hydra/launcher=ray", "+hydra.launcher.ray.init.num_cpus=2"],
+    "submitit_local": ["hydra/launcher=submitit_local"],
+}
 
-    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_multirun_logs_one_wandb_run_per_job_in_one_group(tmp_path: Path, launcher: str
+                                                          ) -> None:
+    sweep = tmp_path / "sweep"
+    result = run_cli("train.py", "-m", "seed=0,1", "memory=none,skill_library",
+                     "logger=wandb", "experiment=procedural_gridworld_original", *TINY,
+                     f"hydra.sweep.dir={sweep}", *LAUNCHERS[launcher])
+    hydra_cfg = OmegaConf.load(sweep / "0" / ".hydra" / "hydra.yaml").hydra
+    assert hydra_cfg.launcher._target_.rsplit(".", 1)[-1] == {
+        "basic": "BasicLauncher", "joblib": "JoblibLauncher", "ray": "RayLauncher",
+        "submitit_local": "LocalLauncher"}[launcher]
+    if launcher == "ray":  # job output reaches the driver through Ray's workers
+        assert "(_run_job pid=" in result.stdout + result.stderr
+    if launcher == "submitit_local":  # each job ran in its own submitit process
+        assert len(list((sweep / ".submitit").glob("*/*_log.out"))) == 4
+
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
     assert [p.name for p in jobs] == ["0", "1", "2", "3"]
     run_ids = set()
     for job in jobs:
