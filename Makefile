@@ -11,7 +11,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e ".[dev,launchers]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev,launchers,sweepers]"
 	touch $(STAMP)
 
 train: setup

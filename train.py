@@ -34,7 +34,12 @@ def main(cfg: DictConfig) -> float | None:
         print(f"config error: {error}", file=sys.stderr)
         sys.exit(2)
     print(f"run_dir: {run_dir}")
-    return final.get(cfg.trainer.objective)
+    objective = final.get(cfg.trainer.objective)
+    if objective is None:
+        print(f"warning: trainer.objective={cfg.trainer.objective} was never logged, so a "
+              f"sweeper gets no value; final metrics: {', '.join(sorted(final))}",
+              file=sys.stderr)
+    return objective
 
 
 if __name__ == "__main__":

@@ -226,3 +226,29 @@ def test_tool_use_run_evaluates_per_stage_with_explained_samples(tmp_path: Path)
     assert {f"eval/accuracy_stage{s}" for s in range(3)} <= evaluation.keys()
     assert [s["stage"] for s in evaluation["samples"]] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     assert "program=" in result.stdout and "expression=(a*b+c)-(d*e)" in result.stdout
+
+
+def test_optuna_sweep_optimises_the_objective_each_run_returns(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    run_cli("train.py", "-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=3",
+            "hydra.sweeper.direction=minimize", "hydra.sweeper.sampler.seed=0",
+            "env.max_steps=int(interval(5,60))", "trainer.objective=eval/mean_steps",
+            "trainer.iterations=4", "trainer.eval_every=4", "trainer.eval_episodes=3",
+            "trainer.progress=false", "logger=none", f"hydra.sweep.dir={sweep}")
+    trials = {}
+    for job in sorted(p for p in sweep.iterdir() if p.is_dir()):
+        max_steps = int(OmegaConf.load(job / ".hydra" / "config.yaml").env.max_steps)
+        assert 5 <= max_steps <= 60
+        evaluations = [r for r in read_metrics(job / "metrics.jsonl") if "eval/mean_steps" in r]
+        trials[max_steps] = evaluations[-1]["eval/mean_steps"]
+    assert len(trials) == 3
+    results = OmegaConf.load(sweep / "optimization_results.yaml")
+    assert results.best_value == pytest.approx(min(trials.values()))
+    assert trials[results.best_params["env.max_steps"]] == pytest.approx(results.best_value)
+
+
+def test_an_objective_the_run_never_logs_is_reported(tmp_path: Path) -> None:
+    result = run_cli("train.py", *TINY, "logger=none", "trainer.objective=eval/typo",
+                     f"hydra.run.dir={tmp_path / 'run'}")
+    assert "trainer.objective=eval/typo was never logged" in result.stderr
+    assert "eval/success_rate" in result.stderr  # what it could have been
