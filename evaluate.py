@@ -2,7 +2,8 @@
 
 ``python evaluate.py run=<run dir> [episodes=N]`` writes ``eval.json`` in the run dir;
 ``python evaluate.py compare=<multirun dir>`` (or ``compare=[dir1,dir2]``) writes
-``comparison.csv`` and ``comparison.png`` into the first dir (or ``out=<dir>``).
+``comparison.csv``, ``comparison.md``, ``comparison.png`` and ``curves.png`` into the first
+dir (or ``out=<dir>``).
 """
 
 from __future__ import annotations
@@ -26,9 +27,13 @@ def main(cfg: DictConfig) -> None:
         return
     paths = list(cfg.compare) if isinstance(cfg.compare, ListConfig) else [cfg.compare]
     metrics = list(cfg.metrics) if cfg.metrics else None
-    table, csv_path, png_path = compare_runs(paths, cfg.out or paths[0], metrics)
+    try:
+        table, written = compare_runs(paths, cfg.out or paths[0], metrics, cfg.interval)
+    except ValueError as error:  # no runs found, an unreadable eval.json, a bad interval
+        sys.exit(f"evaluate.py compare: {error}")
     print(table)
-    print(f"comparison.csv: {csv_path}\ncomparison.png: {png_path}")
+    for name, path in written.items():
+        print(f"{name}: {path}")
 
 
 if __name__ == "__main__":

@@ -16,8 +16,18 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from procmem.checkpoint import CheckpointManager
-from procmem.compare import aggregate, find_runs, format_table, load_run, write_comparison
-from procmem.io import atomic_write_json
+from procmem.compare import (
+    aggregate,
+    curves,
+    default_plot_metrics,
+    find_runs,
+    format_markdown,
+    format_table,
+    load_run,
+    plot_group_curves,
+    write_comparison,
+)
+from procmem.io import atomic_write_json, atomic_write_text
 from procmem.logging import MetricLogger
 from procmem.runner import Runner
 from procmem.runtime import resolve_device, seed_everything, set_threads
@@ -163,13 +173,22 @@ def evaluate_run(
 
 
 def compare_runs(
-    paths: Sequence[str | Path], out_dir: str | Path, metrics: Sequence[str] | None = None
-) -> tuple[str, Path, Path]:
-    """Aggregate runs by their overrides over seeds; write ``comparison.csv`` and a plot."""
+    paths: Sequence[str | Path],
+    out_dir: str | Path,
+    metrics: Sequence[str] | None = None,
+    interval: str = "bootstrap",
+) -> tuple[str, dict[str, Path]]:
+    """Aggregate runs by their overrides over seeds (mean and 95% ``interval``); write
+    ``comparison.csv``, ``comparison.md``, ``comparison.png`` (final values) and
+    ``curves.png`` (mean curves with shaded bootstrap intervals) into ``out_dir``."""
     runs = [load_run(run) for path in paths for run in find_runs(path)]
-    stats = aggregate(runs, metrics)
+    stats = aggregate(runs, metrics, interval=interval)
     csv_path, png_path = write_comparison(stats, out_dir, metrics)
-    return format_table(stats), csv_path, png_path
+    plotted = list(metrics) if metrics is not None else default_plot_metrics(stats)
+    md_path = atomic_write_text(Path(out_dir) / "comparison.md", format_markdown(stats, interval))
+    curves_path = plot_group_curves(curves(runs, plotted), plotted, Path(out_dir) / "curves.png")
+    return format_table(stats), {"comparison.csv": csv_path, "comparison.md": md_path,
+                                 "comparison.png": png_path, "curves.png": curves_path}
 
 
 def format_metrics(metrics: Mapping[str, Any]) -> str:

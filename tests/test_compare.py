@@ -4,16 +4,21 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from procmem.compare import (
     GroupStat,
     RunRecord,
     aggregate,
+    bootstrap_interval,
+    curves,
     find_runs,
+    format_markdown,
     format_table,
     group_label,
     load_run,
+    t_interval,
     write_comparison,
 )
 
@@ -105,7 +110,7 @@ def test_aggregate_mean_and_t_interval():
     ]
     runs.append(record(["seed=0"], **{"eval/success_rate": 5.0, "train/episode_reward": 1.0}))
 
-    stats = aggregate(runs)
+    stats = aggregate(runs, interval="t")
 
     half = 4.302652729911275 * 1.0 / math.sqrt(3)
     assert [(s.group, s.metric, s.n) for s in stats] == [
@@ -119,6 +124,31 @@ def test_aggregate_mean_and_t_interval():
     assert first.ci_high == pytest.approx(2.0 + half)
 
 
+def test_bootstrap_interval_resamples_the_runs():
+    # Three runs: the resampled mean is 1.0 with probability 1/27 > 2.5%, so the interval
+    # reaches the extremes; the default interval is the bootstrap one.
+    runs = [record([f"seed={i}"], m=v) for i, v in enumerate([1.0, 2.0, 3.0])]
+    (stat,) = aggregate(runs)
+    assert (stat.mean, stat.ci_low, stat.ci_high) == (2.0, 1.0, 3.0)
+    values = np.random.default_rng(1).normal(5.0, 1.0, size=40)
+    mean, low, high = bootstrap_interval(values)
+    _, t_low, t_high = t_interval(values)
+    assert low < mean < high and abs((high - low) / (t_high - t_low) - 1) < 0.15
+    assert bootstrap_interval(values) == (mean, low, high)  # a fixed seed: repeatable
+    with pytest.raises(ValueError, match="interval must be one of"):
+        aggregate(runs, interval="wald")
+
+
+def test_curves_average_the_iterations_every_run_logged():
+    runs = [record(["seed=0"]), record(["seed=1"])]
+    runs[0].metrics = [{"iteration": i, "r": float(i)} for i in (1, 2, 3)]
+    runs[1].metrics = [{"iteration": i, "r": float(i) + 2} for i in (1, 2)] + [{"iteration": 3}]
+    (curve,) = curves(runs, ["r", "absent"])
+    assert curve.group == "(defaults)" and curve.n == 2
+    assert curve.iterations.tolist() == [1, 2] and curve.mean.tolist() == [2.0, 3.0]
+    assert (curve.low <= curve.mean).all() and (curve.high >= curve.mean).all()
+
+
 def test_aggregate_single_run_has_a_zero_width_interval():
     (stat,) = aggregate([record(["seed=0"], **{"perf/sps": 4.0})])
     assert stat == GroupStat("(defaults)", "perf/sps", 1, 4.0, 4.0, 4.0)
@@ -128,6 +158,14 @@ def test_aggregate_counts_only_runs_that_have_the_metric():
     runs = [record([], a=1.0, b=2.0), record([], a=3.0)]
     stats = aggregate(runs, metrics=["b", "a", "absent"])
     assert [(s.metric, s.n, s.mean) for s in stats] == [("b", 1, 2.0), ("a", 2, 2.0)]
+
+
+def test_format_markdown_names_the_interval():
+    stats = [GroupStat("memory=none", "eval/success_rate", 3, 0.5, 0.25, 0.75)]
+    assert format_markdown(stats).splitlines() == [
+        "| group | metric | n | mean | 95% bootstrap interval |", "|---|---|---|---|---|",
+        "| memory=none | eval/success_rate | 3 | 0.5 | [0.25, 0.75] |"]
+    assert "95% Student-t interval" in format_markdown(stats, "t")
 
 
 def test_format_table_aligns_columns():

@@ -136,6 +136,9 @@ def test_multirun_logs_one_wandb_run_per_job_in_one_group(tmp_path: Path, launch
     # Oracle explorer: every episode takes 10 steps, with or without memory.
     assert "memory=skill_library,train/episode_steps,2,10.0,10.0,10.0" in csv_rows
     assert (sweep / "comparison.png").stat().st_size > 0
+    assert (sweep / "curves.png").stat().st_size > 0
+    markdown = (sweep / "comparison.md").read_text()
+    assert "| memory=skill_library | train/episode_steps | 2 | 10 | [10, 10] |" in markdown
 
 
 def test_resume_ends_with_the_same_metrics_as_an_uninterrupted_run(
@@ -252,3 +255,11 @@ def test_an_objective_the_run_never_logs_is_reported(tmp_path: Path) -> None:
                      f"hydra.run.dir={tmp_path / 'run'}")
     assert "trainer.objective=eval/typo was never logged" in result.stderr
     assert "eval/success_rate" in result.stderr  # what it could have been
+
+
+def test_compare_errors_are_one_line(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "evaluate.py", f"compare={tmp_path}"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"evaluate.py compare: no runs (folders with metrics.jsonl) found in {tmp_path}")
