@@ -17,6 +17,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from procmem.agents.features import SituationEmbedding
+from procmem.agents.i2a import IMAGINATION
 from procmem.envs.toolenv import STAGES as TOOL_STAGES
 
 GROUPS = ("env", "agent", "memory", "curriculum", "logger")
@@ -303,7 +304,7 @@ class I2AConfig(A2CSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        one_of(self, "imagination", ("learned", "copy", "none"))
+        one_of(self, "imagination", IMAGINATION)
         at_least(self, "depth", 1)
         at_least(self, "channels", 1)
         at_least(self, "hidden", 1)
