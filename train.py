@@ -10,6 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from procmem.app import load_run_config, register_resolvers, train
+from procmem.runtime import NonFiniteLossError
 from procmem.schema import ConfigError
 
 register_resolvers()
@@ -33,6 +34,9 @@ def main(cfg: DictConfig) -> float | None:
     except ConfigError as error:
         print(f"config error: {error}", file=sys.stderr)
         sys.exit(2)
+    except NonFiniteLossError as error:
+        print(f"training stopped: {error}", file=sys.stderr)
+        sys.exit(3)
     print(f"run_dir: {run_dir}")
     objective = final.get(cfg.trainer.objective)
     if objective is None:

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from procmem.checkpoint import CheckpointManager
 from procmem.logging import MetricLogger
-from procmem.runtime import rng_state, set_rng_state
+from procmem.runtime import NonFiniteLossError, rng_state, set_rng_state
 
 
 class Algorithm(Protocol):
@@ -109,6 +109,19 @@ class Runner:
             },
         )
 
+    def _train_iteration(self) -> dict[str, float]:
+        """One training iteration. A NaN or inf loss (raised by the algorithm before it
+        updates any parameter) stops the run: the state it had, still good, is saved as the
+        checkpoint of the last finished iteration and the error names the file."""
+        try:
+            return self.algorithm.train_iteration()
+        except NonFiniteLossError as error:
+            self.iteration -= 1
+            path = self.save_checkpoint()
+            raise NonFiniteLossError(
+                f"iteration {self.iteration + 1}: {error}; training stopped, the last good "
+                f"state is saved in {path}") from error
+
     def run(self) -> dict[str, float]:
         """Train up to ``iterations``; return the last logged value of every metric."""
         last = self.iterations
@@ -120,7 +133,7 @@ class Runner:
             while self.iteration < last:
                 self.iteration += 1
                 self.curriculum.on_iteration(self.iteration, last)
-                metrics = self.algorithm.train_iteration()
+                metrics = self._train_iteration()
                 if _is_due(self.iteration, self.log_every, last):
                     elapsed = time.perf_counter() - window_start
                     rate = (self.iteration - window_iteration) / max(elapsed, 1e-9)

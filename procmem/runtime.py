@@ -9,6 +9,17 @@ import numpy as np
 import torch
 
 
+class NonFiniteLossError(FloatingPointError):
+    """A loss became NaN or infinite; raised before any parameter is updated with it."""
+
+
+def check_finite(name: str, loss: torch.Tensor) -> None:
+    """Raise :class:`NonFiniteLossError` naming ``name`` if ``loss`` holds a NaN or an inf."""
+    if not bool(torch.isfinite(loss.detach()).all()):
+        shown = f"{loss.item()}" if loss.numel() == 1 else "not finite"
+        raise NonFiniteLossError(f"{name} is {shown}")
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, numpy and torch (CPU and every CUDA device) from one integer."""
     random.seed(seed)

@@ -12,6 +12,7 @@ from procmem.agents.networks import KeyDoorMLPPolicy, ToolGRUPolicy
 from procmem.curriculum import FixedCurriculum, UniformCurriculum
 from procmem.envs.gridworld import GridWorld
 from procmem.envs.toolenv import ToolEnv
+from procmem.runtime import NonFiniteLossError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -185,3 +186,15 @@ def test_envs_without_success_get_no_success_metrics():
     metrics = agent.train_iteration()
     assert metrics["train/episode_return"] == 0.0 and "train/accuracy" not in metrics
     assert agent.evaluate(4) == {"eval/mean_reward": 0.0, "eval/mean_steps": 2.0}
+
+
+def test_a_nan_loss_raises_before_any_parameter_changes():
+    agent = make_a2c(num_envs=4)
+    agent.train_iteration()
+    with torch.no_grad():
+        agent.net.value.bias.fill_(float("nan"))  # a diverged value head
+    before = [p.detach().clone() for p in agent.net.parameters()]
+    with pytest.raises(NonFiniteLossError, match="the A2C loss is nan"):
+        agent.train_iteration()
+    for old, new in zip(before, agent.net.parameters(), strict=True):
+        assert torch.allclose(old, new, rtol=0, atol=0, equal_nan=True)

@@ -9,12 +9,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from procmem.checkpoint import CheckpointManager
 from procmem.curriculum import AdaptiveCurriculum, StagedCurriculum
 from procmem.logging import MetricLogger, read_metrics
 from procmem.runner import Runner
-from procmem.runtime import seed_everything
+from procmem.runtime import NonFiniteLossError, check_finite, seed_everything
 
 
 class FakeAlgorithm:
@@ -177,3 +178,27 @@ def test_algorithm_without_end_hook_runs(tmp_path):
     runner = make_runner(tmp_path)
     runner.run()
     assert all(event[0] != "end" for event in runner.algorithm.events)
+
+
+class DivergingAlgorithm(FakeAlgorithm):
+    """Its 7th iteration's loss is NaN: it raises before changing anything."""
+
+    def train_iteration(self) -> dict[str, float]:
+        if self.done == 6:
+            check_finite("the fake loss", torch.tensor(float("nan")))
+        return super().train_iteration()
+
+
+def test_a_nan_loss_stops_the_run_after_saving_the_last_good_state(tmp_path):
+    runner = make_runner(tmp_path, DivergingAlgorithm, checkpoint_every=5)
+    with pytest.raises(NonFiniteLossError,
+                       match=r"iteration 7: the fake loss is nan; training stopped, the last "
+                             r"good state is saved in .*ckpt_00000006\.pt"):
+        runner.run()
+    assert checkpoint_iterations(runner) == [5, 6]
+    saved = CheckpointManager.load(runner.checkpoints.latest())
+    assert saved["algorithm"] == {"done": 6}
+    resumed = make_runner(tmp_path, checkpoint_every=5, resume_iteration=6)
+    resumed.restore(saved)
+    resumed.run()  # a run that no longer diverges goes on from iteration 7
+    assert resumed.algorithm.done == 10

@@ -16,6 +16,7 @@ from procmem.agents.networks import as_tensors, copy_observations, take_rows
 from procmem.logging import MetricLogger
 from procmem.plots import plot_curves
 from procmem.render import save_gif, save_strip, to_rgb8, upscale
+from procmem.runtime import check_finite
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop}
 # Panels of plots/training.png; those whose metric the run never logged are left out.
@@ -146,6 +147,7 @@ class A2C:
         value_loss = (returns - values_t).pow(2).mean()
         entropy = torch.stack(entropies).mean()
         loss = policy_loss + self.value_coef * value_loss - self.entropy_coef * entropy
+        check_finite("the A2C loss", loss)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = nn.utils.clip_grad_norm_(self.trained_parameters(), self.max_grad_norm)

@@ -51,6 +51,7 @@ from torch import Tensor
 
 from procmem.agents.env_model import EnvModel, rollout_accuracy
 from procmem.envs.minipacman import PILL_POWER
+from procmem.runtime import check_finite
 
 EVAL_SEGMENT_STEPS = 64  # batch steps per held-out segment
 EVAL_SEED_OFFSET = 7919
@@ -193,6 +194,7 @@ class EnvModelTrainer:
         for _ in range(self.updates_per_iteration):
             rows = self.rng.integers(0, self.size, size=self.batch_size)
             loss, metrics = self.model.loss(*self._batch(rows), reward_vector=self.reward_vector)
+            check_finite("the env model loss", loss)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()

@@ -45,6 +45,7 @@ from procmem.agents.imagination import CopyModel, RolloutEncoder, RolloutPolicy,
 from procmem.agents.networks import flat_size, pixel_body
 from procmem.logging import MetricLogger
 from procmem.render import save_strip, to_rgb8, upscale
+from procmem.runtime import check_finite
 
 IMAGINATION = ("learned", "copy", "none")
 PRETRAIN_WARNING = (
@@ -240,6 +241,7 @@ class I2A(A2C):
         frames = torch.cat([step["obs"] for step in steps]).float()
         agent_logits = torch.cat([step["logits"] for step in steps])
         loss = distillation_loss(self.net.rollout_policy(frames), agent_logits)
+        check_finite("the distillation loss", loss)
         self.distill_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.distill_optimizer.step()
@@ -262,6 +264,7 @@ class I2A(A2C):
         model.train()
         loss, metrics = model.loss(frames, actions, batch(nexts).float(), events,
                                    batch(masks), self.net.reward_vector)
+        check_finite("the env model loss", loss)
         self.env_model_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.env_model_optimizer.step()

@@ -13,6 +13,7 @@ from torch import nn
 from procmem.agents.features import POLICY_FEATURES, policy_features
 from procmem.agents.segments import Segment
 from procmem.envs.keydoor import SUBGOALS
+from procmem.runtime import check_finite
 
 _SUBGOAL_INDEX = {subgoal.name: i for i, subgoal in enumerate(SUBGOALS)}
 
@@ -90,8 +91,10 @@ class SubgoalPolicies:
                 x = torch.as_tensor(buffer.features[rows.numpy()], device=self.device)
                 y = torch.as_tensor(buffer.actions[rows.numpy()], device=self.device)
                 losses.append(nn.functional.cross_entropy(self.nets[index](x), y))
+            total = torch.stack(losses).sum()
+            check_finite("the behaviour-cloning loss", total)
             self.optimizer.zero_grad(set_to_none=True)
-            torch.stack(losses).sum().backward()
+            total.backward()
             self.optimizer.step()
             for index, loss in zip(fresh, losses, strict=True):
                 totals[index] += loss.item()
