@@ -146,11 +146,10 @@ class EnvModelTrainer:
         self.batch_size, self.buffer_size = batch_size, buffer_size
         self.collect_steps = collect_steps
         self.updates_per_iteration = updates_per_iteration
-        self.settings = {"num_actions": int(env.num_actions), "channels": channels,
-                         "blocks": blocks, "max_count": 1, "event_coef": event_coef}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.model = EnvModel(**self.settings).to(self.device)
+            self.model = EnvModel(int(env.num_actions), channels, blocks, max_count=1,
+                                  event_coef=event_coef).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
         self.lr, self.lr_decay_iterations = lr, lr_decay_iterations
         self.policy = None if policy_run is None else load_policy_network(policy_run, env,
