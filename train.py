@@ -7,13 +7,28 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from procmem.app import load_run_config, register_resolvers, train
+from procmem.checkpoint import CheckpointError
 from procmem.runtime import NonFiniteLossError
 from procmem.schema import ConfigError
 
 register_resolvers()
+
+# Errors a user can act on: one line on stderr and an exit code, instead of a traceback.
+KNOWN_FAILURES = {
+    ConfigError: ("config error", 2),
+    NonFiniteLossError: ("training stopped", 3),
+    CheckpointError: ("checkpoint error", 4),
+}
+
+
+class JobFailed(CompactHydraException):
+    """A multirun job stopped by a known failure. Hydra marks the job failed and runs the
+    others; at the end it prints the first such line and exits with 1."""
 
 
 def _resume_config(cfg: DictConfig) -> DictConfig:
@@ -31,12 +46,12 @@ def main(cfg: DictConfig) -> float | None:
         if cfg.resume:
             cfg = _resume_config(cfg)
         final = train(cfg, run_dir, resume=run_dir.joinpath("checkpoints").is_dir())
-    except ConfigError as error:
-        print(f"config error: {error}", file=sys.stderr)
-        sys.exit(2)
-    except NonFiniteLossError as error:
-        print(f"training stopped: {error}", file=sys.stderr)
-        sys.exit(3)
+    except tuple(KNOWN_FAILURES) as error:
+        prefix, exit_code = next(v for k, v in KNOWN_FAILURES.items() if isinstance(error, k))
+        print(f"{prefix}: {error}", file=sys.stderr)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise JobFailed(f"job {run_dir} failed: {prefix}: {error}") from error
+        sys.exit(exit_code)
     print(f"run_dir: {run_dir}")
     objective = final.get(cfg.trainer.objective)
     if objective is None:

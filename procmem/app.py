@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -23,6 +24,7 @@ from procmem.compare import (
     find_runs,
     format_markdown,
     format_table,
+    left_out_reason,
     load_run,
     plot_group_curves,
     write_comparison,
@@ -32,6 +34,7 @@ from procmem.logging import MetricLogger
 from procmem.runner import Runner
 from procmem.runtime import resolve_device, seed_everything, set_threads
 from procmem.schema import check_config
+from procmem.status import FAILED, FINISHED, RUNNING, describe_error, write_status
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
 SAVED_CONFIG = Path(".hydra") / "config.yaml"
@@ -64,16 +67,21 @@ def build_optional(node: Any, **kwargs: Any) -> Any:
 
 def build_algorithm(cfg: DictConfig, device: torch.device) -> tuple[Any, Any]:
     """The algorithm of a run config with its env, eval env, memory and curriculum."""
-    curriculum = instantiate(cfg.curriculum)
-    algorithm = instantiate(
-        cfg.agent,
-        env=instantiate(cfg.env),
-        eval_env=instantiate(cfg.env),
-        memory=build_optional(cfg.memory, device=str(device)),
-        curriculum=curriculum,
-        device=device,
-        seed=cfg.seed,
-    )
+    try:
+        curriculum = instantiate(cfg.curriculum)
+        algorithm = instantiate(
+            cfg.agent,
+            env=instantiate(cfg.env),
+            eval_env=instantiate(cfg.env),
+            memory=build_optional(cfg.memory, device=str(device)),
+            curriculum=curriculum,
+            device=device,
+            seed=cfg.seed,
+        )
+    except InstantiationException as error:
+        if error.__cause__ is None:
+            raise
+        raise error.__cause__ from None  # the constructor's own error, without Hydra's wrapper
     return algorithm, curriculum
 
 
@@ -109,9 +117,22 @@ def _logger_sinks(cfg: DictConfig, run_dir: Path, job_type: str) -> list[Any]:
 
 
 def train(cfg: DictConfig, run_dir: str | Path, resume: bool = False) -> dict[str, float]:
-    """Check, build and run one training job in ``run_dir``; return its final metrics."""
+    """Check, build and run one training job in ``run_dir``; return its final metrics.
+
+    ``<run_dir>/status.json`` says ``running`` meanwhile, then ``finished``, or ``failed``
+    with the error's first line (the error is re-raised)."""
+    write_status(run_dir, RUNNING)
+    try:
+        final = _train(cfg, Path(run_dir), resume)
+    except BaseException as error:
+        write_status(run_dir, FAILED, describe_error(error))
+        raise
+    write_status(run_dir, FINISHED)
+    return final
+
+
+def _train(cfg: DictConfig, run_dir: Path, resume: bool) -> dict[str, float]:
     check_config(cfg)
-    run_dir = Path(run_dir)
     set_threads(cfg.torch_threads)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
@@ -181,14 +202,22 @@ def compare_runs(
     """Aggregate runs by their overrides over seeds (mean and 95% ``interval``); write
     ``comparison.csv``, ``comparison.md``, ``comparison.png`` (final values) and
     ``curves.png`` (mean curves with shaded bootstrap intervals) into ``out_dir``."""
-    runs = [load_run(run) for path in paths for run in find_runs(path)]
+    loaded = [load_run(run) for path in paths for run in find_runs(path)]
+    runs = [run for run in loaded if run.finished]
+    left_out = [run for run in loaded if not run.finished]
+    if not runs:
+        raise ValueError(f"no finished runs to compare in {', '.join(map(str, paths))} "
+                         f"({len(left_out)} failed or unfinished)")
     stats = aggregate(runs, metrics, interval=interval)
     csv_path, png_path = write_comparison(stats, out_dir, metrics)
     plotted = list(metrics) if metrics is not None else default_plot_metrics(stats)
-    md_path = atomic_write_text(Path(out_dir) / "comparison.md", format_markdown(stats, interval))
+    md_path = atomic_write_text(Path(out_dir) / "comparison.md",
+                                format_markdown(stats, interval, left_out))
     curves_path = plot_group_curves(curves(runs, plotted), plotted, Path(out_dir) / "curves.png")
-    return format_table(stats), {"comparison.csv": csv_path, "comparison.md": md_path,
-                                 "comparison.png": png_path, "curves.png": curves_path}
+    table = "\n".join([format_table(stats),
+                       *(f"left out: {run.path}: {left_out_reason(run)}" for run in left_out)])
+    return table, {"comparison.csv": csv_path, "comparison.md": md_path,
+                   "comparison.png": png_path, "curves.png": curves_path}
 
 
 def format_metrics(metrics: Mapping[str, Any]) -> str:

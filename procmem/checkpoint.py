@@ -9,13 +9,15 @@ from typing import Any
 import torch
 
 from procmem.io import atomic_torch_save
+from procmem.status import describe_error
 
 CHECKPOINT_FORMAT_VERSION = 1
 _NAME = re.compile(r"^ckpt_(\d+)\.pt$")
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint file that cannot be used; the message names the file."""
+    """A checkpoint (or saved model) that cannot be written or used; the message names the
+    file and, where one is left, the previous good checkpoint."""
 
 
 class CheckpointManager:
@@ -40,9 +42,21 @@ class CheckpointManager:
         return paths[-1] if paths else None
 
     def save(self, iteration: int, state: dict[str, Any]) -> Path:
-        """Write the checkpoint of ``iteration``, then drop all but the newest ``keep``."""
+        """Write the checkpoint of ``iteration``, then drop all but the newest ``keep``.
+
+        A failed write (a full disk) leaves the earlier checkpoints as they were and raises
+        :class:`CheckpointError` naming the file and the newest intact one."""
         payload = {"format_version": CHECKPOINT_FORMAT_VERSION, "iteration": iteration, **state}
-        path = atomic_torch_save(payload, self.directory / f"ckpt_{iteration:08d}.pt")
+        path = self.directory / f"ckpt_{iteration:08d}.pt"
+        self._remove_interrupted_writes()
+        try:
+            atomic_torch_save(payload, path)
+        except OSError as error:
+            kept = self.latest()
+            raise CheckpointError(
+                f"{path}: could not write the checkpoint ({error.strerror or error}); "
+                + (f"the previous checkpoint {kept} is intact" if kept else
+                   "no earlier checkpoint was written")) from error
         for old in self.paths()[: -self.keep]:
             old.unlink(missing_ok=True)
         return path
@@ -57,7 +71,8 @@ class CheckpointManager:
         except FileNotFoundError:
             raise
         except Exception as error:
-            raise CheckpointError(f"{path}: unreadable checkpoint ({error})") from error
+            raise CheckpointError(
+                f"{path}: unreadable checkpoint ({describe_error(error)})") from error
         if not isinstance(payload, dict) or "format_version" not in payload:
             raise CheckpointError(f"{path}: not a procmem checkpoint")
         if payload["format_version"] != CHECKPOINT_FORMAT_VERSION:
@@ -68,6 +83,22 @@ class CheckpointManager:
         return payload
 
     def load_latest(self) -> dict[str, Any] | None:
-        """The newest checkpoint, or ``None`` when there is none."""
+        """The newest checkpoint, or ``None`` when there is none. When it is unusable the
+        error says which earlier one is left to resume from (nothing is deleted)."""
         path = self.latest()
-        return None if path is None else self.load(path)
+        if path is None:
+            return None
+        try:
+            return self.load(path)
+        except CheckpointError as error:
+            earlier = self.paths()[:-1]
+            raise CheckpointError(
+                f"{error}; " + (f"the previous checkpoint {earlier[-1]} is kept: remove "
+                                f"{path.name} to resume from it" if earlier else
+                                "there is no earlier checkpoint")) from error
+
+    def _remove_interrupted_writes(self) -> None:
+        """Temp files of writes a killed process never finished (see ``atomic_write_bytes``)."""
+        if self.directory.is_dir():
+            for partial in self.directory.glob(".ckpt_*.tmp"):
+                partial.unlink(missing_ok=True)

@@ -1,4 +1,5 @@
-"""Load finished runs, group them by their overrides and compare their metrics."""
+"""Load runs, group them by their overrides and compare their metrics (finished runs only;
+failed and unfinished ones are listed as left out)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from scipy import stats as scipy_stats
 from procmem.io import atomic_write_text
 from procmem.logging import read_metrics
 from procmem.plots import figure_grid, mark_no_data, save_figure
+from procmem.status import FAILED, FINISHED, RUNNING, STATUS_FILE, RunStatus, read_status
 
 MAX_PLOTTED_METRICS = 6
 BOOTSTRAP_SAMPLES = 10_000
@@ -28,12 +30,18 @@ BOOTSTRAP_SEED = 0
 
 @dataclass
 class RunRecord:
-    """One finished run: its overrides, logged metric rows and per-metric summary."""
+    """One run: its overrides, logged metric rows, per-metric summary and ``status.json``
+    (``None`` for runs that predate it, taken as finished)."""
 
     path: Path
     overrides: list[str]
     metrics: list[dict]
     summary: dict[str, float]
+    status: RunStatus | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status is None or self.status.status == FINISHED
 
 
 @dataclass
@@ -72,7 +80,10 @@ def load_run(run_dir: str | os.PathLike, window: float = 0.1) -> RunRecord:
     if not 0 < window <= 1:
         raise ValueError(f"window must be in (0, 1], got {window}")
     run_dir = Path(run_dir)
-    rows = read_metrics(run_dir / "metrics.jsonl")
+    status = read_status(run_dir)
+    metrics_path = run_dir / "metrics.jsonl"
+    stopped_before_logging = status is not None and not metrics_path.is_file()
+    rows = [] if stopped_before_logging else read_metrics(metrics_path)
     summary = _summarize(rows, window)
 
     eval_path = run_dir / "eval.json"
@@ -91,17 +102,22 @@ def load_run(run_dir: str | os.PathLike, window: float = 0.1) -> RunRecord:
         if overrides_path.is_file()
         else []
     )
-    return RunRecord(path=run_dir, overrides=overrides, metrics=rows, summary=summary)
+    return RunRecord(path=run_dir, overrides=overrides, metrics=rows, summary=summary,
+                     status=status)
+
+
+def _is_run(path: Path) -> bool:
+    return (path / "metrics.jsonl").is_file() or (path / STATUS_FILE).is_file()
 
 
 def find_runs(path: str | os.PathLike) -> list[Path]:
     """The run folder ``path`` itself, or the job folders of the multirun folder ``path``."""
     path = Path(path)
-    if (path / "metrics.jsonl").is_file():
+    if _is_run(path):
         return [path]
-    jobs = [d for d in path.iterdir() if (d / "metrics.jsonl").is_file()] if path.is_dir() else []
+    jobs = [d for d in path.iterdir() if _is_run(d)] if path.is_dir() else []
     if not jobs:
-        raise ValueError(f"no runs (folders with metrics.jsonl) found in {path}")
+        raise ValueError(f"no runs (folders with metrics.jsonl or {STATUS_FILE}) found in {path}")
     return sorted(jobs, key=lambda d: (0, int(d.name), "") if d.name.isdigit() else (1, 0, d.name))
 
 
@@ -289,12 +305,27 @@ def add_group_legend(fig: Figure, colours: dict[str, str]) -> None:
         fig.legend(handles, list(colours), loc="outside lower center", fontsize="small")
 
 
-def format_markdown(stats: Sequence[GroupStat], interval: str = "bootstrap") -> str:
-    """A Markdown table of group, metric, n, mean and 95% interval (named in the header)."""
+def left_out_reason(run: RunRecord) -> str:
+    """Why an unfinished run is not compared: ``failed (<error>)`` or ``running``."""
+    status = run.status.status if run.status is not None else FINISHED
+    if status == FAILED:
+        return f"failed ({run.status.error})"
+    if status == RUNNING:
+        return "running, or killed before it could finish"
+    return status
+
+
+def format_markdown(stats: Sequence[GroupStat], interval: str = "bootstrap",
+                    left_out: Sequence[RunRecord] = ()) -> str:
+    """A Markdown table of group, metric, n, mean and 95% interval (named in the header),
+    then the ``left_out`` runs with the reason each is not in it."""
     kind = {"bootstrap": "bootstrap", "t": "Student-t"}[interval]
     lines = [f"| group | metric | n | mean | 95% {kind} interval |", "|---|---|---|---|---|"]
     lines += [f"| {s.group} | {s.metric} | {s.n} | {s.mean:.4g} "
               f"| [{s.ci_low:.4g}, {s.ci_high:.4g}] |" for s in stats]
+    if left_out:
+        lines += ["", f"Left out, not finished ({len(left_out)}):", ""]
+        lines += [f"- `{run.path}`: {left_out_reason(run)}" for run in left_out]
     return "\n".join(lines) + "\n"
 
 

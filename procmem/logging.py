@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from procmem.io import atomic_write_text
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -53,7 +55,7 @@ class MetricLogger:
         self.rows: list[dict[str, Any]] = []
         if resume_iteration is not None and self.path.exists():
             self.rows = [r for r in read_metrics(self.path) if r["iteration"] <= resume_iteration]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
 
     def log(self, iteration: int, metrics: Mapping[str, Any]) -> None:
         if not metrics:
@@ -64,6 +66,14 @@ class MetricLogger:
             f.write(json.dumps(row) + "\n")
         for sink in self.sinks:
             sink.log(row)
+
+    def last_values(self) -> dict[str, Any]:
+        """The last logged value of every metric, rows kept from before a resume included."""
+        last: dict[str, Any] = {}
+        for row in self.rows:
+            last.update(row)
+        last.pop("iteration", None)
+        return last
 
     def log_table(self, key: str, records: Sequence[Mapping[str, Any]]) -> None:
         for sink in self.sinks:
@@ -83,12 +93,16 @@ class MetricLogger:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a ``metrics.jsonl`` file; a bad line raises ``ValueError`` naming the file."""
+    """Rows of a ``metrics.jsonl`` file; a bad line raises ``ValueError`` naming the file.
+
+    Every row ends with a newline, so text after the last newline is a write the process
+    was killed in the middle of; it is left out."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"missing metrics file: {path}")
     rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    complete = path.read_text().split("\n")[:-1]
+    for number, line in enumerate(complete, start=1):
         if not line.strip():
             continue
         try:
@@ -152,7 +166,7 @@ class WandbSink:
         if id_file.exists():
             return id_file.read_text().strip()
         run_id = secrets.token_hex(4)
-        id_file.write_text(run_id)
+        atomic_write_text(id_file, run_id)
         return run_id
 
     def log(self, row: Mapping[str, Any]) -> None:

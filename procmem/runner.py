@@ -123,9 +123,10 @@ class Runner:
                 f"state is saved in {path}") from error
 
     def run(self) -> dict[str, float]:
-        """Train up to ``iterations``; return the last logged value of every metric."""
+        """Train up to ``iterations``; return the last logged value of every metric (of the
+        whole run when it resumed)."""
         last = self.iterations
-        final: dict[str, float] = {}
+        final: dict[str, float] = self.logger.last_values()
         bar = tqdm(total=last, initial=self.iteration, disable=not self.progress,
                    desc="train", unit="it", dynamic_ncols=True)
         window_start, window_iteration = time.perf_counter(), self.iteration

@@ -198,3 +198,14 @@ def test_a_nan_loss_raises_before_any_parameter_changes():
         agent.train_iteration()
     for old, new in zip(before, agent.net.parameters(), strict=True):
         assert torch.allclose(old, new, rtol=0, atol=0, equal_nan=True)
+
+
+def test_an_inf_gradient_raises_before_any_parameter_changes():
+    agent = make_a2c(num_envs=4)
+    agent.train_iteration()
+    agent.net.value.bias.register_hook(lambda grad: grad * float("inf"))  # finite loss
+    before = [p.detach().clone() for p in agent.net.parameters()]
+    with pytest.raises(NonFiniteLossError, match="the A2C gradient norm is (inf|nan)"):
+        agent.train_iteration()
+    for old, new in zip(before, agent.net.parameters(), strict=True):
+        assert torch.equal(old, new)

@@ -248,14 +248,3 @@ def test_config_errors_survive_pickling():
     error = pickle.loads(pickle.dumps(ConfigError("memory.top_k", "0 is out of range")))
     assert (error.key, error.reason) == ("memory.top_k", "0 is out of range")
     assert str(error) == "memory.top_k: 0 is out of range"
-
-
-def test_cli_unknown_group_option_lists_the_available_ones(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "train.py", "agent=i2b", "logger=none", f"hydra.run.dir={tmp_path}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )
-    assert result.returncode != 0
-    assert "Could not find 'agent/i2b'" in result.stderr
-    listed = result.stderr.split("Available options in 'agent':", 1)[1].split()
-    assert set(options("agent")) <= set(listed)

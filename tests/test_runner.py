@@ -17,6 +17,8 @@ from procmem.logging import MetricLogger, read_metrics
 from procmem.runner import Runner
 from procmem.runtime import NonFiniteLossError, check_finite, seed_everything
 
+from helpers import without_perf
+
 
 class FakeAlgorithm:
     """Counts iterations, draws from the global RNG and records what the runner calls."""
@@ -84,10 +86,6 @@ def iterations_with(rows: list[dict], key: str) -> list[int]:
 
 def checkpoint_iterations(runner: Runner) -> list[int]:
     return [CheckpointManager.load(path)["iteration"] for path in runner.checkpoints.paths()]
-
-
-def without_perf(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in row.items() if not k.startswith("perf/")} for row in rows]
 
 
 def test_cadences(tmp_path):
@@ -164,6 +162,19 @@ def test_restore_continues_where_the_checkpoint_left_off(tmp_path, stop):
     assert without_perf(read_metrics(resumed_dir / "metrics.jsonl")) == without_perf(
         read_metrics(tmp_path / "full" / "metrics.jsonl"))
     assert without_perf([resumed_final]) == without_perf([full_final])
+
+
+def test_a_run_resumed_after_its_last_iteration_returns_the_whole_runs_final_metrics(
+    tmp_path,
+):
+    """A run killed between its last checkpoint and its exit has nothing left to train."""
+    seed_everything(0)
+    full = make_runner(tmp_path, checkpoint_every=10)
+    final = full.run()
+    resumed = make_runner(tmp_path, checkpoint_every=10, resume_iteration=10)
+    resumed.restore(CheckpointManager.load(full.checkpoints.latest()))
+    assert resumed.run() == final
+    assert not [event for event in resumed.algorithm.events if event[0] == "train"]
 
 
 def test_train_end_hook_called_once_after_training(tmp_path):

@@ -14,45 +14,17 @@ from procmem import app
 from procmem.agents.procedural import ProceduralMemoryAgent
 from procmem.logging import read_metrics
 
-ROOT = Path(__file__).resolve().parents[1]
-WANDB = Path(sys.executable).parent / "wandb"
-TINY = [
-    "trainer.iterations=12",
-    "trainer.eval_every=6",
-    "trainer.eval_episodes=3",
-    "trainer.checkpoint_every=4",
-    "trainer.progress=false",
-    "env.max_steps=20",
-]
-
-
-def run_cli(script: str, *overrides: str) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [sys.executable, script, *overrides], cwd=ROOT, capture_output=True, text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
+from helpers import ROOT, TINY, WANDB, run_cli, wandb_summary, without_perf
 
 
 def compose_config(*overrides: str) -> DictConfig:
     return app.compose_config(overrides)
 
 
-def wandb_summary(run_dir: Path) -> dict:
-    out = subprocess.run([str(WANDB), "leet", "inspect", "--summary", "--json",
-                          str(run_dir / "wandb")], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout)
-
-
 def wandb_run_record(run_dir: Path) -> str:
     """The raw records of the run's log as text (holds group and job type)."""
     return subprocess.run([str(WANDB), "leet", "inspect", "--json", str(run_dir / "wandb")],
                           capture_output=True, text=True, check=True).stdout
-
-
-def without_perf(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in row.items() if not k.startswith("perf/")} for row in rows]
 
 
 def test_single_run_writes_the_run_contract(tmp_path: Path) -> None:
@@ -262,4 +234,5 @@ def test_compare_errors_are_one_line(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert result.stderr.strip() == (
-        f"evaluate.py compare: no runs (folders with metrics.jsonl) found in {tmp_path}")
+        f"evaluate.py compare: no runs (folders with metrics.jsonl or status.json) found in "
+        f"{tmp_path}")

@@ -151,6 +151,7 @@ class A2C:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = nn.utils.clip_grad_norm_(self.trained_parameters(), self.max_grad_norm)
+        check_finite("the A2C gradient norm", grad_norm)
         self.optimizer.step()
         self.state = self.state.detach()
         samples = self.n_steps * self.env.num_envs

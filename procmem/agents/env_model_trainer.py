@@ -50,8 +50,11 @@ import torch
 from torch import Tensor
 
 from procmem.agents.env_model import EnvModel, rollout_accuracy
+from procmem.checkpoint import CheckpointError, CheckpointManager
 from procmem.envs.minipacman import PILL_POWER
+from procmem.io import atomic_torch_save
 from procmem.runtime import check_finite
+from procmem.status import describe_error
 
 EVAL_SEGMENT_STEPS = 64  # batch steps per held-out segment
 EVAL_SEED_OFFSET = 7919
@@ -76,10 +79,8 @@ def decode_frames(codes: np.ndarray) -> np.ndarray:
 
 def save_env_model(model: EnvModel, path: str | Path) -> Path:
     """Save ``model``'s weights and settings to ``path`` (a file) for :func:`load_env_model`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": model.state_dict(), "settings": dict(model.settings)}, path)
-    return path
+    return atomic_torch_save({"state_dict": model.state_dict(), "settings": dict(model.settings)},
+                             path)
 
 
 def load_env_model(path: str | Path, device: torch.device | str = "cpu") -> EnvModel:
@@ -88,9 +89,14 @@ def load_env_model(path: str | Path, device: torch.device | str = "cpu") -> EnvM
     path = Path(path)
     if path.is_dir():
         path = path / MODEL_FILE
-    saved = torch.load(path, map_location="cpu", weights_only=False)
-    model = EnvModel(**saved["settings"])
-    model.load_state_dict(saved["state_dict"])
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        model = EnvModel(**saved["settings"])
+        model.load_state_dict(saved["state_dict"])
+    except FileNotFoundError:
+        raise
+    except Exception as error:
+        raise CheckpointError(f"{path}: unreadable env model ({describe_error(error)})") from error
     return model.to(device).eval()
 
 
@@ -100,7 +106,6 @@ def load_policy_network(run_dir: str | Path, env: Any, device: torch.device) -> 
     from hydra.utils import instantiate
 
     from procmem.app import load_run_config
-    from procmem.checkpoint import CheckpointManager
 
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
