@@ -28,7 +28,8 @@ def main(cfg: DictConfig) -> None:
     paths = list(cfg.compare) if isinstance(cfg.compare, ListConfig) else [cfg.compare]
     metrics = list(cfg.metrics) if cfg.metrics else None
     try:
-        table, written = compare_runs(paths, cfg.out or paths[0], metrics, cfg.interval)
+        table, written = compare_runs(paths, cfg.out or paths[0], metrics, cfg.interval,
+                                      report=cfg.report)
     except ValueError as error:  # no runs found, an unreadable eval.json, a bad interval
         sys.exit(f"evaluate.py compare: {error}")
     print(table)

@@ -7,6 +7,7 @@ arguments.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +19,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from procmem.checkpoint import CheckpointManager
 from procmem.compare import (
+    GroupStat,
+    RunRecord,
     aggregate,
     curves,
     default_plot_metrics,
     find_runs,
     format_markdown,
     format_table,
+    group_runs,
     left_out_reason,
     load_run,
     plot_group_curves,
@@ -198,10 +202,12 @@ def compare_runs(
     out_dir: str | Path,
     metrics: Sequence[str] | None = None,
     interval: str = "bootstrap",
+    report: bool = False,
 ) -> tuple[str, dict[str, Path]]:
-    """Aggregate runs by their overrides over seeds (mean and 95% ``interval``); write
-    ``comparison.csv``, ``comparison.md``, ``comparison.png`` (final values) and
-    ``curves.png`` (mean curves with shaded bootstrap intervals) into ``out_dir``."""
+    """Aggregate finished runs by their overrides over seeds (mean and 95% ``interval``);
+    write ``comparison.csv``, ``comparison.md``, ``comparison.png`` (final values) and
+    ``curves.png`` (mean curves with shaded bootstrap intervals) into ``out_dir``. Failed and
+    unfinished runs are left out and listed. ``report`` also logs it all as a W&B run."""
     loaded = [load_run(run) for path in paths for run in find_runs(path)]
     runs = [run for run in loaded if run.finished]
     left_out = [run for run in loaded if not run.finished]
@@ -214,10 +220,43 @@ def compare_runs(
     md_path = atomic_write_text(Path(out_dir) / "comparison.md",
                                 format_markdown(stats, interval, left_out))
     curves_path = plot_group_curves(curves(runs, plotted), plotted, Path(out_dir) / "curves.png")
+    written = {"comparison.csv": csv_path, "comparison.md": md_path,
+               "comparison.png": png_path, "curves.png": curves_path}
+    if report:
+        _log_comparison(loaded, stats, written, Path(out_dir), interval)
     table = "\n".join([format_table(stats),
                        *(f"left out: {run.path}: {left_out_reason(run)}" for run in left_out)])
-    return table, {"comparison.csv": csv_path, "comparison.md": md_path,
-                   "comparison.png": png_path, "curves.png": curves_path}
+    return table, written
+
+
+def _log_comparison(runs: Sequence[RunRecord], stats: Sequence[GroupStat],
+                    written: Mapping[str, Path], out_dir: Path, interval: str) -> None:
+    """The comparison as a W&B run (``job_type=compare``, in the runs' project and, when they
+    share one, their group): tables ``compare/summary`` (one row per group and metric) and
+    ``compare/runs`` (every run with its group and status), and both plots."""
+    cfg = load_run_config(runs[0].path)
+    groups = {run_identity(run.path)[0] for run in runs}
+    sink = build_optional(
+        cfg.logger,
+        run_dir=out_dir,
+        run_config={"compared": [str(run.path) for run in runs], "interval": interval},
+        group=groups.pop() if len(groups) == 1 else None,
+        name=f"compare {out_dir.name}",
+        job_type="compare",
+    )
+    if sink is None:
+        raise ValueError(f"report=true logs to W&B, but {runs[0].path} ran with logger=none")
+    sink.log_table("compare/summary", [asdict(stat) for stat in stats])
+    group_of = {id(run): group for group, members in group_runs([r for r in runs if r.finished])
+                .items() for run in members}
+    sink.log_table("compare/runs", [
+        {"run": str(run.path), "group": group_of.get(id(run), "(left out)"),
+         "overrides": " ".join(run.overrides),
+         "status": run.status.status if run.status else FINISHED,
+         "error": run.status.error if run.status else None} for run in runs])
+    sink.log_image("compare/comparison", written["comparison.png"])
+    sink.log_image("compare/curves", written["curves.png"])
+    sink.finish(0)
 
 
 def format_metrics(metrics: Mapping[str, Any]) -> str:

@@ -1,12 +1,15 @@
 import csv
 import json
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
+from procmem.app import compare_runs, compose_config
 from procmem.compare import (
     GroupStat,
     RunRecord,
@@ -21,6 +24,7 @@ from procmem.compare import (
     t_interval,
     write_comparison,
 )
+from procmem.status import FAILED, FINISHED, RUNNING, write_status
 
 
 def make_run(
@@ -226,3 +230,44 @@ def test_aggregate_labels_groups_by_the_overrides_that_vary():
     stats = aggregate(runs)
     assert [s.group for s in stats] == ["memory=none", "memory=skill_library"]
     assert [s.n for s in stats] == [2, 2]
+
+
+def test_failed_and_unfinished_runs_are_left_out_and_listed(tmp_path):
+    finished = make_run(tmp_path / "0", [{"iteration": 1, "train/success": 1.0}])
+    write_status(finished, FINISHED)
+    failed = make_run(tmp_path / "1", [{"iteration": 1, "train/success": 0.0}])
+    write_status(failed, FAILED, "NonFiniteLossError: the A2C loss is nan")
+    killed = make_run(tmp_path / "2", [{"iteration": 1, "train/success": 0.0}])
+    write_status(killed, RUNNING)
+    before_logging = tmp_path / "3"
+    write_status(before_logging, FAILED, "ConfigError: env.max_steps: -1 is out of range")
+
+    table, written = compare_runs([tmp_path], tmp_path)
+
+    assert table.splitlines()[1:] == [
+        "(defaults)  train/success  1  1     [1, 1]",
+        f"left out: {failed}: failed (NonFiniteLossError: the A2C loss is nan)",
+        f"left out: {killed}: running, or killed before it could finish",
+        f"left out: {before_logging}: failed (ConfigError: env.max_steps: -1 is out of range)"]
+    assert "Left out, not finished (3):" in written["comparison.md"].read_text()
+
+
+def test_only_failed_runs_is_an_error(tmp_path):
+    write_status(tmp_path / "0", FAILED, "RuntimeError: boom")
+    with pytest.raises(ValueError, match=r"no finished runs to compare .* \(1 failed or unf"):
+        compare_runs([tmp_path], tmp_path)
+
+
+def test_a_wandb_report_needs_runs_that_used_wandb(tmp_path):
+    run = make_run(tmp_path / "run", [{"iteration": 1, "train/success": 1.0}])
+    OmegaConf.save(compose_config(["logger=none"]), run / ".hydra" / "config.yaml")
+    with pytest.raises(ValueError, match=f"report=true logs to W&B, but {run} ran with "
+                                         "logger=none"):
+        compare_runs([run], tmp_path, report=True)
+
+
+def test_an_unreadable_status_file_is_named(tmp_path):
+    run = make_run(tmp_path / "run", [{"iteration": 1}])
+    (run / "status.json").write_text('{"stat')
+    with pytest.raises(ValueError, match=re.escape(f"{run / 'status.json'}: not a run status")):
+        load_run(run)

@@ -17,6 +17,7 @@ its loss diverges, one job of a multirun fails, or an override names no option.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import random
 import re
@@ -325,12 +326,24 @@ def test_a_failing_multirun_job_leaves_the_others_running_and_is_reported_failed
         assert wandb_summary(sweep / job)["exit_code"] == (state == "failed")
     assert "eval/mean_reward" in wandb_summary(sweep / "2")["summary"]
 
-    report = run_cli("evaluate.py", f"compare={sweep}").stdout
+    report = run_cli("evaluate.py", f"compare={sweep}", "report=true").stdout
     assert re.search(rf"left out: {sweep / '1'}: failed \(NonFiniteLossError: iteration \d+: "
                      r"the A2C loss", report), report
     markdown = (sweep / "comparison.md").read_text()
     assert "| (defaults) | eval/mean_reward | 2 |" in markdown  # the two finished runs
     assert f"- `{sweep / '1'}`: failed (NonFiniteLossError: iteration" in markdown
+
+    logged = wandb_summary(sweep)  # the report run, beside the jobs in their W&B group
+    assert (logged["name"], logged["exit_code"]) == ("compare sweep", 0)
+    assert logged["summary"]["compare/summary"]["nrows"] == len(
+        (sweep / "comparison.csv").read_text().splitlines()) - 1
+    runs_table = json.loads(next(sweep.glob("wandb/offline-run-*/files/" + logged["summary"][
+        "compare/runs"]["path"])).read_text())
+    assert [row[:2] + row[3:] for row in runs_table["data"]] == [
+        [str(sweep / "0"), "(defaults)", "finished", None],
+        [str(sweep / "1"), "(left out)", "failed", read_status(sweep / "1").error],
+        [str(sweep / "2"), "(defaults)", "finished", None]]
+    assert {"compare/comparison", "compare/curves"} <= set(logged["summary"])
 
 
 # --- a mistyped override ---------------------------------------------------------------------
