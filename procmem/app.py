@@ -252,8 +252,7 @@ def _log_comparison(runs: Sequence[RunRecord], stats: Sequence[GroupStat],
     sink.log_table("compare/runs", [
         {"run": str(run.path), "group": group_of.get(id(run), "(left out)"),
          "overrides": " ".join(run.overrides),
-         "status": run.status.status if run.status else FINISHED,
-         "error": run.status.error if run.status else None} for run in runs])
+         "status": run.state, "error": run.error} for run in runs])
     sink.log_image("compare/comparison", written["comparison.png"])
     sink.log_image("compare/curves", written["curves.png"])
     sink.finish(0)

@@ -40,8 +40,17 @@ class RunRecord:
     status: RunStatus | None = None
 
     @property
+    def state(self) -> str:
+        """``running``, ``finished`` or ``failed``."""
+        return self.status.status if self.status is not None else FINISHED
+
+    @property
+    def error(self) -> str | None:
+        return self.status.error if self.status is not None else None
+
+    @property
     def finished(self) -> bool:
-        return self.status is None or self.status.status == FINISHED
+        return self.state == FINISHED
 
 
 @dataclass
@@ -307,12 +316,11 @@ def add_group_legend(fig: Figure, colours: dict[str, str]) -> None:
 
 def left_out_reason(run: RunRecord) -> str:
     """Why an unfinished run is not compared: ``failed (<error>)`` or ``running``."""
-    status = run.status.status if run.status is not None else FINISHED
-    if status == FAILED:
-        return f"failed ({run.status.error})"
-    if status == RUNNING:
+    if run.state == FAILED:
+        return f"failed ({run.error})"
+    if run.state == RUNNING:
         return "running, or killed before it could finish"
-    return status
+    return run.state
 
 
 def format_markdown(stats: Sequence[GroupStat], interval: str = "bootstrap",
