@@ -21,6 +21,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -137,8 +138,7 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def copy_run(run_dir: Path, to: Path) -> Path:
-    subprocess.run(["cp", "-r", str(run_dir), str(to)], check=True)
-    return to
+    return Path(shutil.copytree(run_dir, to))
 
 
 @pytest.mark.parametrize("damage", [*DAMAGE, "foreign"])
