@@ -247,10 +247,10 @@ def _log_comparison(runs: Sequence[RunRecord], stats: Sequence[GroupStat],
     if sink is None:
         raise ValueError(f"report=true logs to W&B, but {runs[0].path} ran with logger=none")
     sink.log_table("compare/summary", [asdict(stat) for stat in stats])
-    group_of = {id(run): group for group, members in group_runs([r for r in runs if r.finished])
+    group_of = {run.path: group for group, members in group_runs([r for r in runs if r.finished])
                 .items() for run in members}
     sink.log_table("compare/runs", [
-        {"run": str(run.path), "group": group_of.get(id(run), "(left out)"),
+        {"run": str(run.path), "group": group_of.get(run.path, "(left out)"),
          "overrides": " ".join(run.overrides),
          "status": run.state, "error": run.error} for run in runs])
     sink.log_image("compare/comparison", written["comparison.png"])

@@ -21,7 +21,7 @@ from scipy import stats as scipy_stats
 from procmem.io import atomic_write_text
 from procmem.logging import read_metrics
 from procmem.plots import figure_grid, mark_no_data, save_figure
-from procmem.status import FAILED, FINISHED, RUNNING, STATUS_FILE, RunStatus, read_status
+from procmem.status import FAILED, FINISHED, STATUS_FILE, RunStatus, read_status
 
 MAX_PLOTTED_METRICS = 6
 BOOTSTRAP_SAMPLES = 10_000
@@ -315,12 +315,10 @@ def add_group_legend(fig: Figure, colours: dict[str, str]) -> None:
 
 
 def left_out_reason(run: RunRecord) -> str:
-    """Why an unfinished run is not compared: ``failed (<error>)`` or ``running``."""
+    """Why an unfinished run is not compared: ``failed (<error>)`` or still ``running``."""
     if run.state == FAILED:
         return f"failed ({run.error})"
-    if run.state == RUNNING:
-        return "running, or killed before it could finish"
-    return run.state
+    return "running, or killed before it could finish"
 
 
 def format_markdown(stats: Sequence[GroupStat], interval: str = "bootstrap",

@@ -14,7 +14,7 @@ from pathlib import Path
 from procmem.io import atomic_write_json
 
 STATUS_FILE = "status.json"
-RUNNING, FINISHED, FAILED = "running", "finished", "failed"
+RUNNING, FINISHED, FAILED = STATUSES = ("running", "finished", "failed")
 
 
 @dataclass(frozen=True)
@@ -27,8 +27,8 @@ class RunStatus:
 
 def write_status(run_dir: str | Path, status: str, error: str | None = None) -> Path:
     """Record ``status`` (and for a failure its ``error``) in ``<run_dir>/status.json``."""
-    if status not in (RUNNING, FINISHED, FAILED):
-        raise ValueError(f"status must be one of {RUNNING}, {FINISHED}, {FAILED}; got {status!r}")
+    if status not in STATUSES:
+        raise ValueError(f"status must be one of {', '.join(STATUSES)}; got {status!r}")
     return atomic_write_json(Path(run_dir) / STATUS_FILE, {"status": status, "error": error})
 
 
@@ -39,9 +39,12 @@ def read_status(run_dir: str | Path) -> RunStatus | None:
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        return RunStatus(str(data["status"]), data.get("error"))
+        status = RunStatus(data["status"], data.get("error"))
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise ValueError(f"{path}: not a run status file ({error})") from error
+    if status.status not in STATUSES:
+        raise ValueError(f"{path}: unknown status {status.status!r}")
+    return status
 
 
 def describe_error(error: BaseException) -> str:

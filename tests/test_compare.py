@@ -271,3 +271,6 @@ def test_an_unreadable_status_file_is_named(tmp_path):
     (run / "status.json").write_text('{"stat')
     with pytest.raises(ValueError, match=re.escape(f"{run / 'status.json'}: not a run status")):
         load_run(run)
+    (run / "status.json").write_text('{"status": "paused"}')
+    with pytest.raises(ValueError, match=re.escape(f"{run / 'status.json'}: unknown status")):
+        load_run(run)

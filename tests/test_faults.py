@@ -207,42 +207,28 @@ def test_a_damaged_env_model_file_stops_the_run_naming_it(tmp_path: Path) -> Non
 @pytest.fixture
 def full_disk(monkeypatch: pytest.MonkeyPatch):
     """``full_disk(prefix, after=k)``: from the ``k+1``-th atomic write of a file whose name
-    starts with ``prefix``, the disk fills half-way through: ENOSPC."""
+    starts with ``prefix``, the disk is full: the data went into the temp file, but ``fsync``
+    (where a full disk shows up for buffered writes) fails with ENOSPC."""
 
     def fill(prefix: str, after: int = 0) -> None:
-        make_temp, open_fd = io.tempfile.mkstemp, io.os.fdopen
+        make_temp, sync = io.tempfile.mkstemp, io.os.fsync
         names: dict[int, str] = {}
-        writes = {"n": 0}
+        writes = []
 
         def mkstemp(*args, **kwargs):
             fd, name = make_temp(*args, **kwargs)
             names[fd] = Path(name).name
             return fd, name
 
-        def fdopen(fd, *args, **kwargs):
-            file = open_fd(fd, *args, **kwargs)
-            if not names.get(fd, "").startswith(f".{prefix}"):
-                return file
-            writes["n"] += 1
-            if writes["n"] <= after:
-                return file
-
-            class FillsUp:
-                def __enter__(self):
-                    return self
-
-                def __exit__(self, *exc):
-                    file.close()
-
-                def write(self, data: bytes) -> int:
-                    file.write(data[: len(data) // 2])
-                    file.flush()
+        def fsync(fd: int) -> None:
+            if names.get(fd, "").startswith(f".{prefix}"):
+                writes.append(fd)
+                if len(writes) > after:
                     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-            return FillsUp()
+            sync(fd)
 
         monkeypatch.setattr(io.tempfile, "mkstemp", mkstemp)
-        monkeypatch.setattr(io.os, "fdopen", fdopen)
+        monkeypatch.setattr(io.os, "fsync", fsync)
 
     return fill
 
