@@ -17,9 +17,11 @@ $(STAMP): pyproject.toml constraints.txt
 train: setup
 	$(PY) train.py $(ARGS)
 
+# The fast suite (tests marked `slow` left out, see pyproject.toml); under 4 minutes on 2 cores.
 test: setup
 	$(PY) -m pytest $(ARGS)
 
+# Every test: learning runs, launchers, SIGKILL and long fault tests too (what CI runs).
 test-all: setup
 	$(PY) -m pytest -m "slow or not slow" $(ARGS)
 

@@ -11,12 +11,10 @@ from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from procmem.app import load_run_config, register_resolvers, train
-from procmem.checkpoint import CheckpointError
+from procmem.app import ConfigError, train
+from procmem.run.checkpoint import CheckpointError
+from procmem.run.run_dir import RunDir
 from procmem.runtime import NonFiniteLossError
-from procmem.schema import ConfigError
-
-register_resolvers()
 
 # Errors a user can act on: one line on stderr and an exit code, instead of a traceback.
 KNOWN_FAILURES = {
@@ -36,7 +34,7 @@ def _resume_config(cfg: DictConfig) -> DictConfig:
     extra = [o for o in HydraConfig.get().overrides.task if not o.startswith("resume=")]
     if extra:
         raise ConfigError("resume", f"continues a run with its saved config; drop {extra}")
-    return load_run_config(cfg.resume)
+    return RunDir(cfg.resume).config()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -45,7 +43,7 @@ def main(cfg: DictConfig) -> float | None:
     try:
         if cfg.resume:
             cfg = _resume_config(cfg)
-        final = train(cfg, run_dir, resume=run_dir.joinpath("checkpoints").is_dir())
+        final = train(cfg, run_dir, resume=RunDir(run_dir).checkpoints().latest() is not None)
     except tuple(KNOWN_FAILURES) as error:
         prefix, exit_code = next(v for k, v in KNOWN_FAILURES.items() if isinstance(error, k))
         print(f"{prefix}: {error}", file=sys.stderr)

@@ -22,7 +22,8 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from procmem import app
-from procmem.logging import read_metrics
+from procmem.run.loggers import read_metrics
+from procmem.run.run_dir import RunDir
 
 COMMON = ["experiment=model_native_expressions", "logger=none", "trainer.progress=false"]
 
@@ -32,15 +33,15 @@ def run(seed: int, overrides: list[str], episodes: int) -> dict:
     cfg = app.compose_config([*COMMON, f"seed={seed}", *overrides])
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as run_dir:
-        saved = Path(run_dir) / app.SAVED_CONFIG  # the config evaluate_run reads
+        saved = RunDir(run_dir).config_file  # the config evaluate_run reads
         saved.parent.mkdir()
         OmegaConf.save(cfg, saved)
         app.train(cfg, run_dir)
         wall = time.perf_counter() - start
         result = app.evaluate_run(run_dir, episodes, device="cpu", log=False)
         rows = read_metrics(Path(run_dir) / "metrics.jsonl")
-    accuracy = {int(key.removeprefix("eval/accuracy_stage")) + 1: value
-                for key, value in result.items() if key.startswith("eval/accuracy_stage")}
+    accuracy = {int(key.removeprefix("eval/success_rate_stage")) + 1: value
+                for key, value in result.items() if key.startswith("eval/success_rate_stage")}
     return {
         "accuracy": accuracy,
         "trained": [stage + 1 for stage in cfg.env.stages],

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from procmem import app
-from procmem.agents.env_model import EnvModel
-from procmem.agents.env_model_trainer import save_env_model
+from procmem.app.build import build_run
+from procmem.models.env_model import save_env_model
 
 IMAGINATION = ("learned", "copy", "none")
 
@@ -30,7 +30,7 @@ def frames_per_second(imagination: str, model_path: Path, updates: int, depth: i
     """Env frames per second of ``updates`` A2C updates (after one warm-up update)."""
     cfg = app.compose_config(["experiment=i2a_minipacman", f"agent.imagination={imagination}",
                               f"agent.env_model_run={model_path}", f"agent.depth={depth}"])
-    agent, _ = app.build_algorithm(cfg, device)
+    agent = build_run(cfg, device).algorithm
     agent.train_iteration()
     frames = cfg.agent.n_steps * cfg.env.num_envs * updates
     start = time.perf_counter()
@@ -50,9 +50,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    settings = app.compose_config(["experiment=envmodel_minipacman"]).agent
-    model = EnvModel(channels=settings.channels, blocks=settings.blocks,
-                     event_coef=settings.event_coef)
+    cfg = app.compose_config(["experiment=envmodel_minipacman", "env.num_envs=1"])
+    model = build_run(cfg, device).algorithm.env_model  # untrained: speed does not care
     with tempfile.TemporaryDirectory() as folder:
         path = save_env_model(model, Path(folder) / "env_model.pt")
         speeds = {name: frames_per_second(name, path, args.updates, args.depth, device)

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from procmem.memory.skill_library import SkillLibrary
+from procmem.skills.library import SkillLibrary
 
 DIM = 64
 K = 5

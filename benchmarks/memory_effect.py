@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from procmem import app
-from procmem.logging import read_metrics
+from procmem.run.loggers import read_metrics
 
 TASKS = {
     "gridworld": "experiment=procedural_gridworld",
@@ -42,12 +42,12 @@ def run(task: str, memory: str, seed: int, iterations: int) -> dict[str, float]:
     episodes = [r for r in rows if "train/episode_steps" in r]
     evaluation = [r for r in rows if "eval/success_rate" in r][-1]
     tail = episodes[-max(1, len(episodes) // 5):]
-    solved = [r["train/episode_steps"] for r in tail if r["train/success"] > 0]
+    solved = [r["train/episode_steps"] for r in tail if r["train/success_rate"] > 0]
     return {
         "steps_solved": float(np.mean(solved)) if solved else float("nan"),
-        "success": float(np.mean([r["train/success"] for r in tail])),
+        "success": float(np.mean([r["train/success_rate"] for r in tail])),
         "eval_success": evaluation["eval/success_rate"],
-        "eval_steps_solved": evaluation.get("eval/mean_steps_solved", float("nan")),
+        "eval_steps_solved": evaluation.get("eval/solved_steps", float("nan")),
         "eval_reuse": evaluation.get("eval/reuse_rate", 0.0),
     }
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from procmem import app
-from procmem.logging import read_metrics
+from procmem.run.loggers import read_metrics
 
 TARGET = 0.9  # MiniGrid rewards lie in [0, 1]: the mark of the public PPO figure
 WINDOW = 100  # episodes
@@ -53,8 +53,8 @@ def run_skill_library(seed: int, iterations: int) -> dict[str, float]:
     rows, wall = train(["experiment=procedural_minigrid", "memory=skill_library",
                            f"seed={seed}", f"trainer.iterations={iterations}",
                            "env.num_envs=1"])
-    episodes = [r for r in rows if "train/episode_reward" in r]
-    rewards = np.array([r["train/episode_reward"] for r in episodes])
+    episodes = [r for r in rows if "train/episode_return" in r]
+    rewards = np.array([r["train/episode_return"] for r in episodes])
     steps = np.array([r["train/env_steps"] for r in episodes])
     window = np.convolve(rewards, np.ones(WINDOW) / WINDOW, mode="valid")
     reached = np.flatnonzero(window >= TARGET)

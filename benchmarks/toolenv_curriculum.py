@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from procmem import app
-from procmem.logging import read_metrics
+from procmem.run.loggers import read_metrics
 
 CURRICULA = ("none", "staged", "adaptive")
 ORIGINAL = "original"
@@ -70,10 +70,10 @@ def run(curriculum: str, seed: int, iterations: int | None, eval_every: int) -> 
             previous = iteration
     elapsed = dict(zip(seconds, np.cumsum(list(seconds.values())), strict=True))
 
-    evaluations = [r for r in rows if "eval/accuracy_stage0" in r]
-    stages = sorted(int(k.removeprefix("eval/accuracy_stage")) for k in evaluations[-1]
-                    if k.startswith("eval/accuracy_stage"))
-    accuracy = [[r[f"eval/accuracy_stage{s}"] for s in stages] for r in evaluations]
+    evaluations = [r for r in rows if "eval/success_rate_stage0" in r]
+    stages = sorted(int(k.removeprefix("eval/success_rate_stage")) for k in evaluations[-1]
+                    if k.startswith("eval/success_rate_stage"))
+    accuracy = [[r[f"eval/success_rate_stage{s}"] for s in stages] for r in evaluations]
     solved = [r["iteration"] for r, acc in zip(evaluations, accuracy, strict=True)
               if min(acc) >= THRESHOLD]
     first = solved[0] if solved else None

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from procmem.envs.gridworld import GridWorld
+
 ROOT = Path(__file__).resolve().parents[1]
 WANDB = Path(sys.executable).parent / "wandb"
 TINY = [
@@ -40,3 +42,8 @@ def wandb_summary(run_dir: Path) -> dict:
 def without_perf(rows: list[dict]) -> list[dict]:
     """Metric rows without the timing metrics (they differ between identical runs)."""
     return [{k: v for k, v in row.items() if not k.startswith("perf/")} for row in rows]
+
+
+def fixed_gridworld(**settings: object) -> GridWorld:
+    """The original gridworld: the fixed 5x5 layout, 50 steps an episode."""
+    return GridWorld(**{"layout": "fixed", "size": 5, "max_steps": 50, **settings})

@@ -6,10 +6,10 @@ from functools import partial
 import pytest
 import torch
 
-from procmem.agents.a2c import A2C
-from procmem.agents.networks import KeyDoorMLPPolicy, as_tensors
-from procmem.curriculum import UniformCurriculum
+from procmem.algorithms.a2c import A2C
 from procmem.envs.gridworld import GridWorld
+from procmem.models.networks import KeyDoorMLPPolicy
+from procmem.models.observations import as_tensors
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -23,10 +23,8 @@ def gridworld(num_envs: int = 16, **kwargs) -> GridWorld:
 
 def make_a2c(seed: int = 0, num_envs: int = 16, env: dict | None = None, **kwargs) -> A2C:
     settings = {"n_steps": 8, "gamma": 0.99, "lr": 3e-3, "entropy_coef": 0.01, **kwargs}
-    return A2C(env=gridworld(num_envs, **(env or {})),
-               eval_env=gridworld(num_envs, **(env or {})), memory=None,
-               curriculum=UniformCurriculum(1), device=CPU, seed=seed,
-               network=partial(KeyDoorMLPPolicy, hidden=32), **settings)
+    return A2C(gridworld(num_envs, **(env or {})), gridworld(num_envs, **(env or {})), CPU, seed,
+               partial(KeyDoorMLPPolicy, hidden=32), **settings)
 
 
 def check_outputs(env, batch: int) -> None:
@@ -70,6 +68,7 @@ def test_features_put_offsets_in_the_agents_frame():
     assert features[17:19].abs().sum() == 0 and features[24:26].abs().sum() == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_a_short_run_learns_the_fixed_gridworld(seed):
     """The original layout, rewards for key (1), door (2) and goal (10) and no step penalty:
@@ -78,12 +77,12 @@ def test_a_short_run_learns_the_fixed_gridworld(seed):
     agent = make_a2c(seed=seed, num_envs=64, env={"layout": "fixed", "step_reward": 0.0})
     for _ in range(13):  # 104 steps: every env has ended two 50-step episodes, 128 in all
         early = agent.train_iteration()
-    assert early["train/accuracy"] < 0.3, early
+    assert early["train/success_rate"] < 0.3, early
     for _ in range(600):
         metrics = agent.train_iteration()
-        if metrics["train/accuracy"] >= 0.9:
+        if metrics["train/success_rate"] >= 0.9:
             break
-    assert metrics["train/accuracy"] >= 0.9, metrics
+    assert metrics["train/success_rate"] >= 0.9, metrics
     assert metrics["train/episode_return"] > 10.0, metrics
     assert metrics["train/env_steps"] % (8 * 64) == 0
 
@@ -91,14 +90,15 @@ def test_a_short_run_learns_the_fixed_gridworld(seed):
 def test_evaluate_without_stages_reports_success_reward_and_steps():
     agent = make_a2c()
     metrics = agent.evaluate(20)
-    assert set(metrics) == {"eval/success_rate", "eval/mean_reward", "eval/mean_steps"}
+    assert set(metrics) == {"eval/success_rate", "eval/episode_return", "eval/episode_steps"}
     assert 0.0 <= metrics["eval/success_rate"] <= 1.0
-    assert 1 <= metrics["eval/mean_steps"] <= 50
+    assert 1 <= metrics["eval/episode_steps"] <= 50
     # Rewards: -0.1 a step, +1 key, +2 door, 10 on reaching the goal.
-    assert -0.1 * 50 <= metrics["eval/mean_reward"] <= 1.0 + 2.0 + 10.0
+    assert -0.1 * 50 <= metrics["eval/episode_return"] <= 1.0 + 2.0 + 10.0
     assert agent.evaluate(20) == metrics
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("bootstrap", "learns"), [(False, False), (True, True)])
 def test_with_a_step_penalty_learning_needs_bootstrapped_truncation(bootstrap, learns):
     """The fixed gridworld with its -0.1 step penalty: the observation does not show the time
@@ -107,5 +107,5 @@ def test_with_a_step_penalty_learning_needs_bootstrapped_truncation(bootstrap, l
     agent = make_a2c(seed=0, num_envs=64, env={"layout": "fixed"}, bootstrap_truncated=bootstrap)
     best = 0.0
     for _ in range(400):
-        best = max(best, agent.train_iteration().get("train/accuracy", 0.0))
+        best = max(best, agent.train_iteration().get("train/success_rate", 0.0))
     assert (best >= 0.9) == learns, best

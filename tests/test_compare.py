@@ -10,13 +10,12 @@ import pytest
 from omegaconf import OmegaConf
 
 from procmem.app import compare_runs, compose_config
-from procmem.compare import (
+from procmem.run.compare import (
     GroupStat,
     RunRecord,
     aggregate,
     bootstrap_interval,
     curves,
-    find_runs,
     format_markdown,
     format_table,
     group_label,
@@ -24,7 +23,8 @@ from procmem.compare import (
     t_interval,
     write_comparison,
 )
-from procmem.status import FAILED, FINISHED, RUNNING, write_status
+from procmem.run.run_dir import RunDir, find_runs
+from procmem.run.status import FAILED, FINISHED, RUNNING
 
 
 def make_run(
@@ -48,7 +48,7 @@ def record(overrides: list[str], **summary: float) -> RunRecord:
 def test_load_run_summarizes_the_last_window_of_each_metric(tmp_path):
     rows = [{"iteration": i, "train/episode_reward": float(i)} for i in range(10)]
     rows += [{"iteration": 10, "eval/success_rate": 0.5, "note": "text"}]
-    run = load_run(make_run(tmp_path / "run", rows, ["seed=1", "memory=none"]), window=0.2)
+    run = load_run(RunDir(make_run(tmp_path / "run", rows, ["seed=1", "memory=none"])), window=0.2)
 
     assert run.overrides == ["seed=1", "memory=none"]
     assert run.metrics == rows
@@ -57,13 +57,14 @@ def test_load_run_summarizes_the_last_window_of_each_metric(tmp_path):
 
 def test_load_run_uses_at_least_one_value(tmp_path):
     rows = [{"iteration": i, "perf/sps": float(i)} for i in range(3)]
-    assert load_run(make_run(tmp_path / "run", rows), window=0.01).summary == {"perf/sps": 2.0}
+    run = load_run(RunDir(make_run(tmp_path / "run", rows)), window=0.01)
+    assert run.summary == {"perf/sps": 2.0}
 
 
 def test_eval_json_overrides_summary(tmp_path):
     rows = [{"iteration": 0, "eval/success_rate": 0.1, "train/episode_reward": 3.0}]
     evaluation = {"eval/success_rate": 0.9, "eval/return": 7, "checkpoint": "last.pt"}
-    run = load_run(make_run(tmp_path / "run", rows, evaluation=evaluation))
+    run = load_run(RunDir(make_run(tmp_path / "run", rows, evaluation=evaluation)))
     assert run.summary == {
         "eval/success_rate": 0.9,
         "eval/return": 7.0,
@@ -73,15 +74,15 @@ def test_eval_json_overrides_summary(tmp_path):
 
 def test_load_run_errors_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
-        load_run(tmp_path)
+        load_run(RunDir(tmp_path))
     (tmp_path / "metrics.jsonl").write_text('{"iteration": 0}\nnot json\n')
     with pytest.raises(ValueError, match=r"metrics.jsonl:2"):
-        load_run(tmp_path)
+        load_run(RunDir(tmp_path))
 
 
 def test_find_runs_on_a_run_dir(tmp_path):
     run_dir = make_run(tmp_path / "run", [{"iteration": 0}])
-    assert find_runs(run_dir) == [run_dir]
+    assert find_runs(run_dir) == [RunDir(run_dir)]
 
 
 def test_find_runs_on_a_multirun_dir_sorts_jobs_numerically(tmp_path):
@@ -89,7 +90,7 @@ def test_find_runs_on_a_multirun_dir_sorts_jobs_numerically(tmp_path):
         make_run(tmp_path / job, [{"iteration": 0}])
     (tmp_path / "1").mkdir()  # a job that never wrote metrics
     (tmp_path / "multirun.yaml").write_text("hydra: {}\n")
-    assert [p.name for p in find_runs(tmp_path)] == ["0", "2", "10"]
+    assert [run.path.name for run in find_runs(tmp_path)] == ["0", "2", "10"]
 
 
 def test_find_runs_without_runs_raises(tmp_path):
@@ -234,13 +235,13 @@ def test_aggregate_labels_groups_by_the_overrides_that_vary():
 
 def test_failed_and_unfinished_runs_are_left_out_and_listed(tmp_path):
     finished = make_run(tmp_path / "0", [{"iteration": 1, "train/success": 1.0}])
-    write_status(finished, FINISHED)
+    RunDir(finished).write_status(FINISHED)
     failed = make_run(tmp_path / "1", [{"iteration": 1, "train/success": 0.0}])
-    write_status(failed, FAILED, "NonFiniteLossError: the A2C loss is nan")
+    RunDir(failed).write_status(FAILED, "NonFiniteLossError: the A2C loss is nan")
     killed = make_run(tmp_path / "2", [{"iteration": 1, "train/success": 0.0}])
-    write_status(killed, RUNNING)
+    RunDir(killed).write_status(RUNNING)
     before_logging = tmp_path / "3"
-    write_status(before_logging, FAILED, "ConfigError: env.max_steps: -1 is out of range")
+    RunDir(before_logging).write_status(FAILED, "ConfigError: env.max_steps: -1 is out of range")
 
     table, written = compare_runs([tmp_path], tmp_path)
 
@@ -253,7 +254,7 @@ def test_failed_and_unfinished_runs_are_left_out_and_listed(tmp_path):
 
 
 def test_only_failed_runs_is_an_error(tmp_path):
-    write_status(tmp_path / "0", FAILED, "RuntimeError: boom")
+    RunDir(tmp_path / "0").write_status(FAILED, "RuntimeError: boom")
     with pytest.raises(ValueError, match=r"no finished runs to compare .* \(1 failed or unf"):
         compare_runs([tmp_path], tmp_path)
 
@@ -270,7 +271,8 @@ def test_an_unreadable_status_file_is_named(tmp_path):
     run = make_run(tmp_path / "run", [{"iteration": 1}])
     (run / "status.json").write_text('{"stat')
     with pytest.raises(ValueError, match=re.escape(f"{run / 'status.json'}: not a run status")):
-        load_run(run)
+        load_run(RunDir(run))
     (run / "status.json").write_text('{"status": "paused"}')
-    with pytest.raises(ValueError, match=re.escape(f"{run / 'status.json'}: unknown status")):
-        load_run(run)
+    unknown = re.escape(f"{run / 'status.json'}: unknown status 'paused'")
+    with pytest.raises(ValueError, match=unknown):
+        load_run(RunDir(run))

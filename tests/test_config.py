@@ -12,11 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from procmem.app import build_algorithm, build_optional
+from procmem.algorithms.protocols import Algorithm
+from procmem.app import ConfigError, check_config
 from procmem.app import compose_config as app_compose
-from procmem.schema import SCHEMAS, ConfigError, check_config
+from procmem.app.build import build_run
+from procmem.app.config import import_target
+from procmem.settings import settings_of
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -85,44 +88,89 @@ def test_option_composes_checks_and_builds(group, option):
     cfg = compose_config(overrides)
     check_config(cfg)
 
-    algorithm, curriculum = build_algorithm(cfg, torch.device("cpu"))
-    for method in ALGORITHM_METHODS:
-        assert callable(getattr(algorithm, method, None)), f"algorithm lacks {method}"
-    assert callable(getattr(curriculum, "state_dict", None))
-
-    if len(cfg.memory) == 0:
-        assert build_optional(cfg.memory, device="cpu") is None
-        assert getattr(algorithm, "memory", None) is None
-    else:
-        assert algorithm.memory is not None
-
-    # Only the empty logger is built here: building the W&B sink would start W&B.
-    if len(cfg.logger) == 0:
-        assert build_optional(cfg.logger, run_dir=Path("unused")) is None
-    else:
-        assert cfg.logger._target_ in SCHEMAS
+    built = build_run(cfg, torch.device("cpu"))
+    assert isinstance(built.algorithm, Algorithm)
+    assert (built.curriculum is None) == (len(cfg.curriculum) == 0)
+    assert (getattr(built.algorithm, "memory", None) is None) == (len(cfg.memory) == 0)
 
 
-def test_logger_none_builds_to_none():
-    cfg = compose_config(["logger=none"])
+def test_logger_none_and_memory_none_are_empty_groups():
+    cfg = compose_config(["logger=none", "memory=none"])
     check_config(cfg)
-    assert len(cfg.logger) == 0
-    assert build_optional(cfg.logger, run_dir=Path("unused")) is None
-
-
-def test_memory_none_builds_agent_without_memory():
-    cfg = compose_config(["memory=none"])
-    check_config(cfg)
-    algorithm, _ = build_algorithm(cfg, torch.device("cpu"))
+    assert len(cfg.logger) == 0 and len(cfg.memory) == 0
+    algorithm = build_run(cfg, torch.device("cpu")).algorithm
     assert algorithm.memory is None
     assert algorithm.state_dict()["memory"] is None
 
 
-def test_wandb_logger_node_passes_schema():
-    cfg = compose_config(["logger=wandb"])
-    check_config(cfg)
-    assert cfg.logger._target_ == "procmem.logging.WandbSink"
-    assert cfg.logger._target_ in SCHEMAS
+# --- one source of truth per setting ------------------------------------------------------
+
+
+COMPONENT_OPTIONS = [(group, option) for group, option in GROUP_OPTIONS
+                     if group != "experiment" and "_target_" in OmegaConf.load(
+                         CONF / group / f"{option}.yaml")]
+
+
+@pytest.mark.parametrize(("group", "option"), COMPONENT_OPTIONS)
+def test_every_option_extends_the_schema_of_its_class_and_restates_no_default(group, option):
+    """The option file names its schema first and holds only presets: no value equal to the
+    constructor's default (that would define the setting twice)."""
+    text = OmegaConf.load(CONF / group / f"{option}.yaml")
+    assert list(text.defaults)[:1] == [f"/schema/{group}/{option}@_here_"]
+    declared = settings_of(import_target(text._target_))
+    presets = OmegaConf.to_container(text)
+    for key, value in presets.items():
+        if key in declared:
+            default = declared[key].default
+            default = list(default) if isinstance(default, tuple) else default
+            assert value != default, f"conf/{group}/{option}.yaml restates {key}'s default"
+
+
+def test_the_primary_config_holds_no_setting():
+    """Top-level keys and the trainer's settings come from their schemas."""
+    assert set(OmegaConf.load(CONF / "config.yaml")) == {"defaults", "hydra"}
+
+
+SETTINGS_CASES = [
+    ("env", ["env=gridworld"]),
+    ("env", ["experiment=model_native_toolenv"]),
+    ("env", ["experiment=model_native_expressions"]),
+    ("env", ["experiment=a2c_minipacman"]),
+    ("agent", []),
+    ("agent", ["experiment=model_native_toolenv"]),
+    ("agent", ["experiment=i2a_minipacman", "agent.pretrain_iterations=1"]),
+    ("agent", ["experiment=envmodel_minipacman"]),
+    ("memory", []),
+    ("curriculum", ["experiment=model_native_toolenv"]),
+    ("curriculum", ["experiment=model_native_toolenv_original"]),
+]
+
+
+@pytest.mark.parametrize(("group", "overrides"), SETTINGS_CASES,
+                         ids=[f"{g}:{' '.join(o) or 'default'}" for g, o in SETTINGS_CASES])
+def test_a_component_built_from_its_config_has_the_settings_built_directly(group, overrides):
+    """The settings a config gives reach the constructor unchanged, and building the class
+    directly, with only the values that differ from its defaults, gives the same settings."""
+    cfg = compose_config(overrides)
+    built = build_run(cfg, torch.device("cpu"))
+    from_config = {"env": built.env, "agent": built.algorithm, "curriculum": built.curriculum,
+                   "memory": getattr(built.algorithm, "memory", None)}[group]
+    node = OmegaConf.to_container(cfg[group], resolve=True)
+    cls = import_target(node["_target_"])
+    declared = settings_of(cls)
+    given = {k: tuple(v) if isinstance(v, list) else v for k, v in node.items()
+             if k in declared}
+    assert from_config.settings == given
+    changed = {k: v for k, v in given.items() if v != declared[k].default}
+    if group == "agent":
+        return  # an algorithm needs its env and objects; its settings were compared above
+    direct = cls("cpu", **changed) if group == "memory" else cls(**changed)
+    assert direct.settings == from_config.settings
+
+
+def test_a_network_built_from_its_config_has_its_settings():
+    cfg = compose_config(["experiment=model_native_expressions", "agent.network.hidden=64"])
+    assert build_run(cfg, torch.device("cpu")).algorithm.net.settings == {"hidden": 64}
 
 
 # --- defaults and experiments ---------------------------------------------------------------
@@ -132,8 +180,8 @@ def test_default_config():
     cfg = compose_config()
     check_config(cfg)
     assert cfg.experiment_name == "procedural_gridworld"
-    assert cfg.logger._target_ == "procmem.logging.WandbSink"
-    assert cfg.memory._target_ == "procmem.memory.skill_library.SkillLibrary"
+    assert cfg.logger._target_ == "procmem.run.loggers.WandbSink"
+    assert cfg.memory._target_ == "procmem.skills.library.SkillLibrary"
     # Randomised 8x8 layouts, an explorer that knows no object positions, subgoal skills.
     assert cfg.agent.explorer == "count"
     assert (cfg.env.layout, cfg.env.size) == ("random", 8)
@@ -172,7 +220,7 @@ BAD_VALUES = [
     ("env.num_envs=0", "env.num_envs"),
     ("agent.explorer=psychic", "agent.explorer"),
     ("agent.retrieval_threshold=2", "agent.retrieval_threshold"),
-    ("curriculum.num_stages=0", "curriculum.num_stages"),
+    ("experiment=model_native_toolenv curriculum.num_stages=0", "curriculum.num_stages"),
     ("logger.mode=sometimes", "logger.mode"),
     ("trainer.iterations=0", "trainer.iterations"),
     ("seed=-1", "seed"),
@@ -181,12 +229,15 @@ BAD_VALUES = [
     ("+trainer.foo=1", "trainer.foo"),
     ("memory.top_k=abc", "memory.top_k"),
     ("env.size=1.5", "env.size"),
+    ("experiment=model_native_expressions agent.network.hidden=3", "agent.network.hidden"),
+    ("+experiment_name_typo=1", "experiment_name_typo"),
+    ("experiment=i2a_minipacman agent.imagination=dreamed", "agent.imagination"),
 ]
 
 
 @pytest.mark.parametrize(("override", "key"), BAD_VALUES, ids=[o for o, _ in BAD_VALUES])
 def test_bad_value_is_one_line_error_naming_key(override, key):
-    cfg = compose_config([override])
+    cfg = compose_config(override.split())
     with pytest.raises(ConfigError) as info:
         check_config(cfg)
     message = str(info.value)
@@ -194,6 +245,35 @@ def test_bad_value_is_one_line_error_naming_key(override, key):
     assert message.startswith(f"{key}: "), message
     assert info.value.key == key
     assert info.value.reason
+
+
+RULES_BETWEEN_SETTINGS = [
+    ("experiment=model_native_toolenv env.stages=[5]",
+     "env.stages: 5 is out of range: stages are 0..3"),
+    ("env.layout=fixed env.size=4", "env.size: 4 is out of range: layout=fixed needs size >= 5"),
+    ("agent.skill_kind=closed_loop agent.extraction=last_transitions", "agent.skill_kind: "),
+    ("experiment=i2a_minipacman agent.imagination=copy agent.finetune_env_model=true",
+     "agent.finetune_env_model: needs imagination=learned"),
+]
+
+
+@pytest.mark.parametrize(("override", "message"), RULES_BETWEEN_SETTINGS,
+                         ids=[o for o, _ in RULES_BETWEEN_SETTINGS])
+def test_a_rule_between_settings_fails_when_built_naming_the_key(override, message):
+    """Rules that tie settings together live in the constructor; the app names the group."""
+    cfg = compose_config(override.split())
+    check_config(cfg)
+    with pytest.raises(ConfigError) as info:
+        build_run(cfg, torch.device("cpu"))
+    assert str(info.value).startswith(message)
+    assert "\n" not in str(info.value)
+
+
+def test_memory_for_an_agent_without_one_is_a_config_error():
+    cfg = compose_config(["experiment=model_native_toolenv", "memory=skill_library"])
+    with pytest.raises(ConfigError, match="^memory: A2C keeps no external memory: set "
+                                          "memory=none$"):
+        build_run(cfg, torch.device("cpu"))
 
 
 # --- run dirs -----------------------------------------------------------------------------------

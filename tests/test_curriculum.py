@@ -7,16 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hydra.utils import instantiate
 
-from procmem.app import compose_config
-from procmem.curriculum import (
+from procmem.app import ConfigError, check_config, compose_config
+from procmem.app.build import build_run
+from procmem.curricula import (
     AdaptiveCurriculum,
     FixedCurriculum,
     StagedCurriculum,
-    UniformCurriculum,
 )
-from procmem.schema import ConfigError, check_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 OPTIONS = sorted(path.stem for path in (CONF / "curriculum").glob("*.yaml"))
@@ -24,7 +24,7 @@ ORIGINAL = [0, 0, 0, 1, 1, 2]
 
 
 def staged_stages(total: int, schedule: list[int] = ORIGINAL) -> list[int]:
-    curriculum = StagedCurriculum(schedule)
+    curriculum = StagedCurriculum(schedule=schedule)
     stages = []
     for iteration in range(1, total + 1):
         curriculum.on_iteration(iteration, total)
@@ -37,7 +37,7 @@ def adaptive(**kwargs) -> AdaptiveCurriculum:
 
 
 def accuracy(stage: int, value: float) -> dict[str, float]:
-    return {f"eval/accuracy_stage{stage}": value}
+    return {f"eval/success_rate_stage{stage}": value}
 
 
 # --- fixed ----------------------------------------------------------------------------------
@@ -82,7 +82,7 @@ def test_staged_gives_every_slot_an_even_share(total):
 
 
 def test_staged_samples_only_the_current_stage():
-    curriculum = StagedCurriculum(ORIGINAL)
+    curriculum = StagedCurriculum(schedule=ORIGINAL)
     curriculum.on_iteration(55, 60)
     curriculum.update(55, accuracy(2, 0.0))
     assert curriculum.sample(7, np.random.default_rng(0)).tolist() == [2] * 7
@@ -92,7 +92,7 @@ def test_staged_samples_only_the_current_stage():
 @pytest.mark.parametrize(("iteration", "total"), [(0, 10), (11, 10)])
 def test_staged_rejects_iteration_outside_run(iteration, total):
     with pytest.raises(ValueError, match="iteration"):
-        StagedCurriculum(ORIGINAL).on_iteration(iteration, total)
+        StagedCurriculum(schedule=ORIGINAL).on_iteration(iteration, total)
 
 
 # --- adaptive -------------------------------------------------------------------------------
@@ -169,8 +169,8 @@ def test_adaptive_sampling_is_reproducible():
 
 
 CURRICULA = {
-    "fixed": lambda: FixedCurriculum(1),
-    "staged": lambda: StagedCurriculum(ORIGINAL),
+    "fixed": lambda: FixedCurriculum(stage=1),
+    "staged": lambda: StagedCurriculum(schedule=ORIGINAL),
     "adaptive": lambda: adaptive(),
 }
 
@@ -209,7 +209,8 @@ BAD_ARGS = [
     (AdaptiveCurriculum, {"num_stages": 3, "threshold": 0.9, "replay": 1.0}, "replay"),
     (AdaptiveCurriculum, {"num_stages": 3, "threshold": 0.9, "replay": -0.1}, "replay"),
     (AdaptiveCurriculum,
-     {"num_stages": 3, "threshold": 0.9, "replay": 0.3, "metric": "eval/accuracy"}, "metric"),
+     {"num_stages": 3, "threshold": 0.9, "replay": 0.3, "metric": "eval/success_rate"},
+     "metric"),
 ]
 
 
@@ -226,19 +227,39 @@ def test_curriculum_options():
     assert {"none", "fixed", "staged", "adaptive"} <= set(OPTIONS)
 
 
-def test_no_curriculum_trains_every_stage_from_the_start():
-    curriculum = UniformCurriculum(num_stages=3)
-    stages = curriculum.sample(30_000, np.random.default_rng(0))
-    assert np.bincount(stages).tolist() == pytest.approx([10_000] * 3, rel=0.05)
-    assert curriculum.stage == 2
-    with pytest.raises(ValueError, match="num_stages"):
-        UniformCurriculum(num_stages=0)
+def training_stages(overrides: list[str], iterations: int = 5) -> np.ndarray:
+    """The stages of the problems a tool-use run trains on in its first iterations."""
+    cfg = compose_config(["experiment=model_native_toolenv", "env.num_envs=64", *overrides])
+    check_config(cfg)
+    built = build_run(cfg, torch.device("cpu"))
+    stages = [built.env.stage.copy()]
+    for _ in range(iterations):
+        built.algorithm.train_iteration()
+        stages.append(built.env.stage.copy())
+    return np.concatenate(stages)
+
+
+def test_without_a_curriculum_the_env_draws_from_its_own_stages():
+    """curriculum=none trains the stages env.stages names, each as often (the fix: it used to
+    draw from every stage, whatever env.stages said)."""
+    assert set(training_stages(["curriculum=none", "env.stages=[0]"])) == {0}
+    assert set(training_stages(["curriculum=none", "env.stages=[1,2]"])) == {1, 2}
+    counts = np.bincount(training_stages(["curriculum=none", "env.stages=[0,1,2]"], 20))
+    assert counts.tolist() == pytest.approx([counts.sum() / 3] * 3, rel=0.1)
+
+
+def test_the_app_plugs_the_curriculum_into_an_env_with_stages():
+    stages = training_stages(["curriculum=fixed", "curriculum.stage=1", "env.stages=[0]"])
+    assert set(stages) == {1}
 
 
 @pytest.mark.parametrize("option", OPTIONS)
 def test_option_composes_checks_and_builds(option):
     cfg = compose_config([f"curriculum={option}"])
     check_config(cfg)
+    if option == "none":
+        assert len(cfg.curriculum) == 0
+        return
     curriculum = instantiate(cfg.curriculum)
     curriculum.on_iteration(1, cfg.trainer.iterations)
     curriculum.update(1, {})
@@ -254,19 +275,18 @@ def test_conf_values_match_the_original_and_adaptive_defaults():
     assert staged.schedule == ORIGINAL
     cfg = compose_config(["curriculum=adaptive"]).curriculum
     assert (cfg.num_stages, cfg.threshold, cfg.replay) == (3, 0.99, 0.3)
-    assert cfg.metric.format(stage=1) == "eval/accuracy_stage1"
+    assert cfg.metric.format(stage=1) == "eval/success_rate_stage1"
 
 
 BAD_VALUES = [
     ("curriculum=fixed", "curriculum.stage=-1", "curriculum.stage"),
-    ("curriculum=none", "curriculum.num_stages=0", "curriculum.num_stages"),
     ("curriculum=staged", "curriculum.schedule=[]", "curriculum.schedule"),
     ("curriculum=staged", "curriculum.schedule=[0,-1]", "curriculum.schedule"),
     ("curriculum=staged", "curriculum.schedule=[0,a]", "curriculum.schedule"),
     ("curriculum=adaptive", "curriculum.num_stages=0", "curriculum.num_stages"),
     ("curriculum=adaptive", "curriculum.threshold=1.5", "curriculum.threshold"),
     ("curriculum=adaptive", "curriculum.replay=1.0", "curriculum.replay"),
-    ("curriculum=adaptive", "curriculum.metric=eval/accuracy", "curriculum.metric"),
+    ("curriculum=adaptive", "curriculum.metric=eval/success_rate", "curriculum.metric"),
     ("curriculum=adaptive", "+curriculum.foo=1", "curriculum.foo"),
 ]
 

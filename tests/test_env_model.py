@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from procmem.agents.env_model import (
+from procmem.envs.minipacman import EVENTS, PILL_POWER, MiniPacman
+from procmem.models.env_model import (
     EDIBLE_GHOST,
     GHOST,
     PIXEL_CLASSES,
@@ -13,7 +14,6 @@ from procmem.agents.env_model import (
     frame_classes,
     rollout_accuracy,
 )
-from procmem.envs.minipacman import EVENTS, PILL_POWER, MiniPacman
 
 METRICS = ("pixel_accuracy", "frame_accuracy", "event_accuracy", "reward_accuracy")
 
@@ -80,7 +80,7 @@ def test_every_class_in_a_crafted_frame():
 def test_shapes(one_torch_thread):
     torch.manual_seed(0)
     frames, actions, next_frames, events, rewards = collect(num_envs=4, steps=1)
-    model = EnvModel(channels=8)
+    model = EnvModel(5, channels=8, blocks=2, event_coef=1.0)
     pixel_logits, event_logits = model(frames, actions)
     assert pixel_logits.shape == (4, len(PIXEL_CLASSES), 15, 19)
     assert event_logits.shape == (4, len(EVENTS), 2)
@@ -91,13 +91,14 @@ def test_shapes(one_torch_thread):
     assert loss.ndim == 0 and torch.isfinite(loss)
     assert set(metrics) >= {f"envmodel/{name}" for name in METRICS}
     assert all(0.0 <= metrics[f"envmodel/{name}"] <= 1.0 for name in METRICS)
-    assert EnvModel(channels=8, max_count=3)(frames, actions)[1].shape == (4, len(EVENTS), 4)
+    model = EnvModel(5, channels=8, blocks=2, event_coef=1.0, max_count=3)
+    assert model(frames, actions)[1].shape == (4, len(EVENTS), 4)
 
 
 def test_masked_transitions_change_nothing(one_torch_thread):
     torch.manual_seed(0)
     frames, actions, next_frames, events, rewards = collect(num_envs=6, steps=1)
-    model = EnvModel(channels=8)
+    model = EnvModel(5, channels=8, blocks=2, event_coef=1.0)
     mask = torch.tensor([True, False, True, False, True, True])
     loss, metrics = model.loss(frames, actions, next_frames, events, mask, rewards)
     garbage = ~mask
@@ -118,13 +119,14 @@ def test_masked_transitions_change_nothing(one_torch_thread):
     assert empty.item() == 0.0 and metrics == {}
 
 
+@pytest.mark.slow
 def test_overfits_a_batch_of_real_transitions(one_torch_thread):
     torch.manual_seed(0)
     frames, actions, next_frames, events, rewards = collect(num_envs=8, steps=4)
     # The share of the commonest event pattern: what guessing it scores.
     _, counts = events.unique(dim=0, return_counts=True)
     baseline = counts.max().item() / len(events)
-    model = EnvModel(channels=16)
+    model = EnvModel(5, channels=16, blocks=2, event_coef=1.0)
     optimizer = torch.optim.Adam(model.parameters(), lr=5e-3)
     history = []
     for _ in range(300):
@@ -145,6 +147,9 @@ def test_overfits_a_batch_of_real_transitions(one_torch_thread):
 class CopyModel(EnvModel):
     """Predicts that nothing changes."""
 
+    def __init__(self) -> None:
+        super().__init__(5, channels=4, blocks=1, event_coef=1.0)
+
     def predict(self, frames, actions):
         return frames, torch.zeros(len(frames), len(EVENTS))
 
@@ -156,11 +161,11 @@ def test_rollout_accuracy(one_torch_thread):
     still[1, 1:] = 0.0  # row 1 empties after its first step (a reset frame has no empty cell)
     mask = torch.ones(3, 3, dtype=torch.bool)
     mask[2, 1] = False  # row 2 crosses a boundary before its second step
-    result = rollout_accuracy(CopyModel(channels=4), frames, actions, still, mask, steps=3)
+    result = rollout_accuracy(CopyModel(), frames, actions, still, mask, steps=3)
     assert result["frame_accuracy"] == [1.0, 0.5, 0.5]
     assert result["pixel_accuracy"] == [1.0, 0.5, 0.5]
     mask[:, 0] = False
-    result = rollout_accuracy(CopyModel(channels=4), frames, actions, still, mask, steps=2)
+    result = rollout_accuracy(CopyModel(), frames, actions, still, mask, steps=2)
     assert all(math.isnan(x) for x in result["pixel_accuracy"])
     with pytest.raises(ValueError):
-        rollout_accuracy(CopyModel(channels=4), frames, actions, still, mask, steps=4)
+        rollout_accuracy(CopyModel(), frames, actions, still, mask, steps=4)

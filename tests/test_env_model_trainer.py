@@ -4,7 +4,6 @@ acting with a trained A2C run's policy."""
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,16 +11,16 @@ import torch
 from omegaconf import OmegaConf
 
 from procmem import app
-from procmem.agents.env_model_trainer import (
+from procmem.algorithms.env_model_training import (
     EnvModelTrainer,
     _windows,
     decode_frames,
     encode_frames,
-    load_env_model,
 )
-from procmem.checkpoint import CheckpointManager
-from procmem.curriculum import FixedCurriculum
+from procmem.app.build import load_policy
 from procmem.envs.minipacman import MiniPacman
+from procmem.models.env_model import load_env_model, save_env_model
+from procmem.run.run_dir import RunDir
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -29,11 +28,12 @@ SMALL = {"channels": 16, "blocks": 1, "lr": 3e-3, "batch_size": 32, "buffer_size
          "collect_steps": 4, "updates_per_iteration": 2, "event_coef": 0.1}
 
 
-def make_trainer(num_envs: int = 4, frame_cap: int = 1000, seed: int = 0,
+def make_trainer(num_envs: int = 4, frame_cap: int = 1000, seed: int = 0, policy=None,
                  **settings) -> EnvModelTrainer:
     return EnvModelTrainer(
-        MiniPacman(num_envs, frame_cap=frame_cap), MiniPacman(num_envs, frame_cap=frame_cap),
-        None, FixedCurriculum(), torch.device("cpu"), seed, **{**SMALL, **settings},
+        MiniPacman(num_envs=num_envs, frame_cap=frame_cap),
+        MiniPacman(num_envs=num_envs, frame_cap=frame_cap), torch.device("cpu"), seed, policy,
+        **{**SMALL, **settings},
     )
 
 
@@ -55,7 +55,7 @@ def test_random_policy_warns_once():
 
 
 def test_frames_encode_exactly():
-    env = MiniPacman(8)
+    env = MiniPacman(num_envs=8)
     obs, _ = env.reset(seed=3)
     for _ in range(40):  # eat a pill now and then: ghosts with green power / 20
         obs, *_ = env.step(np.random.default_rng(0).integers(0, 5, size=8))
@@ -64,7 +64,7 @@ def test_frames_encode_exactly():
 
 def test_buffer_ring_and_final_frames():
     trainer = make_trainer(num_envs=4, frame_cap=2, buffer_size=10, collect_steps=2)
-    env_copy = MiniPacman(4, frame_cap=2)
+    env_copy = MiniPacman(num_envs=4, frame_cap=2)
     env_copy.load_state_dict(trainer.env.state_dict())
     quiet(trainer, 1)  # 2 steps x 4 envs; every episode is truncated on step 2
     assert trainer.size == 8 and trainer.position == 8
@@ -107,6 +107,7 @@ def test_rollout_windows_mask_episode_ends():
                              [True, True, True], [True, True, True]]
 
 
+@pytest.mark.slow
 def test_training_improves_held_out_pixel_accuracy():
     trainer = make_trainer(num_envs=8, updates_per_iteration=4)
     with warnings.catch_warnings():
@@ -136,41 +137,40 @@ def test_state_dict_round_trip_continues_identically(tmp_path):
     for want, have in zip(expected, got, strict=True):
         want.pop("perf/sps"), have.pop("perf/sps")
         assert want == have
-    for a, b in zip(trainer.model.parameters(), resumed.model.parameters(), strict=True):
+    for a, b in zip(trainer.env_model.parameters(), resumed.env_model.parameters(), strict=True):
         assert torch.equal(a, b)
 
 
-def test_on_train_end_saves_a_loadable_model(tmp_path):
+def test_a_saved_model_loads_with_the_same_outputs(tmp_path):
     trainer = make_trainer()
     quiet(trainer, 1)
-    trainer.on_train_end(tmp_path, None)
-    model = load_env_model(tmp_path)
+    model = load_env_model(save_env_model(trainer.env_model, tmp_path / "model.pt"))
     frames = torch.as_tensor(trainer.env.render())
     actions = torch.zeros(len(frames), dtype=torch.int64)
-    trainer.model.eval()
-    for a, b in zip(model(frames, actions), trainer.model(frames, actions), strict=True):
+    trainer.env_model.eval()
+    for a, b in zip(model(frames, actions), trainer.env_model(frames, actions), strict=True):
         assert torch.equal(a, b)
 
 
-def test_policy_run_acts_with_the_a2c_policy_without_warning(tmp_path):
-    run_dir = tmp_path / "a2c"
+def test_a_policy_run_acts_with_the_a2c_policy_without_warning(tmp_path):
+    run = RunDir(tmp_path / "a2c")
     cfg = app.compose_config([
         "experiment=a2c_minipacman", "logger=none", "trainer.progress=false",
         "env.num_envs=2", "env.frame_cap=20", "agent.n_steps=2", "trainer.iterations=2",
         "trainer.eval_every=0", "trainer.eval_episodes=1", "trainer.checkpoint_every=0",
     ])
-    saved = run_dir / app.SAVED_CONFIG
-    saved.parent.mkdir(parents=True)
-    OmegaConf.save(cfg, saved)
-    app.train(cfg, run_dir)
+    run.config_file.parent.mkdir(parents=True)
+    OmegaConf.save(cfg, run.config_file)
+    app.train(cfg, run.path)
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        trainer = make_trainer(policy_run=str(run_dir))
+        policy = load_policy(str(run.path), MiniPacman(num_envs=4), torch.device("cpu"))
+        trainer = make_trainer(policy=policy)
         metrics = trainer.train_iteration()
         trainer.evaluate(1)
     assert np.isfinite(metrics["envmodel/loss"])
-    net = CheckpointManager(Path(run_dir) / "checkpoints").load_latest()["algorithm"]["net"]
+    net = run.checkpoints().load_latest()["algorithm"]["net"]
     for name, value in trainer.policy.state_dict().items():
         assert torch.equal(value, net[name])
 

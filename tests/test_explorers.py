@@ -2,17 +2,18 @@ import numpy as np
 import pytest
 import torch
 
-from procmem.agents.explorers import (
+from procmem.algorithms.procedural import ProceduralMemoryAgent
+from procmem.envs.gridworld import GridWorld
+from procmem.envs.keydoor import FIELD, NO_DIRECTION, position
+from procmem.skills.explorers import (
     CountExplorer,
     Explorer,
     OracleExplorer,
     RandomExplorer,
     make_explorer,
 )
-from procmem.agents.procedural import ProceduralMemoryAgent
-from procmem.curriculum import FixedCurriculum
-from procmem.envs.gridworld import GridWorld
-from procmem.envs.keydoor import FIELD, NO_DIRECTION, position
+
+from helpers import fixed_gridworld
 
 
 def rollout(env: GridWorld, explorer: Explorer, steps: int, seed: int = 0) -> list[tuple]:
@@ -34,7 +35,7 @@ def obs_row(x: int, y: int, has_key: int, door_open: int) -> list[int]:
 
 
 def test_oracle_solves_fixed_layout_in_ten_steps():
-    env = GridWorld(num_envs=8)
+    env = fixed_gridworld(num_envs=8)
     steps = rollout(env, OracleExplorer(), 10)
     returns = np.sum([s[1] for s in steps], axis=0)
     np.testing.assert_allclose(returns, np.full(8, 12.1), rtol=1e-5)
@@ -45,7 +46,7 @@ def test_oracle_solves_fixed_layout_in_ten_steps():
 
 
 def test_oracle_action_sequence_from_start():
-    steps = rollout(GridWorld(), OracleExplorer(), 10)
+    steps = rollout(fixed_gridworld(), OracleExplorer(), 10)
     names = [GridWorld.action_names[int(s[0][0])] for s in steps]
     assert names == [
         "move_right",
@@ -69,20 +70,20 @@ def test_oracle_walks_back_to_targets():
 
 
 def test_oracle_keeps_solving_after_auto_reset():
-    env = GridWorld(num_envs=3)
+    env = fixed_gridworld(num_envs=3)
     steps = rollout(env, OracleExplorer(), 30)
     assert sum(int(s[2].sum()) for s in steps) == 9
 
 
 def test_random_explorer_uses_all_actions():
-    obs, _ = GridWorld(num_envs=64).reset()
+    obs, _ = fixed_gridworld(num_envs=64).reset()
     actions = RandomExplorer().act(obs, np.random.default_rng(0))
     assert actions.dtype == np.int64 and actions.shape == (64,)
     assert set(actions.tolist()) == set(range(6))
 
 
 def test_random_explorer_is_reproducible():
-    env = GridWorld(num_envs=16)
+    env = fixed_gridworld(num_envs=16)
     first = rollout(env, RandomExplorer(), 40, seed=7)
     second = rollout(env, RandomExplorer(), 40, seed=7)
     for a, b in zip(first, second, strict=True):
@@ -171,7 +172,7 @@ def test_count_explorer_never_moves_into_blocked_cells():
 
 
 def test_count_explorer_tries_each_interaction_once_in_each_new_state():
-    env = GridWorld(num_envs=4, max_steps=50)  # fixed layout: key (2, 2), door (3, 3)
+    env = fixed_gridworld(num_envs=4, max_steps=50)  # fixed layout: key (2, 2), door (3, 3)
     explorer, rng = count_explorer(env), np.random.default_rng(0)
     obs, _ = env.reset(seed=0)
     seen = [set() for _ in range(env.num_envs)]  # states of the current episode
@@ -320,7 +321,7 @@ def test_count_explorer_solves_minigrid_doorkey_egocentrically():
     pytest.importorskip("minigrid")
     from procmem.envs.minigrid import MiniGridEnv
 
-    env = MiniGridEnv("MiniGrid-DoorKey-5x5-v0", num_envs=16)
+    env = MiniGridEnv(env_id="MiniGrid-DoorKey-5x5-v0", num_envs=16)
     toggle = env.action_names.index("toggle")
     forward = env.action_names.index("forward")
     # blocked_* column of the cell in front, per heading (0 +x, 1 +y, 2 -x, 3 -y)
@@ -354,7 +355,7 @@ def test_oracle_explorer_refuses_egocentric_envs():
     from procmem.envs.minigrid import MiniGridEnv
 
     with pytest.raises(ValueError, match="oracle"):
-        make_explorer("oracle", MiniGridEnv("MiniGrid-DoorKey-5x5-v0"))
+        make_explorer("oracle", MiniGridEnv(env_id="MiniGrid-DoorKey-5x5-v0"))
 
 
 def count_agent(seed: int = 0) -> ProceduralMemoryAgent:
@@ -362,7 +363,7 @@ def count_agent(seed: int = 0) -> ProceduralMemoryAgent:
         return GridWorld(num_envs=3, size=6, max_steps=30, layout="random", walls=0.2)
 
     return ProceduralMemoryAgent(
-        env=env(), eval_env=env(), memory=None, curriculum=FixedCurriculum(0),
+        env=env(), eval_env=env(), memory=None,
         device=torch.device("cpu"), seed=seed, explorer="count",
     )
 

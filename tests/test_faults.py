@@ -32,10 +32,10 @@ import pytest
 import torch
 
 from procmem import app, io
-from procmem.checkpoint import CheckpointError, CheckpointManager
-from procmem.logging import MetricLogger, read_metrics
-from procmem.memory.skill_library import SkillLibrary, SkillLibraryError
-from procmem.status import read_status
+from procmem.run.checkpoint import CheckpointError, CheckpointManager
+from procmem.run.loggers import MetricLogger, read_metrics
+from procmem.run.run_dir import RunDir
+from procmem.skills.library import SkillLibrary, SkillLibraryError
 
 from helpers import ROOT, TINY, run_cli, wandb_summary, without_perf
 
@@ -79,6 +79,7 @@ def kill_at_random_moment(command: list[str], run_dir: Path, rng: random.Random)
     return f"killed {delay:.3f} s after a new row, at row {rows()}, {checkpoint_names(run_dir)}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("experiment", sorted(KILLED_RUNS))
 def test_sigkill_at_a_random_moment_then_resume_ends_as_if_never_stopped(
     tmp_path: Path, experiment: str
@@ -96,19 +97,19 @@ def test_sigkill_at_a_random_moment_then_resume_ends_as_if_never_stopped(
 
     assert final_rows(run_dir) == final_rows(tmp_path / "whole"), history
     assert checkpoint_names(run_dir) == checkpoint_names(tmp_path / "whole"), history
-    assert read_status(run_dir).status == "finished"
+    assert RunDir(run_dir).status().status == "finished"
 
 
 def test_a_metrics_row_cut_off_by_a_kill_is_left_out(tmp_path: Path) -> None:
-    logger = MetricLogger(tmp_path)
+    logger = MetricLogger(tmp_path / "metrics.jsonl")
     for iteration in (1, 2, 3):
-        logger.log(iteration, {"train/loss": float(iteration)})
+        logger.log(iteration, {"train/loss_value": float(iteration)})
     with (tmp_path / "metrics.jsonl").open("a") as f:
         f.write('{"iteration": 4, "train/lo')  # the kill came mid-write
     assert [r["iteration"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2, 3]
-    MetricLogger(tmp_path, resume_iteration=2)
+    MetricLogger(tmp_path / "metrics.jsonl", resume_iteration=2)
     assert (tmp_path / "metrics.jsonl").read_text().splitlines() == [
-        '{"iteration": 1, "train/loss": 1.0}', '{"iteration": 2, "train/loss": 2.0}']
+        '{"iteration": 1, "train/loss_value": 1.0}', '{"iteration": 2, "train/loss_value": 2.0}']
 
 
 def test_the_next_save_removes_a_checkpoint_write_cut_off_by_a_kill(tmp_path: Path) -> None:
@@ -163,9 +164,10 @@ def test_a_damaged_latest_checkpoint_stops_resume_naming_it_and_keeps_the_previo
     assert checkpoint_names(run_dir) == [f"ckpt_0000000{i}.pt" for i in (4, 8)] + [latest.name]
     assert CheckpointManager.load(latest.with_name("ckpt_00000008.pt"))["iteration"] == 8
     assert (run_dir / "metrics.jsonl").read_text() == metrics_before
-    assert read_status(run_dir).status == "failed"
+    assert RunDir(run_dir).status().status == "failed"
 
 
+@pytest.mark.slow
 def test_removing_the_damaged_checkpoint_resumes_from_the_previous_one(
     finished_run: Path, tmp_path: Path
 ) -> None:
@@ -176,7 +178,7 @@ def test_removing_the_damaged_checkpoint_resumes_from_the_previous_one(
     latest.unlink()  # as the message says
     run_cli("train.py", f"resume={run_dir}")
     assert final_rows(run_dir) == final_rows(finished_run)
-    assert read_status(run_dir).status == "finished"
+    assert RunDir(run_dir).status().status == "finished"
 
 
 @pytest.mark.parametrize("damage", DAMAGE)
@@ -250,7 +252,7 @@ def test_disk_full_while_writing_a_checkpoint_keeps_the_previous_one(
         f"(No space left on device); the previous checkpoint {previous} is intact")
     assert os.listdir(run_dir / "checkpoints") == [previous.name]  # no half-written file
     assert CheckpointManager.load(previous)["iteration"] == 4
-    assert read_status(run_dir).error == f"CheckpointError: {raised.value}"
+    assert RunDir(run_dir).status().error == f"CheckpointError: {raised.value}"
 
     monkeypatch.undo()  # space freed: the run resumes from the intact checkpoint
     app.train(cfg, run_dir, resume=True)
@@ -288,12 +290,13 @@ def test_an_inf_loss_stops_the_run_with_exit_3_after_saving_the_last_good_state(
     assert saved, message
     iteration, path = int(saved.group(1)), Path(saved.group(3))
     assert CheckpointManager.load(path)["iteration"] == iteration - 1
-    assert read_status(tmp_path).status == "failed"
+    assert RunDir(tmp_path).status().status == "failed"
 
 
 # --- a failing job in a multirun -------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["basic", "joblib"])
 def test_a_failing_multirun_job_leaves_the_others_running_and_is_reported_failed(
     tmp_path: Path, launcher: str
@@ -308,15 +311,15 @@ def test_a_failing_multirun_job_leaves_the_others_running_and_is_reported_failed
     assert re.search(rf"job {sweep / '1'} failed: training stopped: iteration \d+: the A2C "
                      r"loss is (nan|inf)", result.stderr), result.stderr[-2000:]
     for job, state in (("0", "finished"), ("1", "failed"), ("2", "finished")):
-        assert read_status(sweep / job).status == state
+        assert RunDir(sweep / job).status().status == state
         assert wandb_summary(sweep / job)["exit_code"] == (state == "failed")
-    assert "eval/mean_reward" in wandb_summary(sweep / "2")["summary"]
+    assert "eval/episode_return" in wandb_summary(sweep / "2")["summary"]
 
     report = run_cli("evaluate.py", f"compare={sweep}", "report=true").stdout
     assert re.search(rf"left out: {sweep / '1'}: failed \(NonFiniteLossError: iteration \d+: "
                      r"the A2C loss", report), report
     markdown = (sweep / "comparison.md").read_text()
-    assert "| (defaults) | eval/mean_reward | 2 |" in markdown  # the two finished runs
+    assert "| (defaults) | eval/episode_return | 2 |" in markdown  # the two finished runs
     assert f"- `{sweep / '1'}`: failed (NonFiniteLossError: iteration" in markdown
 
     logged = wandb_summary(sweep)  # the report run, beside the jobs in their W&B group
@@ -327,7 +330,7 @@ def test_a_failing_multirun_job_leaves_the_others_running_and_is_reported_failed
         "compare/runs"]["path"])).read_text())
     assert [row[:2] + row[3:] for row in runs_table["data"]] == [
         [str(sweep / "0"), "(defaults)", "finished", None],
-        [str(sweep / "1"), "(left out)", "failed", read_status(sweep / "1").error],
+        [str(sweep / "1"), "(left out)", "failed", RunDir(sweep / "1").status().error],
         [str(sweep / "2"), "(defaults)", "finished", None]]
     assert {"compare/comparison", "compare/curves"} <= set(logged["summary"])
 

@@ -3,10 +3,12 @@ from collections import deque
 import numpy as np
 import pytest
 
-from procmem.agents.explorers import OracleExplorer
 from procmem.envs.gridworld import ACTION_NAMES, GridWorld
 from procmem.envs.keydoor import BLOCKED, FIELD, FLAG_NAMES, NO_DIRECTION, OBS_FIELDS, position
-from procmem.schema import ConfigError, GridWorldConfig, check_node
+from procmem.settings import SettingError
+from procmem.skills.explorers import OracleExplorer
+
+from helpers import fixed_gridworld
 
 UP, DOWN, LEFT, RIGHT, PICKUP, OPEN = range(6)
 OPTIMAL = [RIGHT, RIGHT, UP, UP, PICKUP, RIGHT, UP, OPEN, RIGHT, UP]
@@ -25,7 +27,7 @@ def run(env: GridWorld, actions: list[int]) -> list[tuple]:
 
 
 def test_reset_obs_fixed_layout():
-    env = GridWorld(num_envs=3)
+    env = fixed_gridworld(num_envs=3)
     obs, info = env.reset(seed=0)
     assert obs.dtype == np.int64 and obs.shape == (3, env.obs_dim)
     assert env.num_actions == 6 and env.action_names == ACTION_NAMES
@@ -36,12 +38,12 @@ def test_reset_obs_fixed_layout():
 
 
 def test_goal_in_far_corner_for_larger_grid():
-    obs, _ = GridWorld(size=7).reset()
+    obs, _ = fixed_gridworld(size=7).reset()
     assert field(obs, "goal_x")[0] == 6 and field(obs, "goal_y")[0] == 6
 
 
 def test_movement_and_clamping():
-    env = GridWorld()
+    env = fixed_gridworld()
     env.reset()
     obs, reward, *_ = env.step(np.array([DOWN]))
     assert (field(obs, "x")[0], field(obs, "y")[0]) == (0, 0)
@@ -61,7 +63,7 @@ def test_movement_and_clamping():
 
 
 def test_door_cell_is_not_an_obstacle():
-    env = GridWorld()
+    env = fixed_gridworld()
     env.reset()
     steps = run(env, [RIGHT, RIGHT, RIGHT, UP, UP, UP])
     obs = steps[-1][0]
@@ -69,7 +71,7 @@ def test_door_cell_is_not_an_obstacle():
 
 
 def test_invalid_pickup_and_open_give_only_step_reward():
-    env = GridWorld()
+    env = fixed_gridworld()
     env.reset()
     # pickup off the key cell, open without the key, open on the key cell
     for a in [PICKUP, OPEN]:
@@ -87,7 +89,7 @@ def test_invalid_pickup_and_open_give_only_step_reward():
 
 
 def test_rewards_and_events_along_optimal_path():
-    env = GridWorld()
+    env = fixed_gridworld()
     env.reset()
     steps = run(env, OPTIMAL)
     rewards = np.array([s[1][0] for s in steps])
@@ -107,7 +109,7 @@ def test_rewards_and_events_along_optimal_path():
 
 
 def test_second_pickup_and_open_give_no_bonus():
-    env = GridWorld()
+    env = fixed_gridworld()
     env.reset()
     run(env, OPTIMAL[:5])
     _, reward, _, _, info = env.step(np.array([PICKUP]))
@@ -121,7 +123,7 @@ def test_second_pickup_and_open_give_no_bonus():
 
 
 def test_goal_without_open_door_does_not_terminate():
-    env = GridWorld()
+    env = fixed_gridworld()
     env.reset()
     steps = run(env, [RIGHT] * 4 + [UP] * 4)
     assert not any(s[2][0] for s in steps)
@@ -129,7 +131,7 @@ def test_goal_without_open_door_does_not_terminate():
 
 
 def test_auto_reset_with_final_obs():
-    env = GridWorld()
+    env = fixed_gridworld()
     env.reset()
     *_, (obs, _, terminated, _, info) = run(env, OPTIMAL)
     assert terminated[0]
@@ -141,7 +143,7 @@ def test_auto_reset_with_final_obs():
 
 
 def test_truncation_at_max_steps():
-    env = GridWorld(max_steps=3)
+    env = fixed_gridworld(max_steps=3)
     env.reset()
     steps = run(env, [UP, UP, UP, UP])
     assert [bool(s[3][0]) for s in steps] == [False, False, True, False]
@@ -153,14 +155,14 @@ def test_truncation_at_max_steps():
 
 
 def test_success_on_last_step_is_terminated_not_truncated():
-    env = GridWorld(max_steps=10)
+    env = fixed_gridworld(max_steps=10)
     env.reset()
     _, _, terminated, truncated, _ = run(env, OPTIMAL)[-1]
     assert terminated[0] and not truncated[0]
 
 
 def test_mixed_batch_final_obs_rows_match_obs_for_running_envs():
-    env = GridWorld(num_envs=2)
+    env = fixed_gridworld(num_envs=2)
     env.reset()
     for a in OPTIMAL[:-1]:
         env.step(np.array([a, a]))
@@ -179,8 +181,8 @@ def test_batch_equals_separate_single_envs():
     actions = rng.integers(6, size=(t, b))
     # env 0 plays the optimal path so that successes are compared too, not only truncations
     actions[: len(OPTIMAL) * 3, 0] = OPTIMAL * 3
-    batch = GridWorld(num_envs=b, max_steps=15)
-    singles = [GridWorld(max_steps=15) for _ in range(b)]
+    batch = fixed_gridworld(num_envs=b, max_steps=15)
+    singles = [fixed_gridworld(max_steps=15) for _ in range(b)]
     batch.reset(seed=0)
     for s in singles:
         s.reset(seed=0)
@@ -197,7 +199,7 @@ def test_batch_equals_separate_single_envs():
 def test_state_dict_round_trip_continues_identically():
     rng = np.random.default_rng(2)
     actions = rng.integers(6, size=(60, 3))
-    env = GridWorld(num_envs=3, max_steps=20)
+    env = fixed_gridworld(num_envs=3, max_steps=20)
     env.reset(seed=5)
     for a in actions[:25]:
         env.step(a)
@@ -205,7 +207,7 @@ def test_state_dict_round_trip_continues_identically():
     first = [env.step(a) for a in actions[25:]]
     first_rng_draw = env._rng.random()
 
-    other = GridWorld(num_envs=3, max_steps=20)
+    other = fixed_gridworld(num_envs=3, max_steps=20)
     other.load_state_dict(state)
     second = [other.step(a) for a in actions[25:]]
     assert other._rng.random() == first_rng_draw
@@ -217,7 +219,7 @@ def test_state_dict_round_trip_continues_identically():
 
 
 def test_state_dict_is_a_deep_copy():
-    env = GridWorld(num_envs=2)
+    env = fixed_gridworld(num_envs=2)
     env.reset(seed=0)
     state = env.state_dict()
     env.step(np.array([UP, UP]))
@@ -228,13 +230,13 @@ def test_state_dict_is_a_deep_copy():
 
 
 def test_load_state_dict_rejects_other_batch_size():
-    state = GridWorld(num_envs=2).state_dict()
+    state = fixed_gridworld(num_envs=2).state_dict()
     with pytest.raises(ValueError, match="agent_pos"):
-        GridWorld(num_envs=3).load_state_dict(state)
+        fixed_gridworld(num_envs=3).load_state_dict(state)
 
 
 def test_reset_seed_is_reproducible():
-    a, b = GridWorld(), GridWorld()
+    a, b = fixed_gridworld(), fixed_gridworld()
     a.reset(seed=3)
     b.reset(seed=3)
     assert a._rng.random() == b._rng.random()
@@ -245,22 +247,24 @@ def test_reset_seed_is_reproducible():
     [
         ({"num_envs": 0}, "num_envs"),
         ({"size": 2}, "size"),
-        ({"size": 4}, "size"),
+        ({"layout": "fixed", "size": 4}, "size"),
         ({"max_steps": 0}, "max_steps"),
         ({"layout": "maze"}, "layout"),
         ({"layout": "random", "size": 17}, "size"),
         ({"layout": "random", "walls": 0.5}, "walls"),
         ({"layout": "random", "walls": -0.1}, "walls"),
-        ({"walls": 0.2}, "walls"),
+        ({"layout": "fixed", "walls": 0.2}, "walls"),
+        ({"size": 7.5}, "size"),
     ],
 )
-def test_constructor_validation(kwargs, name):
-    with pytest.raises(ValueError, match=name):
+def test_constructor_validation_names_the_setting(kwargs, name):
+    with pytest.raises(SettingError) as info:
         GridWorld(**kwargs)
+    assert info.value.key == name
 
 
 def test_step_validation():
-    env = GridWorld(num_envs=2)
+    env = fixed_gridworld(num_envs=2)
     with pytest.raises(RuntimeError, match="reset"):
         env.step(np.array([0, 0]))
     env.reset()
@@ -499,29 +503,12 @@ def test_load_state_dict_rejects_other_size():
         GridWorld(size=5, layout="random").load_state_dict(state)
 
 
-# --- config -----------------------------------------------------------------------------------
-
-GOOD_CONFIG = {"num_envs": 2, "size": 8, "max_steps": 50, "layout": "random", "walls": 0.3,
-               "step_reward": -0.1, "key_reward": 1.0, "door_reward": 2.0, "goal_reward": 10.0}
+# --- settings -----------------------------------------------------------------------------------
 
 
-def test_config_accepts_random_layout_with_walls():
-    config = check_node(GOOD_CONFIG, GridWorldConfig, "env")
-    assert config.layout == "random" and config.walls == 0.3
-
-
-@pytest.mark.parametrize(
-    ("override", "key"),
-    [
-        ({"layout": "maze"}, "env.layout"),
-        ({"size": 17}, "env.size"),
-        ({"layout": "fixed", "size": 4, "walls": 0.0}, "env.size"),
-        ({"walls": 0.5}, "env.walls"),
-        ({"walls": -0.1}, "env.walls"),
-        ({"layout": "fixed"}, "env.walls"),
-    ],
-)
-def test_config_rejects_bad_layouts(override, key):
-    with pytest.raises(ConfigError) as info:
-        check_node({**GOOD_CONFIG, **override}, GridWorldConfig, "env")
-    assert info.value.key == key
+def test_the_default_is_a_random_8x8_layout_and_the_settings_are_recorded():
+    env = GridWorld(walls=0.3)
+    assert (env.layout, env.size, env.max_steps) == ("random", 8, 300)
+    assert env.settings == {"num_envs": 1, "size": 8, "max_steps": 300, "layout": "random",
+                            "walls": 0.3, "step_reward": -0.1, "key_reward": 1.0,
+                            "door_reward": 2.0, "goal_reward": 10.0}

@@ -13,12 +13,14 @@ from PIL import Image
 from torch import Tensor, nn
 
 from procmem import app
-from procmem.agents.env_model import EnvModel
-from procmem.agents.i2a import I2A, I2APolicy, distillation_loss
-from procmem.agents.imagination import CopyModel, RolloutEncoder, imagine
+from procmem.algorithms.i2a import I2A, distillation_loss
 from procmem.envs.minipacman import EVENTS, MiniPacman
-from procmem.logging import MetricLogger, read_metrics
-from procmem.schema import ConfigError
+from procmem.models.env_model import EnvModel
+from procmem.models.i2a import I2APolicy
+from procmem.models.imagination import CopyModel, RolloutEncoder, imagine
+from procmem.run.loggers import MetricLogger, read_metrics
+from procmem.run.reporters import ImaginationStrip
+from procmem.settings import SettingError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -53,13 +55,18 @@ class FixedPolicy(nn.Module):
         return nn.functional.one_hot(torch.full((len(frames),), self.action), 5).float()
 
 
+def policy(env: MiniPacman, imagination: str, env_model: EnvModel | None = None,
+           depth: int = 5) -> I2APolicy:
+    """The I2A network with I2A's default sizes."""
+    return I2APolicy(env, imagination, env_model, depth, channels=16, hidden=256, code_size=64)
+
+
 def make_agent(imagination: str, env_model: EnvModel | None = None, **settings) -> I2A:
-    env, eval_env = MiniPacman(2, frame_cap=40), MiniPacman(2, frame_cap=40)
+    env, eval_env = MiniPacman(num_envs=2, frame_cap=40), MiniPacman(num_envs=2, frame_cap=40)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pretraining on random-policy data
-        agent = I2A(env, eval_env, None, None, torch.device("cpu"), 0,
-                    imagination=imagination, depth=3, pretrain_iterations=2,
-                    **{**A2C_SETTINGS, **settings})
+        agent = I2A(env, eval_env, torch.device("cpu"), 0, imagination=imagination, depth=3,
+                    pretrain_iterations=2, **{**A2C_SETTINGS, **settings})
     if env_model is not None:
         agent.net.model.load_state_dict(env_model.state_dict())
     return agent
@@ -76,7 +83,7 @@ def changed(before: list[Tensor], module: nn.Module) -> bool:
 def test_imagine_runs_one_rollout_per_action_in_time_order():
     frames = torch.zeros(2, 3, 15, 19)
     frames[1] += 10
-    reward_vector = torch.tensor(MiniPacman(1).reward_vector, dtype=torch.float32)
+    reward_vector = torch.tensor(MiniPacman(num_envs=1).reward_vector, dtype=torch.float32)
     imagined, rewards = imagine(CountingModel(), FixedPolicy(action=2), frames, 4, reward_vector)
     assert imagined.shape == (4, 2, 5, 3, 15, 19) and rewards.shape == (4, 2, 5)
     for step in range(4):  # step t is the model applied t + 1 times
@@ -102,10 +109,10 @@ def test_rollout_encoder_reads_the_steps_last_first():
 
 
 def test_copy_model_imagines_the_input_frame_and_no_reward():
-    env = MiniPacman(3)
+    env = MiniPacman(num_envs=3)
     obs, _ = env.reset(seed=1)
     frames = torch.as_tensor(obs)
-    net = I2APolicy(env, "copy", depth=4)
+    net = policy(env, "copy", depth=4)
     assert isinstance(net.model, CopyModel) and not list(net.model.parameters())
     imagined, rewards = net.imagine(frames)
     assert torch.equal(imagined, frames[None, :, None].expand(4, 3, 5, *frames.shape[1:]))
@@ -115,11 +122,11 @@ def test_copy_model_imagines_the_input_frame_and_no_reward():
 
 
 def test_learned_imagination_follows_the_env_model():
-    env = MiniPacman(2)
+    env = MiniPacman(num_envs=2)
     obs, _ = env.reset(seed=2)
     frames = torch.as_tensor(obs)
-    model = EnvModel(channels=8, blocks=1).eval()
-    net = I2APolicy(env, "learned", model, depth=2)
+    model = EnvModel(5, channels=8, blocks=1, event_coef=1.0).eval()
+    net = policy(env, "learned", model, depth=2)
     imagined, _ = net.imagine(frames)
     first, _ = model.predict(frames.repeat_interleave(5, 0), torch.arange(5).repeat(2))
     assert torch.equal(imagined[0].flatten(0, 1), first)
@@ -151,9 +158,9 @@ def test_imagined_vs_real_frames_are_drawn_and_logged(tmp_path: Path):
     assert 1 <= len(real) == len(imagined) <= 3 and real.shape[1:] == (3, 15, 19)
     assert (imagined == start[0]).all()  # the copy model imagines the start frame again
     sink = ImageSink()
-    logger = MetricLogger(tmp_path, [sink])
+    logger = MetricLogger(tmp_path / "metrics.jsonl", [sink])
     logger.log(1, agent.train_iteration())
-    agent.on_train_end(tmp_path, logger)
+    ImaginationStrip(tmp_path / "plots").on_train_end(agent, logger)
     path = tmp_path / "plots" / "imagination.png"
     assert ("media/imagination", path) in sink.images
     columns = len(real)
@@ -193,13 +200,13 @@ def test_training_updates_each_part_with_its_own_optimizer():
     model = snapshot(tuned.net.model)
     metrics = tuned.train_iteration()
     assert changed(model, tuned.net.model)
-    assert "train/envmodel/pixel_accuracy" in metrics
+    assert "envmodel/pixel_accuracy" in metrics
 
 
 def test_standard_baseline_trains_as_many_parameters_as_i2a():
-    env = MiniPacman(1)
-    i2a = sum(p.numel() for p in I2APolicy(env, "copy").agent_parameters())
-    standard = I2APolicy(env, "none")
+    env = MiniPacman(num_envs=1)
+    i2a = sum(p.numel() for p in policy(env, "copy").agent_parameters())
+    standard = policy(env, "none")
     assert standard.model is None and standard.rollout_policy is None
     assert abs(sum(p.numel() for p in standard.parameters()) - i2a) / i2a < 0.005
     agent = make_agent("none")
@@ -222,14 +229,14 @@ def test_state_dict_round_trip_continues_identically(tmp_path):
 
 
 def test_bad_settings_are_refused():
-    env = MiniPacman(1)
-    with pytest.raises(ValueError, match="imagination must be one of"):
-        I2APolicy(env, "dream")
+    env = MiniPacman(num_envs=1)
+    with pytest.raises(SettingError, match="^imagination: 'dream' is not one of"):
+        make_agent("dream")
     with pytest.raises(ValueError, match="needs an env model"):
-        I2APolicy(env, "learned")
-    with pytest.raises(ValueError, match="finetune_env_model needs"):
+        policy(env, "learned")
+    with pytest.raises(SettingError, match="^finetune_env_model: needs imagination=learned"):
         make_agent("copy", finetune_env_model=True)
-    with pytest.raises(ConfigError, match="imagination"):
+    with pytest.raises(app.ConfigError, match="^agent.imagination"):
         app.check_config(app.compose_config(["experiment=i2a_minipacman",
                                              "agent.imagination=dream"]))
 
@@ -251,7 +258,7 @@ def test_env_model_then_i2a_end_to_end(tmp_path: Path):
         app.train(cfg, agent_dir)
     rows = read_metrics(agent_dir / "metrics.jsonl")
     assert any("train/loss_distill" in row for row in rows)
-    assert "eval/mean_reward" in rows[-1]
+    assert "eval/episode_return" in rows[-1]
     assert (agent_dir / "plots" / "imagination.png").stat().st_size > 0
     assert (agent_dir / "plots" / "episode.gif").exists()
 

@@ -4,10 +4,10 @@ import sys
 import pytest
 import torch
 
-from procmem.memory.dedup import duplicate_targets
-from procmem.memory.eviction import eviction_scores
-from procmem.memory.index import ExactIndex, HNSWIndex, LabelFilter, make_index
-from procmem.memory.skill_library import SkillLibrary
+from procmem.skills.dedup import duplicate_targets
+from procmem.skills.eviction import eviction_scores
+from procmem.skills.index import ExactIndex, HNSWIndex, LabelFilter, make_index
+from procmem.skills.library import SkillLibrary
 
 
 def unit_rows(n: int, dim: int = 16, seed: int = 0) -> torch.Tensor:

@@ -14,7 +14,7 @@ pytest.importorskip("minigrid")
 
 from procmem.envs.keydoor import FIELD, OBS_FIELDS  # noqa: E402
 from procmem.envs.minigrid import MISSING_EXTRA, MiniGridEnv  # noqa: E402
-from procmem.schema import ConfigError, MiniGridConfig, check_node  # noqa: E402
+from procmem.settings import SettingError  # noqa: E402
 
 DOORKEY = "MiniGrid-DoorKey-5x5-v0"
 LEFT, RIGHT, FORWARD, PICKUP, TOGGLE = 0, 1, 2, 3, 5
@@ -97,7 +97,7 @@ def assert_same(a: list, b: list) -> None:
 
 
 def test_interface():
-    env = MiniGridEnv(DOORKEY, num_envs=2, max_steps=30)
+    env = MiniGridEnv(env_id=DOORKEY, num_envs=2, max_steps=30)
     assert (env.num_envs, env.size, env.max_steps, env.obs_dim) == (2, 5, 30, len(OBS_FIELDS))
     assert env.num_actions == len(env.action_names) == 7
     assert env.action_names[FORWARD] == "forward" and env.flag_names == ("has_key", "door_open")
@@ -117,7 +117,7 @@ def test_interface():
 
 @pytest.mark.parametrize("env_id", [DOORKEY, "MiniGrid-DoorKey-8x8-v0"])
 def test_obs_matches_env_state(env_id):
-    env = MiniGridEnv(env_id, num_envs=4)
+    env = MiniGridEnv(env_id=env_id, num_envs=4)
     obs, _ = env.reset(seed=3)
     starts = [_cells(e.unwrapped) for e in env.envs]
     for i, e in enumerate(env.envs):
@@ -133,7 +133,7 @@ def test_obs_matches_env_state(env_id):
 
 
 def test_scripted_solve_fires_events_in_order_and_auto_resets():
-    env = MiniGridEnv(DOORKEY)
+    env = MiniGridEnv(env_id=DOORKEY)
     obs, _ = env.reset(seed=5)
     state = env.envs[0].unwrapped
     cells = _cells(state)
@@ -161,7 +161,7 @@ def test_scripted_solve_fires_events_in_order_and_auto_resets():
 
 
 def test_truncation_auto_resets_with_final_obs():
-    env = MiniGridEnv(DOORKEY, num_envs=2, max_steps=5)
+    env = MiniGridEnv(env_id=DOORKEY, num_envs=2, max_steps=5)
     start, _ = env.reset(seed=0)
     for _ in range(5):
         obs, reward, terminated, truncated, info = env.step(np.full(2, LEFT))
@@ -176,8 +176,8 @@ def test_truncation_auto_resets_with_final_obs():
 
 
 def test_batch_equals_single_adapters_seeded_s_plus_i():
-    batch = MiniGridEnv(DOORKEY, num_envs=3, max_steps=12)
-    singles = [MiniGridEnv(DOORKEY, num_envs=1, max_steps=12) for _ in range(3)]
+    batch = MiniGridEnv(env_id=DOORKEY, num_envs=3, max_steps=12)
+    singles = [MiniGridEnv(env_id=DOORKEY, num_envs=1, max_steps=12) for _ in range(3)]
     obs, _ = batch.reset(seed=7)
     for i, single in enumerate(singles):
         np.testing.assert_array_equal(obs[i:i + 1], single.reset(seed=7 + i)[0])
@@ -197,7 +197,7 @@ def test_batch_equals_single_adapters_seeded_s_plus_i():
 
 
 def test_seeding_is_reproducible():
-    a, b, c = (MiniGridEnv(DOORKEY, num_envs=4, max_steps=10) for _ in range(3))
+    a, b, c = (MiniGridEnv(env_id=DOORKEY, num_envs=4, max_steps=10) for _ in range(3))
     actions = random_actions(a, 40, seed=0)
     first = a.reset(seed=11)[0]
     np.testing.assert_array_equal(first, b.reset(seed=11)[0])
@@ -207,22 +207,22 @@ def test_seeding_is_reproducible():
 
 
 def test_state_dict_round_trip_continues_identically():
-    env = MiniGridEnv(DOORKEY, num_envs=3, max_steps=9)
+    env = MiniGridEnv(env_id=DOORKEY, num_envs=3, max_steps=9)
     env.reset(seed=4)
     rollout(env, random_actions(env, 13, seed=5))
     state = pickle.loads(pickle.dumps(env.state_dict()))  # as a checkpoint would store it
     actions = random_actions(env, 40, seed=6)
     expected = rollout(env, actions)
 
-    restored = MiniGridEnv(DOORKEY, num_envs=3, max_steps=9)
+    restored = MiniGridEnv(env_id=DOORKEY, num_envs=3, max_steps=9)
     restored.load_state_dict(state)
     assert_same(rollout(restored, actions), expected)
     with pytest.raises(ValueError, match="envs"):
-        MiniGridEnv(DOORKEY, num_envs=2).load_state_dict(state)
+        MiniGridEnv(env_id=DOORKEY, num_envs=2).load_state_dict(state)
 
 
 def test_task_without_key_or_door():
-    env = MiniGridEnv("MiniGrid-Empty-5x5-v0", num_envs=2)
+    env = MiniGridEnv(env_id="MiniGrid-Empty-5x5-v0", num_envs=2)
     obs, _ = env.reset(seed=0)
     for name in ("key_x", "key_y", "door_x", "door_y"):
         assert (obs[:, FIELD[name]] == -1).all()
@@ -238,20 +238,18 @@ def test_task_without_key_or_door():
 def test_missing_minigrid_raises_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "minigrid", None)  # makes `import minigrid` fail
     with pytest.raises(ImportError) as info:
-        MiniGridEnv(DOORKEY)
+        MiniGridEnv(env_id=DOORKEY)
     assert str(info.value) == MISSING_EXTRA
     assert "pip install -e '.[minigrid]'" in MISSING_EXTRA
 
 
 @pytest.mark.parametrize(("values", "key"), [
-    ({"env_id": "CartPole-v1"}, "env.env_id"),
-    ({"env_id": ""}, "env.env_id"),
-    ({"num_envs": 0}, "env.num_envs"),
-    ({"max_steps": 0}, "env.max_steps"),
+    ({"env_id": "CartPole-v1"}, "env_id"),
+    ({"env_id": ""}, "env_id"),
+    ({"num_envs": 0}, "num_envs"),
+    ({"max_steps": 0}, "max_steps"),
 ])
-def test_config_range_checks(values, key):
-    node = {"env_id": DOORKEY, "num_envs": 1, "max_steps": None}
-    assert check_node(node, MiniGridConfig, "env").max_steps is None
-    with pytest.raises(ConfigError) as info:
-        check_node({**node, **values}, MiniGridConfig, "env")
+def test_bad_settings_name_the_setting_before_minigrid_is_touched(values, key):
+    with pytest.raises(SettingError) as info:
+        MiniGridEnv(**values)
     assert info.value.key == key

@@ -5,10 +5,9 @@ from types import SimpleNamespace
 
 import torch
 
-from procmem.agents.a2c import A2C
-from procmem.agents.networks import PixelCNNPolicy
-from procmem.curriculum import UniformCurriculum
+from procmem.algorithms.a2c import A2C
 from procmem.envs.minipacman import MiniPacman
+from procmem.models.networks import PixelCNNPolicy
 
 MINIPACMAN = SimpleNamespace(obs_shape=(3, 15, 19), num_actions=5)
 
@@ -38,13 +37,12 @@ def test_a2c_trains_and_evaluates_the_pixel_cnn_on_minipacman(one_torch_thread):
     def env() -> MiniPacman:
         return MiniPacman(num_envs=4, frame_cap=30)
 
-    agent = A2C(env=env(), eval_env=env(), memory=None, curriculum=UniformCurriculum(1),
-                device=torch.device("cpu"), seed=0, network=partial(PixelCNNPolicy, hidden=32),
+    agent = A2C(env(), env(), torch.device("cpu"), 0, partial(PixelCNNPolicy, hidden=32),
                 n_steps=5, gamma=0.99, bootstrap_truncated=True)
     for _ in range(3):
         metrics = agent.train_iteration()
     assert metrics["train/env_steps"] == 3 * 5 * 4
     assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
     evaluation = agent.evaluate(4)
-    assert set(evaluation) == {"eval/mean_reward", "eval/mean_steps"}
-    assert 1 <= evaluation["eval/mean_steps"] <= 30
+    assert set(evaluation) == {"eval/episode_return", "eval/episode_steps"}
+    assert 1 <= evaluation["eval/episode_steps"] <= 30

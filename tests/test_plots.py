@@ -1,4 +1,4 @@
-from procmem.plots import SKILL_LIBRARY_PANELS, figure_grid, plot_curves
+from procmem.run.plots import figure_grid, plot_curves
 
 
 def test_figure_grid_lays_out_four_panels_as_two_by_two():
@@ -14,13 +14,14 @@ def test_figure_grid_drops_unused_cells():
 
 def test_plot_curves_writes_a_png(tmp_path):
     rows = [
-        {"iteration": i, "train/episode_reward": float(i), "memory/skills": i // 2}
+        {"iteration": i, "train/episode_return": float(i), "memory/skills": i // 2}
         for i in range(5)
     ]
     rows.append({"iteration": 5, "eval/success_rate": 1.0})
     path = tmp_path / "plots" / "curves.png"
 
-    result = plot_curves(rows, SKILL_LIBRARY_PANELS, path, title="run")
+    panels = [("train/episode_return", "Episode return"), ("memory/skills", "Skills")]
+    result = plot_curves(rows, panels, path, title="run")
 
     assert result == path
     assert path.read_bytes().startswith(b"\x89PNG")

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from procmem.agents.procedural import ProceduralMemoryAgent, StateEmbedding
-from procmem.curriculum import FixedCurriculum
+from procmem.algorithms.procedural import ProceduralMemoryAgent, StateEmbedding
 from procmem.envs.gridworld import GridWorld
 from procmem.envs.keydoor import FIELD
-from procmem.memory.skill_library import SkillLibrary
+from procmem.skills.library import SkillLibrary
+
+from helpers import fixed_gridworld
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -33,10 +34,9 @@ def make_agent(
     retrieval_threshold: float = -1.0,
 ) -> ProceduralMemoryAgent:
     return ProceduralMemoryAgent(
-        env=GridWorld(num_envs=num_envs, max_steps=max_steps),
-        eval_env=GridWorld(max_steps=max_steps),
+        env=fixed_gridworld(num_envs=num_envs, max_steps=max_steps),
+        eval_env=fixed_gridworld(max_steps=max_steps),
         memory=SkillLibrary() if memory else None,
-        curriculum=FixedCurriculum(0),
         device=CPU,
         seed=seed,
         explorer=explorer,
@@ -74,7 +74,7 @@ def assert_states_equal(a, b, path: str = "state") -> None:
 
 def some_observations() -> np.ndarray:
     """A batch of gridworld observations covering different positions and flags."""
-    env = GridWorld(num_envs=6)
+    env = fixed_gridworld(num_envs=6)
     obs, _ = env.reset(seed=0)
     rng = np.random.default_rng(1)
     for _ in range(7):
@@ -95,8 +95,8 @@ def test_oracle_reproduces_original_single_open_door_skill():
 
     for i, m in enumerate(history):
         assert m["train/episode_steps"] == 10.0
-        assert m["train/episode_reward"] == pytest.approx(12.1, abs=1e-5)
-        assert m["train/success"] == 1.0
+        assert m["train/episode_return"] == pytest.approx(12.1, abs=1e-5)
+        assert m["train/success_rate"] == 1.0
         assert m["train/env_steps"] == 10.0 * (i + 1)
         assert m["memory/skills"] == 1.0
         assert 0.0 <= m["memory/avg_success_rate"] <= 1.0
@@ -121,9 +121,9 @@ def test_oracle_reproduces_original_single_open_door_skill():
 
     evaluation = agent.evaluate(3)
     assert evaluation["eval/success_rate"] == 1.0
-    assert evaluation["eval/mean_steps"] == 10.0
-    assert evaluation["eval/mean_steps_solved"] == 10.0
-    assert evaluation["eval/mean_reward"] == pytest.approx(12.1, abs=1e-5)
+    assert evaluation["eval/episode_steps"] == 10.0
+    assert evaluation["eval/solved_steps"] == 10.0
+    assert evaluation["eval/episode_return"] == pytest.approx(12.1, abs=1e-5)
     assert evaluation["eval/reuse_rate"] == 0.5
     assert {k for k in evaluation if k.startswith("memory/")} == stat_keys
     assert evaluation["memory/skills"] == 1.0
@@ -134,13 +134,13 @@ def test_oracle_reproduces_original_single_open_door_skill():
 _EMBED_SCRIPT = """
 import json, sys
 import numpy as np, torch
-from procmem.agents.procedural import ProceduralMemoryAgent
-from procmem.curriculum import FixedCurriculum
+from procmem.algorithms.procedural import ProceduralMemoryAgent
 from procmem.envs.gridworld import GridWorld
-from procmem.memory.skill_library import SkillLibrary
+from procmem.skills.library import SkillLibrary
 obs = np.array(json.loads(sys.argv[1]), dtype=np.int64)
-agent = ProceduralMemoryAgent(env=GridWorld(), eval_env=GridWorld(), memory=SkillLibrary(),
-    curriculum=FixedCurriculum(0), device=torch.device("cpu"), seed=0, explorer="oracle",
+env = GridWorld(layout="fixed", size=5, max_steps=50)
+agent = ProceduralMemoryAgent(env=env, eval_env=env, memory=SkillLibrary(),
+    device=torch.device("cpu"), seed=0, explorer="oracle",
     extraction="last_transitions", skill_kind="open_loop", skill_length=5, min_success_steps=3,
     retrieval_threshold=-1.0)
 print(json.dumps(agent.embed(obs).tolist()))
@@ -188,13 +188,13 @@ def test_agent_without_memory_trains_and_evaluates():
         metrics = agent.train_iteration()
         assert not any(k.startswith("memory/") for k in metrics)
         assert metrics["train/episode_steps"] == 10.0
-        assert metrics["train/success"] == 1.0
+        assert metrics["train/success_rate"] == 1.0
         assert metrics["train/env_steps"] == 10.0 * (i + 1)
     evaluation = agent.evaluate(2)
     assert not any(k.startswith("memory/") for k in evaluation)
     assert "eval/reuse_rate" not in evaluation
     assert evaluation["eval/success_rate"] == 1.0
-    assert evaluation["eval/mean_steps"] == 10.0
+    assert evaluation["eval/episode_steps"] == 10.0
     assert agent.state_dict()["memory"] is None
 
 
@@ -320,7 +320,7 @@ def test_short_successful_episodes_yield_no_skill():
     agent = make_agent(min_success_steps=11)
     for _ in range(5):
         m = agent.train_iteration()
-        assert m["train/success"] == 1.0 and m["train/episode_steps"] == 10.0
+        assert m["train/success_rate"] == 1.0 and m["train/episode_steps"] == 10.0
         assert m["memory/skills"] == 0.0 and m["memory/reuse_rate"] == 0.0
     assert len(agent.memory) == 0
 
@@ -384,7 +384,6 @@ def make_subgoal_agent(
         env=env(),
         eval_env=env(),
         memory=SkillLibrary(embedding_dim=64) if memory else None,
-        curriculum=FixedCurriculum(0),
         device=CPU,
         seed=seed,
         explorer="count",
@@ -432,6 +431,7 @@ def test_subgoal_extraction_stores_one_skill_per_subgoal_reached():
     assert len(agent.memory) + agent.memory.stats()["merges"] == sum(events.values())
 
 
+@pytest.mark.slow
 def test_closed_loop_skills_learn_to_solve_random_layouts():
     """Measured over seeds 0-7 (40 iterations of 2 episodes): over the last 10 iterations
     success 0.95-1.0, reuse 0.69-0.92, mean steps 0.33-0.58 of the first 10 iterations'
@@ -441,7 +441,7 @@ def test_closed_loop_skills_learn_to_solve_random_layouts():
     history = [agent.train_iteration() for _ in range(40)]
     first = np.mean([m["train/episode_steps"] for m in history[:10]])
     last = np.mean([m["train/episode_steps"] for m in history[-10:]])
-    assert np.mean([m["train/success"] for m in history[-10:]]) >= 0.8
+    assert np.mean([m["train/success_rate"] for m in history[-10:]]) >= 0.8
     assert last <= 0.7 * first, (first, last)
     assert np.mean([m["memory/reuse_rate"] for m in history[-10:]]) > 0.5
 

@@ -1,4 +1,5 @@
-"""Episode rendering (GIF, frame strip) and the plots A2C draws when training ends."""
+"""Episode rendering (GIF, frame strip) and what the reporters draw for A2C when training
+ends."""
 
 import json
 import subprocess
@@ -11,13 +12,14 @@ import pytest
 import torch
 from PIL import Image, ImageSequence
 
-from procmem.agents.a2c import A2C
-from procmem.agents.networks import PixelCNNPolicy, ToolGRUPolicy
-from procmem.curriculum import FixedCurriculum, UniformCurriculum
+from procmem.algorithms.a2c import A2C
 from procmem.envs.minipacman import MiniPacman
 from procmem.envs.toolenv import ToolEnv
-from procmem.logging import MetricLogger, WandbSink
-from procmem.render import save_gif, save_strip, to_rgb8, upscale
+from procmem.models.networks import PixelCNNPolicy, ToolGRUPolicy
+from procmem.run.loggers import MetricLogger, WandbSink
+from procmem.run.render import save_gif, save_strip, to_rgb8, upscale
+from procmem.run.reporters import run_reporters
+from procmem.run.run_dir import RunDir
 
 CPU = torch.device("cpu")
 
@@ -94,28 +96,28 @@ def test_save_strip_lays_frames_out_in_a_grid(tmp_path: Path):
     assert Image.open(tmp_path / "one_row.png").size == (5 * 4 + 4 * 2, 3)
 
 
-def trained(agent: A2C, run_dir: Path, sink: RecordingSink) -> MetricLogger:
-    """A logger holding two logged training iterations of ``agent`` and an evaluation."""
-    logger = MetricLogger(run_dir, [sink])
+def report_after_training(agent: A2C, run_dir: Path, sink: RecordingSink) -> None:
+    """Log two training iterations of ``agent`` and an evaluation, then call every reporter
+    of a run in ``run_dir``."""
+    logger = MetricLogger(run_dir / "metrics.jsonl", [sink])
     for iteration in (1, 2):
         logger.log(iteration, agent.train_iteration())
     logger.log(2, agent.evaluate(2))
-    return logger
+    for reporter in run_reporters(RunDir(run_dir), title="test"):
+        reporter.on_train_end(agent, logger)
 
 
 def test_a2c_on_minipacman_plots_training_and_renders_an_episode(tmp_path: Path,
                                                                  one_torch_thread):
-    agent = A2C(env=MiniPacman(num_envs=2, frame_cap=20),
-                eval_env=MiniPacman(num_envs=2, frame_cap=20), memory=None,
-                curriculum=UniformCurriculum(1), device=CPU, seed=0,
-                network=partial(PixelCNNPolicy, hidden=16), n_steps=5, gamma=0.99)
+    agent = A2C(MiniPacman(num_envs=2, frame_cap=20), MiniPacman(num_envs=2, frame_cap=20),
+                CPU, 0, partial(PixelCNNPolicy, hidden=16), n_steps=5, gamma=0.99)
     sink = RecordingSink()
-    agent.on_train_end(tmp_path, trained(agent, tmp_path, sink))
+    report_after_training(agent, tmp_path, sink)
 
     plots = tmp_path / "plots"
     assert sorted(p.name for p in plots.iterdir()) == [
         "episode.gif", "episode_strip.png", "training.png"]
-    assert sink.media == [("image", "plots/training", plots / "training.png"),
+    assert sink.media == [("image", "media/training_curves", plots / "training.png"),
                           ("video", "media/episode", plots / "episode.gif")]
     frames = agent.record_episode()  # the same greedy episode from the same seed
     assert frames.shape[1:] == (3, 15, 19) and 2 <= len(frames) <= 21  # start + <= 20 steps
@@ -132,18 +134,20 @@ def test_a2c_on_minipacman_plots_training_and_renders_an_episode(tmp_path: Path,
 
 
 def test_a2c_without_image_observations_only_plots_training(tmp_path: Path, one_torch_thread):
-    agent = A2C(env=ToolEnv(num_envs=8, stages=(0,)), eval_env=ToolEnv(num_envs=8, stages=(0,)),
-                memory=None, curriculum=FixedCurriculum(0), device=CPU, seed=0,
-                network=partial(ToolGRUPolicy, hidden=16))
+    agent = A2C(ToolEnv(num_envs=8, stages=(0,)), ToolEnv(num_envs=8, stages=(0,)), CPU, 0,
+                partial(ToolGRUPolicy, hidden=16))
     sink = RecordingSink()
-    agent.on_train_end(tmp_path, trained(agent, tmp_path, sink))
+    report_after_training(agent, tmp_path, sink)
     assert [p.name for p in (tmp_path / "plots").iterdir()] == ["training.png"]
-    assert sink.media == [("image", "plots/training", tmp_path / "plots" / "training.png")]
+    assert sink.media == [("image", "media/training_curves",
+                           tmp_path / "plots" / "training.png")]
 
 
 def test_wandb_sink_logs_a_gif_as_a_video_offline(tmp_path: Path):
     gif = save_gif(upscale(distinct_frames(3), 4), tmp_path / "plots" / "episode.gif")
-    logger = MetricLogger(tmp_path, [WandbSink("procmem-test", tmp_path, mode="offline")])
+    sink = WandbSink(tmp_path, RunDir(tmp_path).wandb_run_id("train"), project="procmem-test",
+                     mode="offline")
+    logger = MetricLogger(tmp_path / "metrics.jsonl", [sink])
     logger.log(1, {"train/entropy": 1.0})
     logger.log_video("media/episode", gif)
     logger.finish()

@@ -1,4 +1,4 @@
-"""The runner with a fake algorithm: cadences, curriculum hooks, resume and the end hook."""
+"""The runner with a fake algorithm: cadences, curriculum hooks, resume and the reporters."""
 
 from __future__ import annotations
 
@@ -11,13 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-from procmem.checkpoint import CheckpointManager
-from procmem.curriculum import AdaptiveCurriculum, StagedCurriculum
-from procmem.logging import MetricLogger, read_metrics
-from procmem.runner import Runner
+from procmem.curricula import AdaptiveCurriculum, StagedCurriculum
+from procmem.run.checkpoint import CheckpointManager
+from procmem.run.loggers import MetricLogger, read_metrics
+from procmem.run.runner import Runner
 from procmem.runtime import NonFiniteLossError, check_finite, seed_everything
 
 from helpers import without_perf
+
+# The fake algorithm's metrics (train/noise, train/done) are not in the vocabulary.
+pytestmark = pytest.mark.filterwarnings("ignore:metric .* is not in the metric vocabulary")
 
 
 class FakeAlgorithm:
@@ -30,12 +33,13 @@ class FakeAlgorithm:
 
     def train_iteration(self) -> dict[str, float]:
         self.done += 1
-        self.events.append(("train", self.done, self.curriculum.stage))
+        stage = None if self.curriculum is None else self.curriculum.stage
+        self.events.append(("train", self.done, stage))
         return {"train/noise": float(np.random.random()), "train/done": float(self.done)}
 
     def evaluate(self, episodes: int) -> dict[str, float]:
         self.events.append(("evaluate", self.done, episodes))
-        return {"eval/accuracy_stage0": 1.0, "eval/accuracy_stage1": 0.5}
+        return {"eval/success_rate_stage0": 1.0, "eval/success_rate_stage1": 0.5}
 
     def state_dict(self) -> dict[str, Any]:
         return {"done": self.done}
@@ -44,9 +48,14 @@ class FakeAlgorithm:
         self.done = state["done"]
 
 
-class FakeAlgorithmWithEnd(FakeAlgorithm):
-    def on_train_end(self, run_dir: Path, logger: MetricLogger) -> None:
-        self.events.append(("end", run_dir, logger))
+class RecordingReporter:
+    """Records what the runner reports to it."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def on_train_end(self, algorithm: Any, logger: MetricLogger) -> None:
+        self.calls.append((algorithm, logger, algorithm.done))
 
 
 class RecordingCurriculum(AdaptiveCurriculum):
@@ -64,17 +73,19 @@ class RecordingCurriculum(AdaptiveCurriculum):
         super().update(iteration, eval_metrics)
 
 
-def make_runner(run_dir: Path, algorithm_cls: type = FakeAlgorithm, curriculum: Any = None,
-                resume_iteration: int | None = None, **settings: int) -> Runner:
+def make_runner(run_dir: Path, algorithm_cls: type = FakeAlgorithm, curriculum: Any = "adaptive",
+                resume_iteration: int | None = None, reporters: tuple = (),
+                **settings: int) -> Runner:
     events: list[tuple] = []
-    curriculum = RecordingCurriculum(events) if curriculum is None else curriculum
+    curriculum = RecordingCurriculum(events) if curriculum == "adaptive" else curriculum
     settings = {"iterations": 10, "eval_every": 4, "eval_episodes": 3, "checkpoint_every": 5,
-                "log_every": 3, **settings}
+                "log_every": 3, "keep_checkpoints": 100, **settings}
     return Runner(
         algorithm_cls(curriculum, events),
         curriculum,
-        MetricLogger(run_dir, resume_iteration=resume_iteration),
-        CheckpointManager(run_dir / "checkpoints", keep=100),
+        MetricLogger(run_dir / "metrics.jsonl", resume_iteration=resume_iteration),
+        CheckpointManager(run_dir / "checkpoints"),
+        reporters,
         progress=False,
         **settings,
     )
@@ -94,7 +105,7 @@ def test_cadences(tmp_path):
     rows = read_metrics(tmp_path / "metrics.jsonl")
     assert iterations_with(rows, "train/done") == [3, 6, 9, 10]
     assert iterations_with(rows, "perf/iterations_per_second") == [3, 6, 9, 10]
-    assert iterations_with(rows, "eval/accuracy_stage0") == [4, 8, 10]
+    assert iterations_with(rows, "eval/success_rate_stage0") == [4, 8, 10]
     assert iterations_with(rows, "curriculum/stage") == [4, 8, 10]
     assert checkpoint_iterations(runner) == [5, 10]
     evaluations = [event for event in runner.algorithm.events if event[0] == "evaluate"]
@@ -106,16 +117,16 @@ def test_every_zero_means_after_the_last_iteration(tmp_path):
     final = runner.run()
     rows = read_metrics(tmp_path / "metrics.jsonl")
     assert iterations_with(rows, "train/done") == list(range(1, 11))
-    assert iterations_with(rows, "eval/accuracy_stage0") == [10]
+    assert iterations_with(rows, "eval/success_rate_stage0") == [10]
     assert checkpoint_iterations(runner) == [10]
     assert final["train/done"] == 10.0
-    assert final["eval/accuracy_stage1"] == 0.5
+    assert final["eval/success_rate_stage1"] == 0.5
 
 
 def test_curriculum_hooks_order_and_arguments(tmp_path):
     runner = make_runner(tmp_path, iterations=6, eval_every=3)
     runner.run()
-    evaluation = {"eval/accuracy_stage0": 1.0, "eval/accuracy_stage1": 0.5}
+    evaluation = {"eval/success_rate_stage0": 1.0, "eval/success_rate_stage1": 0.5}
     expected: list[tuple] = []
     stage = 0
     for iteration in range(1, 7):
@@ -132,7 +143,7 @@ def test_curriculum_hooks_order_and_arguments(tmp_path):
 
 
 def test_staged_curriculum_follows_the_run_length(tmp_path):
-    runner = make_runner(tmp_path, curriculum=StagedCurriculum([0, 0, 0, 1, 1, 2]),
+    runner = make_runner(tmp_path, curriculum=StagedCurriculum(schedule=[0, 0, 0, 1, 1, 2]),
                          iterations=12)
     runner.run()
     stages = [event[2] for event in runner.algorithm.events if event[0] == "train"]
@@ -177,18 +188,23 @@ def test_a_run_resumed_after_its_last_iteration_returns_the_whole_runs_final_met
     assert not [event for event in resumed.algorithm.events if event[0] == "train"]
 
 
-def test_train_end_hook_called_once_after_training(tmp_path):
-    runner = make_runner(tmp_path, algorithm_cls=FakeAlgorithmWithEnd)
+def test_reporters_are_called_once_after_the_last_iteration(tmp_path):
+    first, second = RecordingReporter(), RecordingReporter()
+    runner = make_runner(tmp_path, reporters=(first, second))
     runner.run()
-    events = runner.algorithm.events
-    assert events[-1] == ("end", tmp_path, runner.logger)
-    assert sum(event[0] == "end" for event in events) == 1
+    assert first.calls == second.calls == [(runner.algorithm, runner.logger, 10)]
 
 
-def test_algorithm_without_end_hook_runs(tmp_path):
-    runner = make_runner(tmp_path)
+def test_a_run_without_curriculum_logs_and_saves_none(tmp_path):
+    runner = make_runner(tmp_path, curriculum=None)
     runner.run()
-    assert all(event[0] != "end" for event in runner.algorithm.events)
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert not [key for row in rows for key in row if key.startswith("curriculum/")]
+    saved = CheckpointManager.load(runner.checkpoints.latest())
+    assert saved["curriculum"] is None
+    resumed = make_runner(tmp_path, curriculum=None, resume_iteration=10)
+    resumed.restore(saved)
+    assert resumed.run()["train/done"] == 10.0
 
 
 class DivergingAlgorithm(FakeAlgorithm):

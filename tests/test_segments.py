@@ -3,9 +3,9 @@
 import numpy as np
 import torch
 
-from procmem.agents.features import SituationEmbedding, next_subgoal, policy_features
-from procmem.agents.segments import shortest_path, state_keys, subgoal_segments
 from procmem.envs.keydoor import FIELD, NO_DIRECTION, OBS_FIELDS
+from procmem.skills.features import SituationEmbedding, next_subgoal, policy_features
+from procmem.skills.segments import shortest_path, state_keys, subgoal_segments
 
 UP, DOWN, LEFT, RIGHT, PICKUP, OPEN = range(6)
 MOVES = {UP: (0, 1), DOWN: (0, -1), LEFT: (-1, 0), RIGHT: (1, 0)}

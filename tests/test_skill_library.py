@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from procmem.memory.skill_library import (
+from procmem.app import ConfigError, check_config, compose_config
+from procmem.settings import SettingError
+from procmem.skills.library import (
     SKILL_LIBRARY_FORMAT_VERSION,
     SkillLibrary,
     SkillLibraryError,
 )
-from procmem.schema import ConfigError, SkillLibraryConfig, check_node
 
 NO_KEY = {"has_key": False, "door_open": False}
 HAS_KEY = {"has_key": True, "door_open": False}
@@ -105,8 +106,9 @@ def test_add_rejects_invalid_skills(actions, preconditions, embedding, message) 
     ],
 )
 def test_constructor_validates_arguments(kwargs, name) -> None:
-    with pytest.raises(ValueError, match=name):
+    with pytest.raises(SettingError) as info:
         SkillLibrary(**kwargs)
+    assert info.value.key == name
 
 
 def test_preconditions_filter_retrieval() -> None:
@@ -644,28 +646,28 @@ def test_load_state_dict_rejects_more_skills_than_capacity() -> None:
     ],
 )
 def test_constructor_validates_management_arguments(kwargs, name) -> None:
-    with pytest.raises(ValueError, match=name):
+    with pytest.raises(SettingError) as info:
         SkillLibrary(**kwargs)
+    assert info.value.key == name
 
 
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"index": "faiss"}, "memory.index: 'faiss' is not one of: exact, hnsw"),
-        ({"capacity": 0}, "memory.capacity: 0 is out of range"),
-        ({"eviction": "lfu"}, "memory.eviction: 'lfu' is not one of: utility, lru, fifo"),
-        ({"recency_halflife": 0.0}, "memory.recency_halflife: 0.0 is out of range"),
-        ({"merge_every": -1}, "memory.merge_every: -1 is out of range"),
+        ("memory.index=faiss", "memory.index: 'faiss' is not one of: exact, hnsw"),
+        ("memory.capacity=0", "memory.capacity: 0 is out of range"),
+        ("memory.eviction=lfu", "memory.eviction: 'lfu' is not one of: utility, lru, fifo"),
+        ("memory.recency_halflife=0.0", "memory.recency_halflife: 0.0 is out of range"),
+        ("memory.merge_every=-1", "memory.merge_every: -1 is out of range"),
     ],
 )
-def test_config_schema_checks_management_fields(change, message) -> None:
-    node = {"embedding_dim": 8, "top_k": 3, "merge_threshold": 0.9, "index": "exact",
-            "capacity": None, "eviction": "utility", "recency_halflife": 100.0, "merge_every": 0}
-    assert check_node(node, SkillLibraryConfig, "memory").capacity is None
+def test_config_checks_management_settings(change, message) -> None:
+    check_config(compose_config(["memory.capacity=null"]))
     with pytest.raises(ConfigError, match=re.escape(message)):
-        check_node({**node, **change}, SkillLibraryConfig, "memory")
+        check_config(compose_config([change]))
 
 
+@pytest.mark.slow
 def test_scale_benchmark_quick_run() -> None:
     root = Path(__file__).resolve().parents[1]
     start = time.perf_counter()

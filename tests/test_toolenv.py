@@ -4,12 +4,11 @@ samplers, seeding and state."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
-from omegaconf import OmegaConf
+from hydra.utils import instantiate
 
+from procmem.app import compose_config
 from procmem.envs.toolenv import (
     ADD,
     ANS,
@@ -29,7 +28,7 @@ from procmem.envs.toolenv import (
     run_program,
     target,
 )
-from procmem.schema import ConfigError, ToolEnvConfig, check_node
+from procmem.settings import SettingError
 
 ACTION = {token: index for index, token in enumerate(TOOL_TOKENS)}
 SHORTEST = {
@@ -251,7 +250,7 @@ def test_auto_reset_and_final_info():
     for token in (MUL, ADD):
         env.step(np.full(16, ACTION[token]))
     obs, reward, terminated, truncated, info = env.step(np.full(16, ACTION[ANS]))
-    assert terminated.all() and not truncated.any() and info["final_correct"].all()
+    assert terminated.all() and not truncated.any() and info["success"].all()
     assert (reward == 1).all() and (info["episode_steps"] == 3).all()
     a, b, c = before[:, :3].T
     np.testing.assert_array_equal(info["final_target"], a * b + c)
@@ -378,8 +377,9 @@ def test_no_shaping_without_answer():
     ],
 )
 def test_bad_arguments_name_the_argument(kwargs, name):
-    with pytest.raises(ValueError, match=name):
+    with pytest.raises(SettingError) as error:
         ToolEnv(**kwargs)
+    assert error.value.key == name
 
 
 def test_bad_actions_and_helpers():
@@ -401,20 +401,7 @@ def test_bad_actions_and_helpers():
         Stage("bad", 2, "a*c")
 
 
-def test_config_schema():
-    node = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "env" / "toolenv.yaml")
-    built = check_node(node, ToolEnvConfig, "env")
-    assert (built.num_envs, built.max_steps, built.stages) == (192, 7, [0, 1, 2])
-    env = ToolEnv(**{k: v for k, v in vars(built).items() if k != "_target_"})
-    assert env.num_envs == 192
-    for override, key in [
-        ({"stages": []}, "env.stages"),
-        ({"stages": [4]}, "env.stages"),
-        ({"operand_high": -1}, "env.operand_high"),
-        ({"shaping": -1.0}, "env.shaping"),
-        ({"max_steps": 0}, "env.max_steps"),
-        ({"eval_stages": [0, 4]}, "env.eval_stages"),
-    ]:
-        with pytest.raises(ConfigError) as error:
-            check_node(OmegaConf.merge(node, override), ToolEnvConfig, "env")
-        assert error.value.key == key
+def test_the_config_preset_is_the_original_batch_of_the_defaults():
+    env = instantiate(compose_config(["env=toolenv"]).env)
+    assert (env.num_envs, env.max_steps, env.stages, env.eval_stages) == (192, 7, (0, 1, 2),
+                                                                         (0, 1, 2))

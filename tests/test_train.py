@@ -11,8 +11,9 @@ import pytest
 from omegaconf import DictConfig, OmegaConf
 
 from procmem import app
-from procmem.agents.procedural import ProceduralMemoryAgent
-from procmem.logging import read_metrics
+from procmem.algorithms.procedural import ProceduralMemoryAgent
+from procmem.run.loggers import read_metrics
+from procmem.run.run_dir import RunDir
 
 from helpers import ROOT, TINY, WANDB, run_cli, wandb_summary, without_perf
 
@@ -40,7 +41,7 @@ def test_single_run_writes_the_run_contract(tmp_path: Path) -> None:
     train_rows = [r for r in rows if "train/episode_steps" in r]
     assert [r["iteration"] for r in train_rows] == list(range(1, 13))
     for key in ("memory/skills", "memory/skill_uses", "memory/reuse_rate",
-                "memory/avg_success_rate", "train/episode_reward", "train/success"):
+                "memory/avg_success_rate", "train/episode_return", "train/success_rate"):
         assert key in train_rows[-1]
     assert [r["iteration"] for r in rows if "eval/success_rate" in r] == [6, 12]
 
@@ -69,6 +70,7 @@ LAUNCHERS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", LAUNCHERS)
 def test_multirun_logs_one_wandb_run_per_job_in_one_group(tmp_path: Path, launcher: str
                                                           ) -> None:
@@ -120,8 +122,8 @@ def test_resume_ends_with_the_same_metrics_as_an_uninterrupted_run(
     app.train(cfg, tmp_path / "whole")
 
     stopped = tmp_path / "stopped"
-    (stopped / ".hydra").mkdir(parents=True)
-    OmegaConf.save(cfg, stopped / app.SAVED_CONFIG)
+    RunDir(stopped).config_file.parent.mkdir(parents=True)
+    OmegaConf.save(cfg, RunDir(stopped).config_file)
     original = ProceduralMemoryAgent.train_iteration
     calls = {"n": 0}
 
@@ -140,7 +142,7 @@ def test_resume_ends_with_the_same_metrics_as_an_uninterrupted_run(
     result = run_cli("train.py", f"resume={stopped}")
     assert result.stdout.strip().splitlines()[-1] == f"run_dir: {stopped}"
     assert (stopped / ".hydra/resume/overrides.yaml").is_file()
-    assert OmegaConf.load(stopped / app.SAVED_CONFIG) == cfg
+    assert RunDir(stopped).config() == cfg
 
     whole = without_perf(read_metrics(tmp_path / "whole" / "metrics.jsonl"))
     resumed = without_perf(read_metrics(stopped / "metrics.jsonl"))
@@ -182,9 +184,9 @@ def test_evaluate_writes_eval_json_for_a_finished_run(tmp_path: Path) -> None:
     evaluation = json.loads((run_dir / "eval.json").read_text())
     assert evaluation["episodes"] == 7 and evaluation["iteration"] == 12
     assert evaluation["eval/success_rate"] == 1.0
-    assert evaluation["eval/mean_steps"] == 10.0
+    assert evaluation["eval/episode_steps"] == 10.0
     assert evaluation["memory/skills"] == 1.0
-    assert "eval/mean_reward" in result.stdout
+    assert "eval/episode_return" in result.stdout
 
 
 def test_tool_use_run_evaluates_per_stage_with_explained_samples(tmp_path: Path) -> None:
@@ -193,29 +195,31 @@ def test_tool_use_run_evaluates_per_stage_with_explained_samples(tmp_path: Path)
             "trainer.iterations=4", "trainer.eval_every=2", "trainer.eval_episodes=16",
             "trainer.progress=false", f"hydra.run.dir={run_dir}")
     rows = read_metrics(run_dir / "metrics.jsonl")
-    assert [r["iteration"] for r in rows if "eval/accuracy_stage2" in r] == [2, 4]
-    assert all("curriculum/stage" in r for r in rows if "eval/accuracy" in r)
+    assert [r["iteration"] for r in rows if "eval/success_rate_stage2" in r] == [2, 4]
+    assert all("curriculum/stage" in r for r in rows if "eval/success_rate" in r)
 
     result = run_cli("evaluate.py", f"run={run_dir}", "episodes=16", "log=false")
     evaluation = json.loads((run_dir / "eval.json").read_text())
-    assert {f"eval/accuracy_stage{s}" for s in range(3)} <= evaluation.keys()
+    assert {f"eval/success_rate_stage{s}" for s in range(3)} <= evaluation.keys()
     assert [s["stage"] for s in evaluation["samples"]] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     assert "program=" in result.stdout and "expression=(a*b+c)-(d*e)" in result.stdout
 
 
+@pytest.mark.slow
 def test_optuna_sweep_optimises_the_objective_each_run_returns(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     run_cli("train.py", "-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=3",
             "hydra.sweeper.direction=minimize", "hydra.sweeper.sampler.seed=0",
-            "env.max_steps=int(interval(5,60))", "trainer.objective=eval/mean_steps",
+            "env.max_steps=int(interval(5,60))", "trainer.objective=eval/episode_steps",
             "trainer.iterations=4", "trainer.eval_every=4", "trainer.eval_episodes=3",
             "trainer.progress=false", "logger=none", f"hydra.sweep.dir={sweep}")
     trials = {}
     for job in sorted(p for p in sweep.iterdir() if p.is_dir()):
         max_steps = int(OmegaConf.load(job / ".hydra" / "config.yaml").env.max_steps)
         assert 5 <= max_steps <= 60
-        evaluations = [r for r in read_metrics(job / "metrics.jsonl") if "eval/mean_steps" in r]
-        trials[max_steps] = evaluations[-1]["eval/mean_steps"]
+        evaluations = [r for r in read_metrics(job / "metrics.jsonl")
+                       if "eval/episode_steps" in r]
+        trials[max_steps] = evaluations[-1]["eval/episode_steps"]
     assert len(trials) == 3
     results = OmegaConf.load(sweep / "optimization_results.yaml")
     assert results.best_value == pytest.approx(min(trials.values()))

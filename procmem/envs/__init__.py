@@ -1,0 +1,1 @@
+"""Batched environments (Gymnasium-shaped: arrays in, arrays out) and what they offer."""

@@ -31,7 +31,7 @@ auto-reset and the info keys are those of :class:`~procmem.envs.toolenv.ToolEnv`
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 
@@ -45,11 +45,13 @@ from procmem.envs.toolenv import (
     STO,
     SUB,
     VOCAB,
+    MaxSteps,
     Problems,
     ToolEnv,
     binary_op,
     digit_tokens,
 )
+from procmem.settings import AtLeast, configurable
 
 OPERATORS = np.array([MUL, ADD, SUB], dtype=np.int64)
 _SYMBOL = {MUL: "*", ADD: "+", SUB: "-"}
@@ -85,32 +87,28 @@ def infix(left: int, right: int, operators: Sequence[int], operands: Sequence[in
     return text
 
 
+@configurable
 class ExpressionEnv(ToolEnv):
     """Batched tool use on random expressions whose postfix form is the context (see the
-    module docstring); stage ``s`` = depth ``s + 1``, ``max_depth`` stages in all.
-    ``eval_stages`` beyond ``stages`` measure depths never trained on."""
+    module docstring); stage ``s`` = depth ``s + 1``, ``max_depth`` stages in all, and
+    ``max_steps`` tokens per problem (depth ``d`` needs up to ``2d + 2``). The other settings
+    are :class:`~procmem.envs.toolenv.ToolEnv`'s. ``eval_stages`` beyond ``stages`` measure
+    depths never trained on."""
 
     state_arrays = (*ToolEnv.state_arrays, "left", "right", "operators")
 
     def __init__(
         self,
-        num_envs: int = 1,
-        max_depth: int = 4,
-        max_steps: int = 10,
-        operand_low: int = 0,
-        operand_high: int = 9,
-        shaping: float = 0.0,
-        stages: Sequence[int] = (0, 1, 2),
-        eval_stages: Sequence[int] | None = None,
+        *,
+        max_depth: Annotated[int, AtLeast(1)] = 4,
+        max_steps: MaxSteps = 10,
+        **settings: Any,
     ) -> None:
-        if max_depth < 1:
-            raise ValueError(f"max_depth must be >= 1, got {max_depth}")
         self.num_stages = self.max_depth = max_depth
-        super().__init__(num_envs, max_steps, operand_low, operand_high, shaping, stages,
-                         eval_stages)
-        self.left = np.zeros(num_envs, dtype=np.int64)
-        self.right = np.zeros(num_envs, dtype=np.int64)
-        self.operators = np.zeros((num_envs, 2 * max_depth - 1), dtype=np.int64)
+        super().__init__(max_steps=max_steps, **settings)
+        self.left = np.zeros(self.num_envs, dtype=np.int64)
+        self.right = np.zeros(self.num_envs, dtype=np.int64)
+        self.operators = np.zeros((self.num_envs, 2 * max_depth - 1), dtype=np.int64)
 
     def _sizes(self) -> tuple[int, int, int]:
         d = self.max_depth

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 
 from procmem.envs import keydoor
 from procmem.envs.batched import ArrayState, check_actions
 from procmem.envs.keydoor import BLOCKED, FIELD, FLAG_NAMES, FLAGS, NO_DIRECTION, OBS_FIELDS
+from procmem.envs.protocols import SubgoalEnv
+from procmem.settings import AtLeast, Below, OneOf, SettingError, configurable
 
 ACTION_NAMES = ("move_up", "move_down", "move_left", "move_right", "pickup_key", "open_door")
 LAYOUTS = ("fixed", "random")
@@ -63,7 +65,8 @@ def reachable(free: np.ndarray, start: np.ndarray) -> np.ndarray:
         reach = grown
 
 
-class GridWorld(ArrayState):
+@configurable
+class GridWorld(ArrayState, SubgoalEnv):
     """Batched key/door/goal gridworld, Gymnasium-shaped (arrays in, arrays out).
 
     Picking up the key on its cell, then opening the door on its cell, then stepping onto
@@ -71,6 +74,11 @@ class GridWorld(ArrayState):
     within the same ``step`` call; their terminal obs is in ``info["final_obs"]``.
     Observations follow :mod:`procmem.envs.keydoor` (``dir`` is ``NO_DIRECTION``: moves
     are absolute, ``move_up`` is ``y + 1``).
+
+    Settings (keyword-only, checked when built): ``num_envs`` envs of ``size`` x ``size``
+    cells, episodes truncated after ``max_steps`` steps, the ``layout`` and its ``walls``,
+    and the rewards: ``step_reward`` every step, ``key_reward``, ``door_reward`` and
+    ``goal_reward`` (which replaces the step reward) for the subgoals.
 
     ``layout="fixed"`` is the original: start (0, 0), key (2, 2), door (3, 3), a decorative
     box (1, 3) and the goal at (size - 1, size - 1). ``layout="random"`` places the start,
@@ -93,35 +101,26 @@ class GridWorld(ArrayState):
 
     def __init__(
         self,
-        num_envs: int = 1,
-        size: int = 5,
-        max_steps: int = 50,
-        layout: str = "fixed",
-        walls: float = 0.0,
+        *,
+        num_envs: Annotated[int, AtLeast(1)] = 1,
+        size: Annotated[int, AtLeast(3)] = 8,
+        max_steps: Annotated[int, AtLeast(1)] = 300,
+        layout: Annotated[str, OneOf(LAYOUTS)] = "random",
+        walls: Annotated[float, AtLeast(0.0), Below(MAX_WALLS)] = 0.0,
         step_reward: float = -0.1,
         key_reward: float = 1.0,
         door_reward: float = 2.0,
         goal_reward: float = 10.0,
     ) -> None:
-        if num_envs < 1:
-            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
-        if size < 3:
-            raise ValueError(f"size must be >= 3, got {size}")
-        if max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1, got {max_steps}")
-        if layout not in LAYOUTS:
-            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         if layout == "fixed" and size < FIXED_MIN_SIZE:
-            raise ValueError(
-                f"size must be >= {FIXED_MIN_SIZE} for layout 'fixed' "
-                f"(key, door, box and goal must fit on distinct cells), got {size}"
-            )
+            raise SettingError("size", f"{size} is out of range: layout=fixed needs size >= "
+                                       f"{FIXED_MIN_SIZE} (key, door, box and goal on "
+                                       "distinct cells)")
         if layout == "random" and size > MAX_RANDOM_SIZE:
-            raise ValueError(f"size must be <= {MAX_RANDOM_SIZE} for layout 'random', got {size}")
-        if not 0.0 <= walls < MAX_WALLS:
-            raise ValueError(f"walls must be in [0, {MAX_WALLS}), got {walls}")
+            raise SettingError("size", f"{size} is out of range: layout=random needs size <= "
+                                       f"{MAX_RANDOM_SIZE}")
         if layout == "fixed" and walls > 0:
-            raise ValueError(f"walls must be 0 for layout 'fixed', got {walls}")
+            raise SettingError("walls", f"{walls!r}: layout=fixed has no walls, must be 0")
         self.num_envs = num_envs
         self.size = size
         self.max_steps = max_steps

@@ -9,12 +9,14 @@ per-step image rendering (``gen_obs``), bound the throughput.
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 
 from procmem.envs.batched import check_actions
 from procmem.envs.keydoor import FIELD, FLAG_NAMES, OBS_FIELDS
+from procmem.envs.protocols import SubgoalEnv
+from procmem.settings import AtLeast, StartsWith, configurable
 
 MISSING_EXTRA = "env=minigrid needs the 'minigrid' extra: pip install -e '.[minigrid]'"
 # Fields that change within an episode, in the order _dynamic_fields returns them.
@@ -75,8 +77,10 @@ def _object_cells(env: Any) -> list[int]:
     return cells
 
 
-class MiniGridEnv:
-    """``num_envs`` Gymnasium MiniGrid envs with the batched gridworld interface.
+@configurable
+class MiniGridEnv(SubgoalEnv):
+    """``num_envs`` Gymnasium MiniGrid envs of task ``env_id`` with the batched gridworld
+    interface; ``max_steps`` replaces the task's own step limit (``None`` keeps it).
 
     Actions are MiniGrid's own (``action_names``). ``reset(seed=s)`` seeds env ``i`` with
     ``s + i``; episodes that end are reset within the same ``step`` call from each env's
@@ -93,14 +97,11 @@ class MiniGridEnv:
 
     def __init__(
         self,
-        env_id: str = "MiniGrid-DoorKey-5x5-v0",
-        num_envs: int = 1,
-        max_steps: int | None = None,
+        *,
+        env_id: Annotated[str, StartsWith("MiniGrid-")] = "MiniGrid-DoorKey-5x5-v0",
+        num_envs: Annotated[int, AtLeast(1)] = 1,
+        max_steps: Annotated[int, AtLeast(1)] | None = None,
     ) -> None:
-        if num_envs < 1:
-            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
-        if max_steps is not None and max_steps < 1:
-            raise ValueError(f"max_steps must be None or >= 1, got {max_steps}")
         self.envs = _make_envs(env_id, num_envs, max_steps)
         first = self.envs[0].unwrapped
         self.env_id = env_id

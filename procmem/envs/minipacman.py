@@ -77,11 +77,13 @@ a random option; each level draws the cells of Pacman, the pills and the ghosts.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 
 from procmem.envs.batched import ArrayState, check_actions
+from procmem.envs.protocols import EventRewardEnv, PixelEnv
+from procmem.settings import AtLeast, OneOf, configurable
 
 MAZE = (
     "###################",
@@ -193,26 +195,24 @@ def ghost_speed(level: np.ndarray, power: np.ndarray) -> np.ndarray:
     return np.where(np.asarray(power) > 0, 0.5 * speed, speed)
 
 
-class MiniPacman(ArrayState):
-    """Batched MiniPacman in one of five reward modes; see the module docstring."""
+@configurable
+class MiniPacman(ArrayState, PixelEnv, EventRewardEnv):
+    """Batched MiniPacman: ``num_envs`` envs in reward ``mode`` (one of :data:`MODES`),
+    episodes truncated after ``frame_cap`` steps; see the module docstring."""
 
     state_arrays = STATE_ARRAYS
     num_actions = len(ACTION_NAMES)
     action_names = ACTION_NAMES
     obs_shape = (3, HEIGHT, WIDTH)
-    EVENTS = EVENTS
+    event_names = EVENTS
 
-    def __init__(self, num_envs: int = 16, mode: str = "regular", frame_cap: int = 1000) -> None:
-        if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)):
-            raise ValueError(f"num_envs must be an int >= 1, got {num_envs!r}")
-        if num_envs < 1:
-            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if isinstance(frame_cap, bool) or not isinstance(frame_cap, (int, np.integer)):
-            raise ValueError(f"frame_cap must be an int >= 1, got {frame_cap!r}")
-        if frame_cap < 1:
-            raise ValueError(f"frame_cap must be >= 1, got {frame_cap}")
+    def __init__(
+        self,
+        *,
+        num_envs: Annotated[int, AtLeast(1)] = 16,
+        mode: Annotated[str, OneOf(MODES)] = "regular",
+        frame_cap: Annotated[int, AtLeast(1)] = 1000,
+    ) -> None:
         self.num_envs = int(num_envs)
         self.mode = mode
         self.frame_cap = int(frame_cap)

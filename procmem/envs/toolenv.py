@@ -59,7 +59,7 @@ not in ``stages`` measure generalisation to problems never trained on.
 
 ``acc`` and ``mem`` are not observed: the agent tracks them itself. ``step`` returns the info
 ``final_obs`` (the obs before the auto-reset), ``final_target``, ``final_answer`` (``acc``
-after this step: the submitted answer where ``ANS`` was emitted), ``final_correct``,
+after this step: the submitted answer where ``ANS`` was emitted), ``success`` (it was right),
 ``final_stage``, ``answered``, ``invalid`` and ``episode_steps``, all [B]: the values of the
 episode each env ran this step, meaningful where it ended.
 """
@@ -70,13 +70,15 @@ import ast
 import functools
 import operator
 import string
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
 import numpy as np
 
 from procmem.envs.batched import ArrayState, check_actions
+from procmem.envs.protocols import StagedEnv, StageSampler
+from procmem.settings import AtLeast, NonEmpty, SettingError, configurable
 
 VOCAB = (*"0123456789", "CTX", "MUL", "ADD", "SUB", "ANS", "STO", "RCL", "EOS")
 CTX, MUL, ADD, SUB, ANS, STO, RCL, EOS = (VOCAB.index(name) for name in VOCAB[10:])
@@ -84,9 +86,6 @@ TOOL_TOKENS = (MUL, ADD, SUB, STO, RCL, ANS)
 OPERAND_NAMES = string.ascii_lowercase
 _BINARY = {MUL: operator.mul, ADD: operator.add, SUB: operator.sub}
 _AST_OPERATORS = {ast.Mult: operator.mul, ast.Add: operator.add, ast.Sub: operator.sub}
-
-StageSampler = Callable[[int, np.random.Generator], np.ndarray]
-
 
 @functools.cache
 def _parse(expression: str, num_operands: int) -> ast.expr:
@@ -149,6 +148,8 @@ STAGES = (
     Stage("two_products", 5, "(a*b+c)-(d*e)"),
     Stage("nested", 6, "(a*b+c)-(d*e+f)"),
 )
+MaxSteps = Annotated[int, AtLeast(1)]  # tool tokens a problem may take
+
 _NUM_OPERANDS = np.array([stage.num_operands for stage in STAGES], dtype=np.int64)
 _NUM_PARTIALS = np.array(
     [len(stage.partial_results(range(stage.num_operands))) for stage in STAGES], dtype=np.int64
@@ -282,8 +283,14 @@ def decode(tokens: Sequence[int]) -> str:
     return " ".join(VOCAB[token] for token in tokens)
 
 
-class ToolEnv(ArrayState):
+@configurable
+class ToolEnv(ArrayState, StagedEnv):
     """Batched arithmetic tool-use env, Gymnasium-shaped (see the module docstring).
+
+    Settings: ``num_envs`` problems at a time, ``max_steps`` tool tokens per problem,
+    operands drawn from ``operand_low..operand_high``, the ``shaping`` reward per partial
+    result, the ``stages`` trained when no curriculum picks them and the ``eval_stages``
+    evaluated (default: ``stages``).
 
     Envs that end are reset within the same ``step`` call, drawing their next problem's
     stage from the stage sampler and its operands from the env's generator (seeded by
@@ -300,26 +307,18 @@ class ToolEnv(ArrayState):
 
     def __init__(
         self,
-        num_envs: int = 1,
-        max_steps: int = 7,
-        operand_low: int = 0,
-        operand_high: int = 9,
-        shaping: float = 0.0,
-        stages: Sequence[int] = (0, 1, 2),
-        eval_stages: Sequence[int] | None = None,
+        *,
+        num_envs: Annotated[int, AtLeast(1)] = 1,
+        max_steps: MaxSteps = 7,
+        operand_low: Annotated[int, AtLeast(0)] = 0,  # the vocabulary has no sign token
+        operand_high: Annotated[int, AtLeast(0)] = 9,
+        shaping: Annotated[float, AtLeast(0.0)] = 0.0,
+        stages: Annotated[Sequence[int], NonEmpty()] = (0, 1, 2),
+        eval_stages: Annotated[Sequence[int], NonEmpty()] | None = None,
     ) -> None:
-        if num_envs < 1:
-            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
-        if max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1, got {max_steps}")
-        if operand_low < 0:
-            raise ValueError(f"operand_low must be >= 0 (no sign token), got {operand_low}")
         if operand_high < operand_low:
-            raise ValueError(
-                f"operand_high must be >= operand_low ({operand_low}), got {operand_high}"
-            )
-        if shaping < 0:
-            raise ValueError(f"shaping must be >= 0, got {shaping}")
+            raise SettingError("operand_high", f"{operand_high} is out of range: must be >= "
+                                               f"operand_low ({operand_low})")
         stages = self._stage_list(stages, "stages")
         if eval_stages is not None:
             eval_stages = self._stage_list(eval_stages, "eval_stages")
@@ -390,7 +389,7 @@ class ToolEnv(ArrayState):
             "final_obs": self._obs(),
             "final_target": self.target.copy(),
             "final_answer": self.acc.copy(),
-            "final_correct": correct,
+            "success": correct,
             "final_stage": self.stage.copy(),
             "answered": answered,
             "invalid": ~valid,
@@ -402,12 +401,12 @@ class ToolEnv(ArrayState):
         return self._obs(), reward, terminated, truncated, info
 
     def _stage_list(self, stages: Sequence[int], name: str) -> tuple[int, ...]:
+        """``stages`` as a tuple; each must be a stage of this env."""
         stages = tuple(int(stage) for stage in stages)
-        if not stages or any(not 0 <= stage < self.num_stages for stage in stages):
-            raise ValueError(
-                f"{name} must be a non-empty list of stages in [0, {self.num_stages}), "
-                f"got {list(stages)}"
-            )
+        for stage in stages:
+            if not 0 <= stage < self.num_stages:
+                raise SettingError(name, f"{stage!r} is out of range: stages are "
+                                         f"0..{self.num_stages - 1}")
         return stages
 
     def _uniform_stages(self, n: int, rng: np.random.Generator) -> np.ndarray:

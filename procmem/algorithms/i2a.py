@@ -1,0 +1,221 @@
+"""Imagination-augmented agents (I2A, Weber et al. 2017) for MiniPacman, trained with A2C.
+
+:class:`I2A` is :class:`~procmem.algorithms.a2c.A2C` on an
+:class:`~procmem.models.i2a.I2APolicy` (its ``imagination`` picks the agent or one of its
+baselines) plus two updates of its own after each A2C step: the rollout policy is distilled
+from the agent's policy (the cross-entropy of its action distribution against the agent's,
+on the real frames of the update, with its own Adam optimizer), and, with
+``finetune_env_model``, the env model takes an Adam step of its own supervised loss on the
+update's real transitions. Otherwise the env model is frozen. A2C's loss never reaches
+either: the rollout policy's actions are argmax choices and imagined frames are argmax pixel
+classes.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from procmem.algorithms.a2c import (
+    A2C,
+    RECORD_SEED_OFFSET,
+    Discount,
+    GradNorm,
+    LearningRate,
+    OptimizerName,
+    RolloutSteps,
+)
+from procmem.algorithms.env_model_training import EnvModelTrainer, next_frames_of
+from procmem.envs.protocols import EventRewardEnv, PixelEnv
+from procmem.models.env_model import EnvModel
+from procmem.models.i2a import IMAGINATION, I2APolicy
+from procmem.runtime import check_finite
+from procmem.settings import AtLeast, OneOf, SettingError, configurable
+
+PRETRAIN_WARNING = (
+    "agent=i2a has no env_model_run: pretraining an env model for {iterations} iterations "
+    "on random-policy data first (train one with experiment=envmodel_minipacman and pass its "
+    "run dir as agent.env_model_run)"
+)
+
+
+def distillation_loss(rollout_logits: Tensor, agent_logits: Tensor) -> Tensor:
+    """Cross-entropy of the rollout policy against the agent's policy (a constant target),
+    ``-sum_a pi(a) log pi_hat(a)``, averaged over the batch; it is smallest, the agent
+    policy's entropy, where the two distributions agree."""
+    target = torch.softmax(agent_logits.detach(), dim=1)
+    return -(target * F.log_softmax(rollout_logits, dim=1)).sum(1).mean()
+
+
+@configurable
+class I2A(A2C):
+    """A2C on an :class:`~procmem.models.i2a.I2APolicy`, with the rollout policy distilled
+    and, optionally, the env model fine-tuned (see the module docstring).
+
+    ``imagination``, ``depth``, ``channels``, ``hidden`` and ``code_size`` shape the network;
+    the rollout policy is distilled with Adam at ``distill_lr`` and a fine-tuned env model
+    trains at ``env_model_lr``. ``env_model`` is the trained model that imagines (the app
+    loads it from ``agent.env_model_run``). Without one, ``imagination="learned"`` first
+    pretrains a model for ``pretrain_iterations`` iterations of
+    :class:`~procmem.algorithms.env_model_training.EnvModelTrainer` on random-policy data of
+    a copy of the env, with a warning, so the agent also runs on its own. The A2C settings
+    default to the MiniPacman A2C tutorial's; the others are
+    :class:`~procmem.algorithms.a2c.A2C`'s.
+    """
+
+    def __init__(
+        self,
+        env: EventRewardEnv,
+        eval_env: EventRewardEnv,
+        device: torch.device,
+        seed: int,
+        env_model: EnvModel | None = None,
+        *,
+        imagination: Annotated[str, OneOf(IMAGINATION)] = "learned",
+        depth: Annotated[int, AtLeast(1)] = 5,
+        channels: Annotated[int, AtLeast(1)] = 16,
+        hidden: Annotated[int, AtLeast(1)] = 256,
+        code_size: Annotated[int, AtLeast(1)] = 64,
+        distill_lr: LearningRate = 1e-3,
+        finetune_env_model: bool = False,
+        env_model_lr: LearningRate = 1e-4,
+        pretrain_iterations: Annotated[int, AtLeast(1)] = 500,
+        n_steps: RolloutSteps = 5,
+        gamma: Discount = 0.99,
+        lr: LearningRate = 7e-4,
+        optimizer: OptimizerName = "rmsprop",
+        max_grad_norm: GradNorm = 0.5,
+        bootstrap_truncated: bool = True,
+        **a2c_settings: Any,
+    ) -> None:
+        if not (isinstance(env, EventRewardEnv) and isinstance(env, PixelEnv)):
+            raise ValueError("agent=i2a needs a MiniPacman env (env=minipacman)")
+        if finetune_env_model and imagination != "learned":
+            raise SettingError("finetune_env_model", "needs imagination=learned")
+        self.finetune_env_model = finetune_env_model
+        if imagination != "learned":
+            env_model = None
+        elif env_model is None:
+            env_model = self._pretrained_env_model(env, device, seed, pretrain_iterations)
+        if env_model is not None:
+            env_model.requires_grad_(finetune_env_model)
+
+        def network(env: Any) -> I2APolicy:
+            return I2APolicy(env, imagination, env_model, depth, channels, hidden, code_size)
+
+        super().__init__(env, eval_env, device, seed, network, n_steps=n_steps, gamma=gamma,
+                         lr=lr, optimizer=optimizer, max_grad_norm=max_grad_norm,
+                         bootstrap_truncated=bootstrap_truncated, **a2c_settings)
+        self.distill_optimizer = None
+        if self.net.rollout_policy is not None:
+            self.distill_optimizer = torch.optim.Adam(self.net.rollout_policy.parameters(),
+                                                      lr=distill_lr)
+        self.env_model_optimizer = None
+        if finetune_env_model:
+            self.env_model_optimizer = torch.optim.Adam(self.net.model.parameters(),
+                                                        lr=env_model_lr)
+
+    @staticmethod
+    def _pretrained_env_model(env: Any, device: torch.device, seed: int,
+                              pretrain_iterations: int) -> EnvModel:
+        """An env model pretrained on random-policy data of a copy of ``env`` (warning)."""
+        warnings.warn(PRETRAIN_WARNING.format(iterations=pretrain_iterations), stacklevel=4)
+        data_env = copy.deepcopy(env)
+        trainer = EnvModelTrainer(data_env, data_env, device, seed + 1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the trainer's own random-policy warning
+            for _ in range(pretrain_iterations):
+                trainer.train_iteration()
+        return trainer.env_model.eval()
+
+    # --- A2C hooks ----------------------------------------------------------------------------
+
+    def trained_parameters(self) -> list[nn.Parameter]:
+        return self.net.agent_parameters()
+
+    def auxiliary_updates(self, steps: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+        """Distil the rollout policy from the agent's policy on the update's real frames and,
+        with ``finetune_env_model``, train the env model on its real transitions."""
+        metrics: dict[str, float] = {}
+        if self.distill_optimizer is None:
+            return metrics
+        frames = torch.cat([step["obs"] for step in steps]).float()
+        agent_logits = torch.cat([step["logits"] for step in steps])
+        loss = distillation_loss(self.net.rollout_policy(frames), agent_logits)
+        check_finite("the distillation loss", loss)
+        self.distill_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.distill_optimizer.step()
+        metrics["train/loss_distill"] = loss.item()
+        if self.env_model_optimizer is not None:
+            metrics.update(self._finetune_env_model(frames, steps))
+        return metrics
+
+    def _finetune_env_model(self, frames: Tensor, steps: Sequence[Mapping[str, Any]]
+                            ) -> dict[str, float]:
+        """One Adam step of the env model's loss on the update's real transitions."""
+        model = self.net.model
+        nexts, masks = zip(*(next_frames_of(step["next_obs"], step["done"], step["info"])
+                             for step in steps), strict=True)
+        def batch(arrays: Sequence[np.ndarray]) -> Tensor:
+            return torch.as_tensor(np.concatenate(arrays), device=self.device)
+
+        actions = torch.cat([step["action"] for step in steps])
+        events = batch([step["info"]["events"] for step in steps]).float()
+        model.train()
+        loss, metrics = model.loss(frames, actions, batch(nexts).float(), events,
+                                   batch(masks), self.net.reward_vector)
+        check_finite("the env model loss", loss)
+        self.env_model_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.env_model_optimizer.step()
+        model.eval()
+        return metrics
+
+    # --- checkpoints and artifacts ------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        for name in ("distill_optimizer", "env_model_optimizer"):
+            optimizer = getattr(self, name)
+            if optimizer is not None:
+                state[name] = copy.deepcopy(optimizer.state_dict())
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        for name in ("distill_optimizer", "env_model_optimizer"):
+            optimizer = getattr(self, name)
+            if optimizer is not None:
+                optimizer.load_state_dict(state[name])
+
+    @torch.no_grad()
+    def imagined_vs_real(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The real frames ``[K, 3, H, W]`` of the first ``K <= depth`` greedy steps of eval
+        env 0 (fixed seed; cut where its episode ends) and the frames the env model
+        imagines for the same actions, open loop from the first frame; ``None`` for the
+        standard agent, which imagines nothing."""
+        if self.net.model is None:
+            return None
+        env = self.eval_env
+        obs, _ = env.reset(seed=self.seed + RECORD_SEED_OFFSET)
+        imagined_frame = torch.as_tensor(obs[:1], device=self.device).float()
+        state = self.net.initial_state(env.num_envs)
+        real, imagined = [], []
+        for _ in range(self.net.depth):
+            logits, _, state = self.net(torch.as_tensor(obs, device=self.device), state)
+            action = logits.argmax(1)
+            obs, _, terminated, truncated, info = env.step(action.cpu().numpy())
+            imagined_frame, _ = self.net.model.predict(imagined_frame, action[:1])
+            real.append(info.get("final_obs", obs)[0])
+            imagined.append(imagined_frame[0].cpu().numpy())
+            if terminated[0] or truncated[0]:
+                break
+        return np.stack(real), np.stack(imagined)

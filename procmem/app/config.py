@@ -1,0 +1,194 @@
+"""The config tree and its checks: schemas derived from the components, composed and
+checked before anything is built.
+
+Every option of a component group (``conf/<group>/<option>.yaml`` with a ``_target_``) is
+backed by a schema node, ``schema/<group>/<option>``, derived from its class's declared
+settings (:func:`procmem.settings.settings_of`): every setting with its default. The option
+file extends it (``defaults: [/schema/<group>/<option>@_here_, _self_]``) and holds only its
+presets, so ``env.size=12`` works whether or not the file mentions ``size``. The primary
+config extends ``schema/run`` (the top-level keys, :class:`RunSettings`) and puts
+``schema/trainer`` (the runner's settings) at ``trainer``.
+
+:func:`check_config` checks a composed config against the same declarations, so an unknown
+key, a wrong type or an out-of-range value stops a run before anything is built, with one
+line naming the full key.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from procmem.algorithms.procedural import ProceduralMemoryAgent
+from procmem.run.runner import Runner
+from procmem.settings import (
+    AtLeast,
+    NonEmpty,
+    OneOf,
+    SettingError,
+    check_settings,
+    components_of,
+    settings_of,
+)
+from procmem.skills.features import SituationEmbedding
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
+GROUPS = ("env", "agent", "memory", "curriculum", "logger")
+DEVICES = ("auto", "cpu", "cuda")
+# Constructor arguments the app loads from another run: config key -> argument.
+RUN_INPUTS = {"env_model_run": "env_model", "policy_run": "policy"}
+
+ConfigError = SettingError  # a bad config value: one line, ``<full key>: <reason>``
+
+
+@dataclass
+class RunSettings:
+    """The top-level keys of a run config (the rest are the groups and ``trainer``)."""
+
+    experiment_name: Annotated[str, NonEmpty()]  # names the output dir and the W&B run
+    seed: Annotated[int, AtLeast(0)] = 0  # seeds Python, numpy, torch and every env
+    device: Annotated[str, OneOf(DEVICES)] = "auto"
+    torch_threads: Annotated[int, AtLeast(0)] = 1  # torch CPU threads; 0: torch's default
+    resume: str | None = None  # a run dir: continue that run from its last checkpoint
+
+
+def import_target(path: str) -> type:
+    """The class a ``_target_`` names."""
+    module, _, name = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise ConfigError("_target_", f"cannot import {path!r} ({error})") from None
+
+
+def run_inputs_of(cls: type) -> dict[str, str]:
+    """The config keys of the constructor arguments of ``cls`` that the app loads from
+    another run (``env_model_run`` for ``env_model``), key -> argument."""
+    parameters = _constructor_parameters(cls)
+    return {key: argument for key, argument in RUN_INPUTS.items() if argument in parameters}
+
+
+def schema_node(target: type, target_path: str | None = None) -> dict[str, Any]:
+    """The config node of a component with every default: ``_target_`` (when given), the
+    settings, its nested components (``???``: picked by their own group) and the keys of
+    arguments loaded from other runs."""
+    node: dict[str, Any] = {} if target_path is None else {"_target_": target_path}
+    for name, setting in settings_of(target).items():
+        node[name] = MISSING if setting.required else _plain(setting.default)
+    if isinstance(target, type) and not hasattr(target, "__dataclass_fields__"):
+        node.update({name: MISSING for name in components_of(target)})
+        node.update({key: None for key in run_inputs_of(target)})
+    return node
+
+
+def register_schemas(config_dir: Path = CONFIG_DIR) -> None:
+    """Put every schema node in Hydra's ConfigStore (see the module docstring)."""
+    store = ConfigStore.instance()
+    store.store(group="schema", name="run", node=schema_node(RunSettings))
+    store.store(group="schema", name="trainer", node=schema_node(Runner))
+    for path in sorted(config_dir.glob("*/**/*.yaml")):
+        target = OmegaConf.load(path).get("_target_")
+        if target is None:
+            continue
+        group = path.parent.relative_to(config_dir).as_posix()
+        store.store(group=f"schema/{group}", name=path.stem,
+                    node=schema_node(import_target(target), target))
+
+
+def register_resolvers() -> None:
+    """``${procmem.if_null:value,then,else}``: lets ``resume`` pick the run dir in the config."""
+    OmegaConf.register_new_resolver(
+        "procmem.if_null", lambda value, then, otherwise: then if value is None else otherwise,
+        replace=True,
+    )
+
+
+def compose_config(overrides: Sequence[str] = (), return_hydra_config: bool = False) -> DictConfig:
+    """The config ``train.py <overrides>`` would run with (for tests, notebooks, benchmarks)."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides),
+                       return_hydra_config=return_hydra_config)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Check a composed run config; raise :class:`ConfigError` on the first bad value."""
+    for group in GROUPS:
+        if group not in cfg:
+            raise ConfigError(group, "missing config group")
+        check_component(cfg[group], group)
+    _check_node(Runner, cfg.trainer, "trainer")
+    top = [key for key in cfg.keys() if key not in (*GROUPS, "trainer", "hydra")]
+    _check_node(RunSettings, OmegaConf.masked_copy(cfg, top), "")
+    _check_combinations(cfg)
+
+
+def check_component(node: DictConfig | None, prefix: str) -> None:
+    """Check one component node (empty means none, as ``memory=none``) and the components
+    nested in it."""
+    if node is None or len(node) == 0:
+        return
+    if "_target_" not in node:
+        raise ConfigError(f"{prefix}._target_", "missing: every component names its class")
+    try:
+        cls = import_target(node._target_)
+    except ConfigError as error:
+        raise error.under(prefix) from None
+    nested = components_of(cls)
+    for key, argument in run_inputs_of(cls).items():
+        value = node.get(key)
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"{prefix}.{key}", f"{value!r} must be a run dir (or null), "
+                                                 f"whose {argument} is loaded")
+    settings = OmegaConf.create({key: value for key, value in node.items()
+                                 if not key.startswith("_") and key not in nested
+                                 and key not in RUN_INPUTS})
+    _check_node(cls, settings, prefix)
+    for name in nested:
+        if name not in node:
+            raise ConfigError(f"{prefix}.{name}", "missing: pick one from its config group")
+        check_component(node[name], f"{prefix}.{name}")
+
+
+def _check_node(target: type, node: DictConfig, prefix: str) -> None:
+    try:
+        values = OmegaConf.to_container(node, resolve=True, throw_on_missing=True)
+        check_settings(target, values)
+    except SettingError as error:
+        raise error.under(prefix) from None
+    except OmegaConfBaseException as error:
+        key = str(error.full_key or error.key or "")
+        reason = str(error.msg).splitlines()[0] if error.msg else type(error).__name__
+        raise ConfigError(f"{prefix}.{key}" if prefix and key else key or prefix, reason) from None
+
+
+def _check_combinations(cfg: DictConfig) -> None:
+    """Values of different groups that only work together."""
+    agent, memory, min_dim = cfg.agent, cfg.memory, SituationEmbedding.MIN_DIM
+    if (agent.get("_target_") == _path(ProceduralMemoryAgent)
+            and agent.get("extraction") == "subgoals" and memory
+            and memory.get("embedding_dim", min_dim) < min_dim):
+        raise ConfigError("memory.embedding_dim", f"{memory.embedding_dim} is too small: "
+                          f"agent.extraction=subgoals needs >= {min_dim}")
+
+
+def _constructor_parameters(cls: type) -> tuple[str, ...]:
+    return tuple(inspect.signature(inspect.unwrap(cls.__init__)).parameters)
+
+
+def _path(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _plain(value: Any) -> Any:
+    """A default as a config value (tuples become lists)."""
+    return [_plain(item) for item in value] if isinstance(value, tuple) else value
+

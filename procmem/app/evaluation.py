@@ -1,0 +1,128 @@
+"""Evaluate a finished run, and compare the runs of multiruns."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from procmem.algorithms.protocols import Explainer
+from procmem.app.build import build_component, build_run, logger_sinks
+from procmem.io import atomic_write_text
+from procmem.run.compare import (
+    GroupStat,
+    RunRecord,
+    aggregate,
+    curves,
+    default_plot_metrics,
+    format_markdown,
+    format_table,
+    group_runs,
+    left_out_reason,
+    load_run,
+    plot_group_curves,
+    write_comparison,
+)
+from procmem.run.run_dir import RunDir, find_runs
+from procmem.runtime import resolve_device, seed_everything, set_threads
+
+EXPLAINED_PER_STAGE = 3  # evaluate_run spells out this many episodes per stage
+
+
+def evaluate_run(
+    run_dir: str | Path, episodes: int, device: str = "auto", log: bool = True
+) -> dict[str, Any]:
+    """Evaluate a run's last checkpoint; write the result as the run's evaluation and return
+    it (algorithms that explain themselves add a few spelled-out ``samples``)."""
+    run = RunDir(run_dir)
+    cfg = run.config()
+    set_threads(cfg.torch_threads)
+    seed_everything(cfg.seed)
+    algorithm = build_run(cfg, resolve_device(device)).algorithm
+    checkpoint = run.checkpoints().load_latest()
+    if checkpoint is None:
+        raise FileNotFoundError(f"{run.path}: no checkpoint to evaluate")
+    algorithm.load_state_dict(checkpoint["algorithm"])
+    metrics = algorithm.evaluate(episodes)
+    result = {"iteration": checkpoint["iteration"], "episodes": episodes, **metrics}
+    if isinstance(algorithm, Explainer):
+        result["samples"] = algorithm.explain(EXPLAINED_PER_STAGE)
+    run.write_evaluation(result)
+    if log:
+        for sink in logger_sinks(cfg, run, "eval"):
+            sink.log({"iteration": checkpoint["iteration"], **metrics})
+            sink.finish(0)
+    return result
+
+
+def compare_runs(
+    paths: Sequence[str | Path],
+    out_dir: str | Path,
+    metrics: Sequence[str] | None = None,
+    interval: str = "bootstrap",
+    report: bool = False,
+) -> tuple[str, dict[str, Path]]:
+    """Aggregate finished runs by their overrides over seeds (mean and 95% ``interval``);
+    write ``comparison.csv``, ``comparison.md``, ``comparison.png`` (final values) and
+    ``curves.png`` (mean curves with shaded bootstrap intervals) into ``out_dir``. Failed and
+    unfinished runs are left out and listed. ``report`` also logs it all as a W&B run."""
+    loaded = [load_run(run) for path in paths for run in find_runs(path)]
+    runs = [run for run in loaded if run.finished]
+    left_out = [run for run in loaded if not run.finished]
+    if not runs:
+        raise ValueError(f"no finished runs to compare in {', '.join(map(str, paths))} "
+                         f"({len(left_out)} failed or unfinished)")
+    stats = aggregate(runs, metrics, interval=interval)
+    csv_path, png_path = write_comparison(stats, out_dir, metrics)
+    plotted = list(metrics) if metrics is not None else default_plot_metrics(stats)
+    md_path = atomic_write_text(Path(out_dir) / "comparison.md",
+                                format_markdown(stats, interval, left_out))
+    curves_path = plot_group_curves(curves(runs, plotted), plotted, Path(out_dir) / "curves.png")
+    written = {"comparison.csv": csv_path, "comparison.md": md_path,
+               "comparison.png": png_path, "curves.png": curves_path}
+    if report:
+        _log_comparison(loaded, stats, written, Path(out_dir), interval)
+    table = "\n".join([format_table(stats),
+                       *(f"left out: {run.path}: {left_out_reason(run)}" for run in left_out)])
+    return table, written
+
+
+def _log_comparison(runs: Sequence[RunRecord], stats: Sequence[GroupStat],
+                    written: Mapping[str, Path], out_dir: Path, interval: str) -> None:
+    """The comparison as a W&B run (``job_type=compare``, in the runs' project and, when they
+    share one, their group): tables ``compare/summary`` (one row per group and metric) and
+    ``compare/runs`` (every run with its group and status), and both plots."""
+    cfg = RunDir(runs[0].path).config()
+    if not cfg.logger:
+        raise ValueError(f"report=true logs to W&B, but {runs[0].path} ran with logger=none")
+    groups = {RunDir(run.path).identity()[0] for run in runs}
+    sink = build_component(
+        cfg.logger, "logger", directory=out_dir, run_id=RunDir(out_dir).wandb_run_id("compare"),
+        run_config={"compared": [str(run.path) for run in runs], "interval": interval},
+        group=groups.pop() if len(groups) == 1 else None, name=f"compare {out_dir.name}",
+        job_type="compare",
+    )
+    sink.log_table("compare/summary", [asdict(stat) for stat in stats])
+    group_of = {run.path: group for group, members in group_runs([r for r in runs if r.finished])
+                .items() for run in members}
+    sink.log_table("compare/runs", [
+        {"run": str(run.path), "group": group_of.get(run.path, "(left out)"),
+         "overrides": " ".join(run.overrides),
+         "status": run.state, "error": run.error} for run in runs])
+    sink.log_image("compare/comparison", written["comparison.png"])
+    sink.log_image("compare/curves", written["curves.png"])
+    sink.finish(0)
+
+
+def format_metrics(metrics: Mapping[str, Any]) -> str:
+    """A two-column text table of a metrics dict; a ``samples`` list follows, one a line."""
+    scalars = {k: v for k, v in metrics.items() if k != "samples"}
+    width = max((len(k) for k in scalars), default=0)
+    lines = []
+    for key, value in scalars.items():
+        shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+        lines.append(f"{key:<{width}}  {shown}")
+    lines += [", ".join(f"{k}={v}" for k, v in sample.items())
+              for sample in metrics.get("samples", ())]
+    return "\n".join(lines)

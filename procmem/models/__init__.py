@@ -1,0 +1,1 @@
+"""Torch modules: actor-critic networks, the environment model, imagination, skill policies."""

@@ -1,0 +1,211 @@
+"""The run directory: the one place that knows what a run keeps where.
+
+::
+
+    <run dir>/
+      .hydra/config.yaml     the resolved config the run started with
+      .hydra/overrides.yaml  its command-line overrides
+      status.json            running | finished | failed, with the error
+      metrics.jsonl          one JSON object per logged point
+      checkpoints/           ckpt_<iteration>.pt, the newest few
+      plots/                 training.png, and episode.gif, imagination.png, ...
+      wandb/                 the W&B run, and train_run_id: the id a resumed run keeps
+      eval.json              what ``evaluate.py run=`` measured
+      skills.json            the skill library at the end (skill-library agent)
+      env_model.pt           the trained environment model (``agent=env_model``)
+
+The jobs of a multirun are run dirs ``0``, ``1``, ... of one sweep dir, which holds
+``multirun.yaml``. Everything a resume or a report reads is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from procmem.io import atomic_write_json, atomic_write_text
+from procmem.models.env_model import EnvModel, load_env_model, save_env_model
+from procmem.run.checkpoint import CheckpointError, CheckpointManager
+from procmem.run.loggers import read_metrics
+from procmem.run.status import RunStatus, describe_error
+from procmem.skills.library import SkillLibrary
+
+CONFIG_FILE = Path(".hydra") / "config.yaml"
+OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
+STATUS_FILE = "status.json"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT_DIR = "checkpoints"
+PLOTS_DIR = "plots"
+WANDB_DIR = "wandb"
+TRAIN_RUN_ID_FILE = Path(WANDB_DIR) / "train_run_id"
+EVAL_FILE = "eval.json"
+SKILLS_FILE = "skills.json"
+ENV_MODEL_FILE = "env_model.pt"
+SWEEP_MARKER = "multirun.yaml"
+
+
+class RunDir:
+    """The files of one run (see the module docstring); ``path`` need not exist yet."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RunDir) and other.path == self.path
+
+    def __hash__(self) -> int:
+        return hash(self.path)
+
+    # --- where things are -------------------------------------------------------------------
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / METRICS_FILE
+
+    @property
+    def plots_dir(self) -> Path:
+        return self.path / PLOTS_DIR
+
+    @property
+    def eval_file(self) -> Path:
+        return self.path / EVAL_FILE
+
+    @property
+    def skills_file(self) -> Path:
+        return self.path / SKILLS_FILE
+
+    @property
+    def env_model_file(self) -> Path:
+        return self.path / ENV_MODEL_FILE
+
+    def is_run(self) -> bool:
+        """Whether a run has started here (it logged metrics or recorded a status)."""
+        return self.metrics_file.is_file() or (self.path / STATUS_FILE).is_file()
+
+    def sweep_dir(self) -> Path | None:
+        """The multirun dir this run is a job of, or ``None`` for a single run."""
+        return self.path.parent if (self.path.parent / SWEEP_MARKER).exists() else None
+
+    def identity(self) -> tuple[str | None, str]:
+        """W&B group and name: jobs of one multirun share their sweep dir as group and are
+        named by job number and overrides; a single run is named by its dir."""
+        sweep = self.sweep_dir()
+        if sweep is None:
+            return None, self.path.name
+        return f"{sweep.parent.name}/{sweep.name}", ",".join([self.path.name, *self.overrides()])
+
+    # --- config, status, metrics ------------------------------------------------------------
+
+    def config(self) -> DictConfig:
+        """The resolved config the run was started with."""
+        if not self.config_file.is_file():
+            raise FileNotFoundError(f"{self.config_file}: not found; is {self.path} a procmem "
+                                    "run dir?")
+        return OmegaConf.load(self.config_file)
+
+    def overrides(self) -> list[str]:
+        """The run's command-line overrides (none for a run started without Hydra)."""
+        path = self.path / OVERRIDES_FILE
+        return [str(o) for o in OmegaConf.load(path)] if path.is_file() else []
+
+    def status(self) -> RunStatus | None:
+        """What ``status.json`` says, or ``None`` for a run dir without one."""
+        path = self.path / STATUS_FILE
+        if not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return RunStatus(data["status"], data.get("error"))
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise ValueError(f"{path}: not a run status file ({error})") from error
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from error
+
+    def write_status(self, status: str, error: str | None = None) -> Path:
+        """Record ``status`` (and for a failure its ``error``)."""
+        RunStatus(status, error)  # refuses an unknown status before anything is written
+        return atomic_write_json(self.path / STATUS_FILE, {"status": status, "error": error})
+
+    def metrics(self) -> list[dict[str, Any]]:
+        """The logged rows (see :func:`~procmem.run.loggers.read_metrics`)."""
+        return read_metrics(self.metrics_file)
+
+    def checkpoints(self) -> CheckpointManager:
+        return CheckpointManager(self.path / CHECKPOINT_DIR)
+
+    # --- results ----------------------------------------------------------------------------
+
+    def evaluation(self) -> dict[str, Any] | None:
+        """What ``evaluate.py run=`` wrote, or ``None``."""
+        if not self.eval_file.is_file():
+            return None
+        try:
+            evaluation = json.loads(self.eval_file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{self.eval_file}: not valid JSON ({error.msg})") from error
+        if not isinstance(evaluation, dict):
+            raise ValueError(f"{self.eval_file}: expected a JSON object")
+        return evaluation
+
+    def write_evaluation(self, result: dict[str, Any]) -> Path:
+        return atomic_write_json(self.eval_file, result)
+
+    def save_skills(self, library: SkillLibrary) -> Path:
+        return library.save(self.skills_file)
+
+    def save_env_model(self, model: EnvModel) -> Path:
+        return save_env_model(model, self.env_model_file)
+
+    def wandb_run_id(self, job_type: str) -> str:
+        """The W&B run id: the training run keeps one for its life (a resume continues it);
+        other jobs (evaluations, comparisons) get a fresh one each."""
+        if job_type != "train":
+            return secrets.token_hex(4)
+        id_file = self.path / TRAIN_RUN_ID_FILE
+        if id_file.exists():
+            return id_file.read_text().strip()
+        run_id = secrets.token_hex(4)
+        atomic_write_text(id_file, run_id)
+        return run_id
+
+
+def find_runs(path: str | os.PathLike) -> list[RunDir]:
+    """The run dir ``path`` itself, or the job dirs of the multirun dir ``path``, in job
+    order."""
+    run = RunDir(path)
+    if run.is_run():
+        return [run]
+    jobs = [RunDir(d) for d in run.path.iterdir()] if run.path.is_dir() else []
+    jobs = [job for job in jobs if job.is_run()]
+    if not jobs:
+        raise ValueError(f"no runs (folders with {METRICS_FILE} or {STATUS_FILE}) found in "
+                         f"{run.path}")
+    return sorted(jobs, key=lambda j: (0, int(j.path.name), "") if j.path.name.isdigit()
+                  else (1, 0, j.path.name))
+
+
+def read_env_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> EnvModel:
+    """The env model of a run dir (its ``env_model.pt``), or of such a file; an unreadable one
+    raises :class:`~procmem.run.checkpoint.CheckpointError` naming the file."""
+    path = Path(path)
+    if path.is_dir():
+        path = RunDir(path).env_model_file
+    try:
+        return load_env_model(path, device)
+    except FileNotFoundError:
+        raise
+    except Exception as error:
+        raise CheckpointError(f"{path}: unreadable env model ({describe_error(error)})") from error

@@ -1,0 +1,144 @@
+"""The one training loop every algorithm runs in."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+from tqdm.auto import tqdm
+
+from procmem.algorithms.protocols import Algorithm
+from procmem.curricula import Curriculum
+from procmem.run.checkpoint import CheckpointManager
+from procmem.run.loggers import MetricLogger
+from procmem.run.reporters import Reporter
+from procmem.runtime import NonFiniteLossError, rng_state, set_rng_state
+from procmem.settings import AtLeast, configurable
+
+
+def _is_due(iteration: int, every: int, last: int) -> bool:
+    return iteration == last or (every > 0 and iteration % every == 0)
+
+
+@configurable
+class Runner:
+    """Owns iterations, evaluation cadence, curriculum updates, logging, checkpoints and the
+    reports at the end, the same for every algorithm (the ``trainer`` settings).
+
+    Runs ``iterations`` training iterations; logs every ``log_every``-th; evaluates on
+    ``eval_episodes`` episodes every ``eval_every`` iterations and saves a checkpoint every
+    ``checkpoint_every`` (0: only after the last iteration; the last is always evaluated and
+    saved), keeping the newest ``keep_checkpoints``. ``progress`` shows a progress bar with
+    the latest value of ``objective``, the metric a run reports as its result (what a
+    sweeper optimises). ``curriculum`` may be ``None``; ``reporters`` draw and save what the
+    algorithm offers when training ends.
+    """
+
+    def __init__(
+        self,
+        algorithm: Algorithm,
+        curriculum: Curriculum | None,
+        logger: MetricLogger,
+        checkpoints: CheckpointManager,
+        reporters: Sequence[Reporter] = (),
+        *,
+        iterations: Annotated[int, AtLeast(1)] = 200,
+        eval_every: Annotated[int, AtLeast(0)] = 50,
+        eval_episodes: Annotated[int, AtLeast(1)] = 20,
+        checkpoint_every: Annotated[int, AtLeast(0)] = 50,
+        keep_checkpoints: Annotated[int, AtLeast(1)] = 3,
+        log_every: Annotated[int, AtLeast(1)] = 1,
+        progress: bool = True,
+        objective: str = "eval/success_rate",
+    ) -> None:
+        self.algorithm = algorithm
+        self.curriculum = curriculum
+        self.logger = logger
+        self.checkpoints = checkpoints
+        self.reporters = list(reporters)
+        self.iterations = iterations
+        self.eval_every = eval_every
+        self.eval_episodes = eval_episodes
+        self.checkpoint_every = checkpoint_every
+        self.keep_checkpoints = keep_checkpoints
+        self.log_every = log_every
+        self.progress = progress
+        self.objective = objective
+        self.iteration = 0
+
+    def restore(self, checkpoint: Mapping[str, Any]) -> None:
+        """Continue from a checkpoint written by this runner."""
+        self.algorithm.load_state_dict(checkpoint["algorithm"])
+        if self.curriculum is not None:
+            self.curriculum.load_state_dict(checkpoint["curriculum"])
+        set_rng_state(checkpoint["rng"])
+        self.iteration = int(checkpoint["iteration"])
+
+    def save_checkpoint(self) -> Path:
+        return self.checkpoints.save(
+            self.iteration,
+            {
+                "algorithm": self.algorithm.state_dict(),
+                "curriculum": None if self.curriculum is None else self.curriculum.state_dict(),
+                "rng": rng_state(),
+            },
+            keep=self.keep_checkpoints,
+        )
+
+    def _train_iteration(self) -> dict[str, float]:
+        """One training iteration. A NaN or inf loss (raised by the algorithm before it
+        updates any parameter) stops the run: the state it had, still good, is saved as the
+        checkpoint of the last finished iteration and the error names the file."""
+        try:
+            return self.algorithm.train_iteration()
+        except NonFiniteLossError as error:
+            self.iteration -= 1
+            path = self.save_checkpoint()
+            raise NonFiniteLossError(
+                f"iteration {self.iteration + 1}: {error}; training stopped, the last good "
+                f"state is saved in {path}") from error
+
+    def run(self) -> dict[str, float]:
+        """Train up to ``iterations``; return the last logged value of every metric (of the
+        whole run when it resumed)."""
+        last = self.iterations
+        final: dict[str, float] = self.logger.last_values()
+        bar = tqdm(total=last, initial=self.iteration, disable=not self.progress,
+                   desc="train", unit="it", dynamic_ncols=True)
+        window_start, window_iteration = time.perf_counter(), self.iteration
+        with bar:
+            while self.iteration < last:
+                self.iteration += 1
+                if self.curriculum is not None:
+                    self.curriculum.on_iteration(self.iteration, last)
+                metrics = self._train_iteration()
+                if _is_due(self.iteration, self.log_every, last):
+                    elapsed = time.perf_counter() - window_start
+                    rate = (self.iteration - window_iteration) / max(elapsed, 1e-9)
+                    metrics = {**metrics, "perf/iterations_per_second": rate}
+                    window_start, window_iteration = time.perf_counter(), self.iteration
+                    self.logger.log(self.iteration, metrics)
+                    final.update(metrics)
+                if _is_due(self.iteration, self.eval_every, last):
+                    evaluation = self.algorithm.evaluate(self.eval_episodes)
+                    if self.curriculum is not None:
+                        self.curriculum.update(self.iteration, evaluation)
+                        evaluation = {**evaluation, **self.curriculum.metrics()}
+                    self.logger.log(self.iteration, evaluation)
+                    final.update(evaluation)
+                if _is_due(self.iteration, self.checkpoint_every, last):
+                    self.save_checkpoint()
+                bar.update(1)
+                bar.set_postfix(_short(final, self.objective), refresh=False)
+        for reporter in self.reporters:
+            reporter.on_train_end(self.algorithm, self.logger)
+        return final
+
+
+def _short(metrics: Mapping[str, float], objective: str, limit: int = 3) -> dict[str, str]:
+    """The objective's latest value first, then other train and eval metrics."""
+    keys = [k for k in metrics if k.startswith(("eval/", "train/")) and k != objective]
+    keys = ([objective] if objective in metrics else []) + keys
+    return {k.split("/", 1)[1]: f"{metrics[k]:.3g}" for k in keys[:limit]}

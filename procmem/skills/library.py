@@ -1,0 +1,736 @@
+"""A library of reusable skills extracted from successful trajectories.
+
+Skills live in storage slots: a few slot-indexed tensors (precondition codes, counters) next
+to a vector index holding their embeddings (:mod:`procmem.skills.index`), so applicability,
+ranking, eviction, merging and counter updates are batched tensor operations with no Python
+loop over skills or queries.
+
+Skill indices: ``add`` gives every new skill the next index (0, 1, 2, ...) and never hands
+out an index twice. A skill leaves the library when a full library evicts it or the
+periodic sweep merges it into a near-duplicate; its index is then dead for good:
+``retrieve`` never returns it, ``lib[i]`` raises ``IndexError``, ``record_use`` ignores it
+and ``is_alive`` says ``False``. Callers that keep per-skill data by index (arrays sized by
+``next_index``) must check ``is_alive`` rather than cache a skill past its removal. With
+``capacity=None`` and ``merge_every=0`` no skill ever leaves and the indices are exactly
+``0 .. len(lib) - 1``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from procmem.io import atomic_write_json
+from procmem.settings import (
+    Above,
+    AtLeast,
+    AtMost,
+    NonEmpty,
+    OneOf,
+    SettingError,
+    configurable,
+    settings_of,
+)
+from procmem.skills.dedup import duplicate_targets
+from procmem.skills.eviction import EVICTION_POLICIES, eviction_scores
+from procmem.skills.index import INDEX_KINDS, LabelFilter, empty_results, make_index
+
+SKILL_LIBRARY_FORMAT_VERSION = 2
+
+_INITIAL_CAPACITY = 16
+_MAX_PRECONDITION_KEYS = 63  # preconditions are packed into one int64 code per skill
+_COUNTERS = ("next_index", "clock", "adds", "merges", "evictions", "retrievals", "hits",
+             "skill_uses")
+
+
+class SkillLibraryError(ValueError):
+    """A skill library file or state that is corrupt or of an unsupported format."""
+
+
+@dataclass(frozen=True)
+class Skill:
+    """A read-only snapshot of one stored skill."""
+
+    name: str
+    actions: tuple[int, ...]
+    preconditions: dict[str, bool]
+    embedding: tuple[float, ...]
+    successes: int
+    uses: int
+    support: int
+    index: int
+    last_active: int
+
+    @property
+    def success_rate(self) -> float:
+        """Fraction of uses that succeeded; 0.0 for a skill never used."""
+        return self.successes / self.uses if self.uses else 0.0
+
+
+def _grow(tensor: Tensor, capacity: int, fill: int = 0) -> Tensor:
+    """Return ``tensor`` copied into a ``fill`` tensor with ``capacity`` rows."""
+    grown = tensor.new_full((capacity, *tensor.shape[1:]), fill)
+    grown[: tensor.shape[0]] = tensor
+    return grown
+
+
+@configurable
+class SkillLibrary:
+    """Skills with preconditions, retrieved by cosine similarity or by success rate.
+
+    Adding a skill whose embedding is more similar than ``merge_threshold`` (cosine) to its
+    nearest stored one merges it into that skill instead: the stored skill's support goes up
+    by one and its actions and embedding stay. ``index`` picks the vector index ("exact" or
+    the approximate "hnsw", see :mod:`procmem.skills.index`). Before every
+    ``merge_every``-th further add (0 = never), :meth:`merge_duplicates` sweeps the whole
+    library exactly, catching near-duplicates an approximate probe missed. With a
+    ``capacity``, adding a new skill to a full library first evicts the skill ranked lowest
+    by ``eviction`` (see :func:`~procmem.skills.eviction.eviction_scores`).
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device = "cpu",
+        *,
+        embedding_dim: Annotated[int, AtLeast(1)] = 64,
+        top_k: Annotated[int, AtLeast(1)] = 3,
+        merge_threshold: Annotated[float, AtLeast(-1.0), AtMost(1.0)] = 0.9,
+        precondition_keys: Annotated[Sequence[str], NonEmpty()] = ("has_key", "door_open"),
+        index: Annotated[str, OneOf(INDEX_KINDS)] = "exact",
+        capacity: Annotated[int, AtLeast(1)] | None = None,
+        eviction: Annotated[str, OneOf(EVICTION_POLICIES)] = "utility",
+        recency_halflife: Annotated[float, Above(0.0)] = 1000.0,
+        merge_every: Annotated[int, AtLeast(0)] = 0,
+    ) -> None:
+        keys = tuple(precondition_keys)
+        if len(set(keys)) != len(keys):
+            raise SettingError("precondition_keys", f"{list(keys)} must be unique")
+        if len(keys) > _MAX_PRECONDITION_KEYS:
+            raise SettingError("precondition_keys",
+                               f"at most {_MAX_PRECONDITION_KEYS} keys, got {len(keys)}")
+
+        self.embedding_dim = embedding_dim
+        self.top_k = top_k
+        self.merge_threshold = merge_threshold
+        self.precondition_keys = keys
+        self.device = torch.device(device)
+        self.index = index
+        self.capacity = capacity
+        self.eviction = eviction
+        self.recency_halflife = float(recency_halflife)
+        self.merge_every = merge_every
+        self._vector_index = make_index(index, embedding_dim, self.device)
+        self._bits = 1 << torch.arange(len(keys), device=self.device)
+        self._clear()
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __getitem__(self, index: int) -> Skill:
+        if not -self._next_index <= index < self._next_index:
+            raise IndexError(f"skill index {index} out of range for {self._next_index} indices")
+        index %= self._next_index
+        slot = self._index_slot[index : index + 1]
+        if slot.item() < 0:
+            raise IndexError(f"skill {index} was evicted or merged away")
+        return self._snapshots(slot)[0]
+
+    @property
+    def next_index(self) -> int:
+        """The index the next new skill gets: per-index arrays need this many rows."""
+        return self._next_index
+
+    @property
+    def indices(self) -> Tensor:
+        """Indices of the stored skills, ascending ``[N]``."""
+        return self._slot_index[self._live_slots()]
+
+    @property
+    def embeddings(self) -> Tensor:
+        """Unit-norm embeddings of the stored skills in index order ``[N, d]`` (a copy)."""
+        return self._vector_index.vectors(self._live_slots()).to(self.device)
+
+    def is_alive(self, indices: Tensor | np.ndarray | Sequence[int]) -> Tensor:
+        """Which ``indices`` name a stored skill (-1, dead and unknown indices are ``False``)."""
+        indices = torch.as_tensor(indices, dtype=torch.long, device=self.device)
+        known = (indices >= 0) & (indices < self._next_index)
+        slots = self._index_slot[indices.clamp(0, max(self._next_index - 1, 0))]
+        return known & (slots >= 0)
+
+    def add(
+        self,
+        name: str,
+        actions: Sequence[int],
+        preconditions: Mapping[str, bool],
+        embedding: Tensor | np.ndarray | Sequence[float],
+    ) -> tuple[int, bool]:
+        """Add a skill or merge it into a near-duplicate; return ``(index, merged)``.
+
+        The returned index is alive: a due sweep runs before the skill is added, and an
+        eviction only removes other skills.
+        """
+        actions = tuple(int(a) for a in actions)
+        if not actions:
+            raise ValueError(f"skill {name!r} has no actions")
+        code = self._precondition_code(preconditions)
+        vector = self._unit_embedding(embedding)
+
+        if self.merge_every and self._adds and self._adds % self.merge_every == 0:
+            self.merge_duplicates()
+        self._adds += 1
+        self._clock += 1
+        if self._size:
+            nearest, similarity = self._vector_index.nearest(vector.unsqueeze(0))
+            if similarity.item() > self.merge_threshold:
+                slot = int(nearest.item())
+                self._support[slot] += 1
+                self._last_active[slot] = self._clock
+                self._merges += 1
+                return int(self._slot_index[slot]), True
+
+        if self.capacity is not None and self._size >= self.capacity:
+            self._evict()
+        slot, index = self._free_slot(), self._next_index
+        self._next_index += 1
+        self._reserve_indices(self._next_index)
+        self._vector_index.add(torch.tensor([slot]), vector.unsqueeze(0))
+        self._codes[slot] = code
+        self._successes[slot] = self._uses[slot] = 0
+        self._support[slot] = 1
+        self._last_active[slot] = self._clock
+        self._slot_index[slot] = index
+        self._index_slot[index] = slot
+        self._names[slot], self._actions[slot] = name, actions
+        self._size += 1
+        return index, False
+
+    def merge_duplicates(self) -> int:
+        """Merge near-duplicates (cosine above ``merge_threshold``) in one exact, blockwise pass.
+
+        Of each merged pair the skill with more support (then the lower index) stays and
+        takes the other's counters. Returns how many skills merged away.
+        """
+        slots = self._live_slots()
+        if len(slots) < 2:
+            return 0
+        slots = slots[torch.argsort(self._support[slots], descending=True, stable=True)]
+        vectors = self._vector_index.vectors(slots).to(self.device)
+        targets = duplicate_targets(vectors, self.merge_threshold)
+        merging = torch.nonzero(targets >= 0).squeeze(1)
+        gone, kept = slots[merging], slots[targets[merging]]
+        for counter in (self._successes, self._uses, self._support):
+            counter.index_add_(0, kept, counter[gone])
+        self._last_active.scatter_reduce_(0, kept, self._last_active[gone], "amax")
+        self._remove(gone)
+        self._merges += len(gone)
+        return len(gone)
+
+    def applicable(self, state: Tensor | np.ndarray) -> Tensor:
+        """Which skills apply in each state: ``[B, P]`` (or ``[P]``) flags -> ``[B, next_index]``
+        bool, indexed by skill index (dead indices are ``False``)."""
+        wanted = self._state_codes(state)
+        slots = self._index_slot[: self._next_index]
+        stored = self._codes[slots.clamp(min=0)].unsqueeze(0) == wanted.unsqueeze(1)
+        return stored & (slots >= 0)
+
+    def retrieve(
+        self,
+        state: Tensor | np.ndarray,
+        query: Tensor | np.ndarray | None = None,
+        k: int | None = None,
+        min_score: float | None = None,
+        record: bool = False,
+    ) -> tuple[Tensor, Tensor]:
+        """Best ``k`` applicable skills per state, as ``(indices [B, k], scores [B, k])``.
+
+        Scores are cosine similarities to ``query`` (``[B, d]``; approximate with the hnsw
+        index), or success rates when no query is given. Ties go to the skill with more
+        support, then to the lower index (for similarities, among the ``k`` the index
+        returned). Slots without an applicable skill scoring at least ``min_score`` hold
+        index -1 and score -inf. With ``record`` (training, not evaluation) each state
+        counts as one retrieval, and as a hit when it gets at least one skill.
+        """
+        k = self.top_k if k is None else k
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        wanted = self._state_codes(state)
+        if query is None:
+            slots, scores = self._rank_by_success(wanted, k)
+        else:
+            queries = self._query_rows(query, len(wanted))
+            allowed = LabelFilter(key_labels=self._codes, query_labels=wanted)
+            slots, scores = self._vector_index.search(queries, k, allowed)
+            slots, scores = self._break_ties(slots.to(self.device), scores.to(self.device))
+        if min_score is not None:
+            low = scores < min_score
+            slots, scores = slots.masked_fill(low, -1), scores.masked_fill(low, -math.inf)
+        if record:
+            self._retrievals += len(wanted)
+            self._hits += int((slots[:, 0] >= 0).sum())
+        indices = self._slot_index[slots.clamp(min=0)].masked_fill(slots < 0, -1)
+        return indices, scores
+
+    def record_use(
+        self,
+        indices: Tensor | np.ndarray | Sequence[int],
+        successes: Tensor | np.ndarray | Sequence[bool],
+    ) -> None:
+        """Count one use per index (repeats count each time); -1 and dead indices are ignored."""
+        indices = torch.as_tensor(indices, dtype=torch.long, device=self.device).reshape(-1)
+        outcomes = torch.as_tensor(successes, dtype=torch.bool, device=self.device).reshape(-1)
+        if indices.shape != outcomes.shape:
+            raise ValueError(
+                f"indices and successes differ in size: {indices.numel()} vs {outcomes.numel()}"
+            )
+        used = indices != -1
+        indices, outcomes = indices[used], outcomes[used]
+        if ((indices < 0) | (indices >= self._next_index)).any():
+            raise IndexError(f"skill indices out of range for {self._next_index} indices")
+        slots = self._index_slot[indices]
+        alive = slots >= 0
+        slots, outcomes = slots[alive], outcomes[alive]
+        self._uses.index_add_(0, slots, torch.ones_like(slots))
+        self._successes.index_add_(0, slots, outcomes.long())
+        self._clock += len(slots)
+        self._skill_uses += len(slots)
+        self._last_active[slots] = self._clock
+
+    def stats(self) -> dict[str, float]:
+        """Size, uses recorded so far, mean success rate of used skills, merges, evictions,
+        retrievals, hits and the hit rate (hits / retrievals)."""
+        slots = self._live_slots()
+        used = self._uses[slots] > 0
+        rates = self._success_rates(slots)
+        return {
+            "skills": self._size,
+            "skill_uses": self._skill_uses,
+            "avg_success_rate": rates[used].mean().item() if used.any() else 0.0,
+            "merges": self._merges,
+            "evictions": self._evictions,
+            "retrievals": self._retrievals,
+            "hits": self._hits,
+            "hit_rate": self._hits / self._retrievals if self._retrievals else 0.0,
+        }
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """One plain dict per stored skill, in index order, e.g. for a results table."""
+        return [_skill_record(skill) for skill in self._snapshots(self._live_slots())]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to restore this library exactly (tensors on cpu).
+
+        The vector index is not part of it: loading rebuilds the index from the embeddings.
+        """
+        slots = self._live_slots()
+        slot_list = slots.tolist()
+        return {
+            "format_version": SKILL_LIBRARY_FORMAT_VERSION,
+            **self._settings(),
+            "names": [self._names[s] for s in slot_list],
+            "actions": [list(self._actions[s]) for s in slot_list],
+            "indices": self._slot_index[slots].cpu(),
+            "embeddings": self._vector_index.vectors(slots).cpu().clone(),
+            "preconditions": self._flags(self._codes[slots]).cpu(),
+            "successes": self._successes[slots].cpu(),
+            "uses": self._uses[slots].cpu(),
+            "support": self._support[slots].cpu(),
+            "last_active": self._last_active[slots].cpu(),
+            **self._counters(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Replace all skills, counters and search settings with those of ``state``.
+
+        The index backend, capacity, eviction policy, recency half-life and sweep interval
+        stay as constructed. Raises :class:`SkillLibraryError` for an unsupported format
+        version, a different embedding size or precondition keys, more skills than the
+        capacity, and missing or inconsistent fields.
+        """
+        try:
+            _check_format_version(state.get("format_version"))
+            if state["embedding_dim"] != self.embedding_dim:
+                raise SkillLibraryError(
+                    f"embedding_dim {state['embedding_dim']} does not match {self.embedding_dim}"
+                )
+            if tuple(state["precondition_keys"]) != self.precondition_keys:
+                raise SkillLibraryError(
+                    f"precondition_keys {list(state['precondition_keys'])} do not match "
+                    f"{list(self.precondition_keys)}"
+                )
+            top_k, merge_threshold = int(state["top_k"]), float(state["merge_threshold"])
+            _check_search_settings(top_k, merge_threshold)
+            names = [str(name) for name in state["names"]]
+            actions = [tuple(int(a) for a in seq) for seq in state["actions"]]
+            if len(actions) != len(names) or not all(actions):
+                raise SkillLibraryError("every skill needs a non-empty action list")
+            counters = {name: int(state[name]) for name in _COUNTERS}
+            tensors = self._checked_tensors(state, len(names), counters["next_index"])
+        except SkillLibraryError:
+            raise
+        except (KeyError, TypeError, ValueError) as err:
+            raise SkillLibraryError(_describe(err)) from err
+        n = len(names)
+        if self.capacity is not None and n > self.capacity:
+            raise SkillLibraryError(f"{n} skills do not fit the capacity of {self.capacity}")
+
+        self.top_k, self.merge_threshold = top_k, merge_threshold
+        self._clear()
+        for name, value in counters.items():
+            setattr(self, f"_{name}", value)
+        slots = torch.arange(n, device=self.device)
+        self._reserve_slots(n)
+        self._reserve_indices(self._next_index)
+        self._slots_used = self._size = n
+        self._names[:n], self._actions[:n] = names, actions
+        self._codes[:n] = self._pack(tensors["preconditions"])
+        self._successes[:n] = tensors["successes"]
+        self._uses[:n] = tensors["uses"]
+        self._support[:n] = tensors["support"]
+        self._last_active[:n] = tensors["last_active"]
+        self._slot_index[:n] = tensors["indices"]
+        self._index_slot[tensors["indices"]] = slots
+        self._vector_index.add(slots, tensors["embeddings"])
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the library as human-readable JSON, atomically."""
+        skills = [
+            {**_skill_record(skill), "last_active": skill.last_active,
+             "embedding": list(skill.embedding)}
+            for skill in self._snapshots(self._live_slots())
+        ]
+        return atomic_write_json(
+            path,
+            {
+                "format_version": SKILL_LIBRARY_FORMAT_VERSION,
+                "settings": self._settings(),
+                "counters": self._counters(),
+                "skills": skills,
+            },
+        )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> SkillLibrary:
+        """Read a library written by :meth:`save`, with the settings it was saved with.
+
+        A missing file raises ``FileNotFoundError``; unreadable JSON, an unsupported format
+        version or missing fields raise :class:`SkillLibraryError` naming the file.
+        """
+        path = Path(path)
+        try:
+            return cls._from_json(json.loads(path.read_text(encoding="utf-8")), device)
+        except json.JSONDecodeError as err:
+            raise SkillLibraryError(f"{path}: not valid JSON ({err})") from err
+        except (KeyError, TypeError, ValueError) as err:
+            raise SkillLibraryError(f"{path}: {_describe(err)}") from err
+
+    @classmethod
+    def _from_json(cls, data: Any, device: str | torch.device) -> SkillLibrary:
+        if not isinstance(data, dict):
+            raise SkillLibraryError("expected a JSON object at the top level")
+        _check_format_version(data.get("format_version"))
+        settings, counters, skills = data["settings"], data["counters"], data["skills"]
+        keys = settings["precondition_keys"]
+        library = cls(**settings, device=device)
+        columns = ("indices", "names", "actions", "embeddings", "successes", "uses", "support",
+                   "last_active")
+        fields = ("index", "name", "actions", "embedding", "successes", "uses", "support",
+                  "last_active")
+        library.load_state_dict(
+            {
+                "format_version": data["format_version"],
+                **settings,
+                **counters,
+                **{column: [skill[field] for skill in skills]
+                   for column, field in zip(columns, fields, strict=True)},
+                "preconditions": [[skill["preconditions"][k] for k in keys] for skill in skills],
+            }
+        )
+        return library
+
+    # --- storage ------------------------------------------------------------------------------
+
+    def _clear(self) -> None:
+        """Empty storage and zeroed counters."""
+        self._vector_index.clear()
+        self._names: list[str] = [""] * _INITIAL_CAPACITY
+        self._actions: list[tuple[int, ...]] = [()] * _INITIAL_CAPACITY
+        long = {"dtype": torch.long, "device": self.device}
+        self._codes = torch.zeros(_INITIAL_CAPACITY, **long)
+        self._successes = torch.zeros(_INITIAL_CAPACITY, **long)
+        self._uses = torch.zeros(_INITIAL_CAPACITY, **long)
+        self._support = torch.zeros(_INITIAL_CAPACITY, **long)
+        self._last_active = torch.zeros(_INITIAL_CAPACITY, **long)
+        self._slot_index = torch.full((_INITIAL_CAPACITY,), -1, **long)  # -1: free slot
+        self._index_slot = torch.full((_INITIAL_CAPACITY,), -1, **long)  # -1: dead index
+        self._free: list[int] = []  # a heap of freed slots below _slots_used
+        self._slots_used = self._size = 0
+        for name in _COUNTERS:
+            setattr(self, f"_{name}", 0)
+
+    def _live_slots(self) -> Tensor:
+        """Slots of the stored skills, in index order."""
+        slots = self._index_slot[: self._next_index]
+        return slots[slots >= 0]
+
+    def _free_slot(self) -> int:
+        """A free slot (the lowest freed one first), growing the storage when none is free."""
+        if self._free:
+            return heapq.heappop(self._free)
+        self._slots_used += 1
+        self._reserve_slots(self._slots_used)
+        return self._slots_used - 1
+
+    def _remove(self, slots: Tensor) -> None:
+        """Drop the skills in ``slots``; their indices die and the slots become free."""
+        self._vector_index.remove(slots)
+        self._index_slot[self._slot_index[slots]] = -1
+        self._slot_index[slots] = -1
+        self._free.extend(slots.tolist())
+        heapq.heapify(self._free)
+        self._size -= len(slots)
+
+    def _evict(self) -> None:
+        """Remove the stored skill ranked lowest by the eviction policy."""
+        used = slice(0, self._slots_used)
+        scores = eviction_scores(
+            self.eviction,
+            self._successes[used],
+            self._uses[used],
+            self._last_active[used],
+            self._slot_index[used],
+            self._clock,
+            self.recency_halflife,
+        )
+        victim = scores.masked_fill(self._slot_index[used] < 0, math.inf).argmin()
+        self._remove(victim.unsqueeze(0))
+        self._evictions += 1
+
+    def _reserve_slots(self, size: int) -> None:
+        """Make room for ``size`` slots, doubling the capacity as needed."""
+        capacity = len(self._names)
+        if size <= capacity:
+            return
+        while capacity < size:
+            capacity *= 2
+        grow = capacity - len(self._names)
+        self._names += [""] * grow
+        self._actions += [()] * grow
+        for name in ("_codes", "_successes", "_uses", "_support", "_last_active"):
+            setattr(self, name, _grow(getattr(self, name), capacity))
+        self._slot_index = _grow(self._slot_index, capacity, fill=-1)
+
+    def _reserve_indices(self, size: int) -> None:
+        capacity = self._index_slot.shape[0]
+        if size > capacity:
+            self._index_slot = _grow(self._index_slot, max(size, 2 * capacity), fill=-1)
+
+    # --- ranking ------------------------------------------------------------------------------
+
+    def _rank_by_success(self, wanted: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """Top-``k`` applicable slots by success rate for each state code in ``wanted``.
+
+        One global order (rate, then support, then index) serves every state: each distinct
+        state code takes the first ``k`` skills of that order whose code matches.
+        """
+        slots, scores = empty_results(len(wanted), k, self.device)
+        live = self._live_slots()
+        if not len(live):
+            return slots, scores
+        rates = self._success_rates(live)
+        order = torch.argsort(self._support[live], descending=True, stable=True)
+        order = order[torch.argsort(rates[order], descending=True, stable=True)]
+        live, rates = live[order], rates[order]
+        n, kept = len(live), min(k, len(live))
+        codes, inverse = torch.unique(wanted, return_inverse=True)
+        match = self._codes[live].unsqueeze(0) == codes.unsqueeze(1)
+        position = torch.where(match, torch.arange(n, device=self.device), n)
+        first = position.topk(kept, dim=1, largest=False).values[inverse]
+        found = first < n
+        first = first.clamp(max=n - 1)
+        slots[:, :kept] = live[first].masked_fill(~found, -1)
+        scores[:, :kept] = rates[first].masked_fill(~found, -math.inf)
+        return slots, scores
+
+    def _break_ties(self, slots: Tensor, scores: Tensor) -> tuple[Tensor, Tensor]:
+        """Order each row by score, then support (more first), then index; empty slots last."""
+        if not (scores[:, 1:] == scores[:, :-1]).any():  # no ties: already in order
+            return slots, scores
+        safe = slots.clamp(min=0)
+        order = torch.arange(slots.shape[1], device=self.device).expand_as(slots)
+        for key in (self._slot_index[safe], -self._support[safe], -scores):  # least significant
+            order = order.gather(1, torch.argsort(key.gather(1, order), dim=1, stable=True))
+        return slots.gather(1, order), scores.gather(1, order)
+
+    def _success_rates(self, slots: Tensor) -> Tensor:
+        """Success rate of each slot; 0.0 for skills never used."""
+        return self._successes[slots].float() / self._uses[slots].clamp(min=1).float()
+
+    # --- conversions and checks ---------------------------------------------------------------
+
+    def _settings(self) -> dict[str, Any]:
+        return {
+            "embedding_dim": self.embedding_dim,
+            "top_k": self.top_k,
+            "merge_threshold": self.merge_threshold,
+            "precondition_keys": list(self.precondition_keys),
+            "index": self.index,
+            "capacity": self.capacity,
+            "eviction": self.eviction,
+            "recency_halflife": self.recency_halflife,
+            "merge_every": self.merge_every,
+        }
+
+    def _counters(self) -> dict[str, int]:
+        return {name: getattr(self, f"_{name}") for name in _COUNTERS}
+
+    def _snapshots(self, slots: Tensor) -> list[Skill]:
+        """Snapshots of the skills in ``slots``, read from the tensors in one transfer each."""
+        slot_list = slots.tolist()
+        columns = zip(
+            [self._names[s] for s in slot_list],
+            [self._actions[s] for s in slot_list],
+            self._flags(self._codes[slots]).tolist(),
+            self._vector_index.vectors(slots).tolist(),
+            self._successes[slots].tolist(),
+            self._uses[slots].tolist(),
+            self._support[slots].tolist(),
+            self._slot_index[slots].tolist(),
+            self._last_active[slots].tolist(),
+            strict=True,
+        )
+        return [
+            Skill(
+                name=name,
+                actions=actions,
+                preconditions=dict(zip(self.precondition_keys, flags, strict=True)),
+                embedding=tuple(embedding),
+                successes=successes,
+                uses=uses,
+                support=support,
+                index=index,
+                last_active=last_active,
+            )
+            for name, actions, flags, embedding, successes, uses, support, index, last_active
+            in columns
+        ]
+
+    def _pack(self, flags: Tensor) -> Tensor:
+        """Precondition flags ``[..., P]`` -> one int64 code each."""
+        return (flags.long() * self._bits).sum(dim=-1)
+
+    def _flags(self, codes: Tensor) -> Tensor:
+        """Codes ``[...]`` -> precondition flags ``[..., P]``."""
+        return (codes.unsqueeze(-1) & self._bits) != 0
+
+    def _checked_tensors(
+        self, state: Mapping[str, Any], n: int, next_index: int
+    ) -> dict[str, Tensor]:
+        """The skill tensors of ``state`` on this device, checked for shape and consistency."""
+        layout = {
+            "embeddings": (torch.float32, (n, self.embedding_dim)),
+            "preconditions": (torch.bool, (n, len(self.precondition_keys))),
+            "successes": (torch.long, (n,)),
+            "uses": (torch.long, (n,)),
+            "support": (torch.long, (n,)),
+            "indices": (torch.long, (n,)),
+            "last_active": (torch.long, (n,)),
+        }
+        tensors = {}
+        for key, (dtype, shape) in layout.items():
+            tensors[key] = torch.as_tensor(state[key], dtype=dtype).to(self.device)
+            if n == 0 and tensors[key].numel() == 0:
+                tensors[key] = tensors[key].reshape(shape)  # an empty list has no row shape
+            if tensors[key].shape != shape:
+                raise SkillLibraryError(
+                    f"{key} has shape {list(tensors[key].shape)}, expected {list(shape)}"
+                )
+        if not torch.isfinite(tensors["embeddings"]).all():
+            raise SkillLibraryError("embeddings must be finite")
+        successes, uses = tensors["successes"], tensors["uses"]
+        if (successes < 0).any() or (successes > uses).any() or (tensors["support"] < 1).any():
+            raise SkillLibraryError("counters must satisfy 0 <= successes <= uses, support >= 1")
+        indices = tensors["indices"]
+        if n and (indices[0] < 0 or indices[-1] >= next_index or (indices.diff() <= 0).any()):
+            raise SkillLibraryError("indices must increase and lie in [0, next_index)")
+        return tensors
+
+    def _precondition_code(self, preconditions: Mapping[str, bool]) -> int:
+        missing = [key for key in self.precondition_keys if key not in preconditions]
+        extra = [key for key in preconditions if key not in self.precondition_keys]
+        if missing or extra:
+            raise ValueError(f"preconditions: missing keys {missing}, unexpected keys {extra}")
+        return sum(1 << i for i, key in enumerate(self.precondition_keys) if preconditions[key])
+
+    def _unit_embedding(self, embedding: Tensor | np.ndarray | Sequence[float]) -> Tensor:
+        vector = torch.as_tensor(embedding, dtype=torch.float32, device=self.device)
+        if vector.shape != (self.embedding_dim,):
+            raise ValueError(
+                f"embedding must have shape [{self.embedding_dim}], got {list(vector.shape)}"
+            )
+        norm = vector.norm()
+        if not torch.isfinite(norm) or norm == 0:
+            raise ValueError("embedding must be finite and non-zero")
+        return vector / norm
+
+    def _state_codes(self, state: Tensor | np.ndarray) -> Tensor:
+        """Precondition flags ``[B, P]`` (or ``[P]``) of each state -> codes ``[B]``."""
+        states = torch.as_tensor(state, device=self.device).bool()
+        if states.dim() == 1:
+            states = states.unsqueeze(0)
+        if states.dim() != 2 or states.shape[1] != len(self.precondition_keys):
+            raise ValueError(
+                f"state must have shape [B, {len(self.precondition_keys)}], "
+                f"got {list(states.shape)}"
+            )
+        return self._pack(states)
+
+    def _query_rows(self, query: Tensor | np.ndarray, batch: int) -> Tensor:
+        queries = torch.as_tensor(query, dtype=torch.float32, device=self.device)
+        if queries.dim() == 1:
+            queries = queries.unsqueeze(0)
+        if queries.shape != (batch, self.embedding_dim):
+            raise ValueError(
+                f"query must have shape [{batch}, {self.embedding_dim}], got {list(queries.shape)}"
+            )
+        return torch.nn.functional.normalize(queries, dim=1)
+
+
+def _check_search_settings(top_k: int, merge_threshold: float) -> None:
+    """Search settings read from a saved state, checked as the constructor checks them."""
+    declared = settings_of(SkillLibrary)
+    declared["top_k"].check(top_k)
+    declared["merge_threshold"].check(merge_threshold)
+
+
+def _check_format_version(version: Any) -> None:
+    if version != SKILL_LIBRARY_FORMAT_VERSION:
+        raise SkillLibraryError(
+            f"unsupported format_version {version!r} (expected {SKILL_LIBRARY_FORMAT_VERSION})"
+        )
+
+
+def _describe(err: Exception) -> str:
+    return f"missing field {err}" if isinstance(err, KeyError) else str(err)
+
+
+def _skill_record(skill: Skill) -> dict[str, Any]:
+    return {
+        "index": skill.index,
+        "name": skill.name,
+        "actions": list(skill.actions),
+        "preconditions": dict(skill.preconditions),
+        "successes": skill.successes,
+        "uses": skill.uses,
+        "support": skill.support,
+        "success_rate": skill.success_rate,
+    }
