@@ -14,6 +14,7 @@ import hydra
 from omegaconf import DictConfig, ListConfig
 
 from procmem.app import compare_runs, evaluate_run, format_metrics
+from procmem.run.run_dir import RunDir
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
@@ -23,7 +24,7 @@ def main(cfg: DictConfig) -> None:
     if cfg.run is not None:
         result = evaluate_run(cfg.run, episodes=cfg.episodes, device=cfg.device, log=cfg.log)
         print(format_metrics(result))
-        print(f"eval.json: {cfg.run}/eval.json")
+        print(f"eval.json: {RunDir(cfg.run).eval_file}")
         return
     paths = list(cfg.compare) if isinstance(cfg.compare, ListConfig) else [cfg.compare]
     metrics = list(cfg.metrics) if cfg.metrics else None

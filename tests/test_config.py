@@ -3,10 +3,13 @@ early with a one-line error naming the full key; run dirs resolve as documented.
 
 from __future__ import annotations
 
+import inspect
 import pickle
 import re
 import subprocess
 import sys
+import warnings
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -17,8 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 from procmem.algorithms.protocols import Algorithm
 from procmem.app import ConfigError, check_config
 from procmem.app import compose_config as app_compose
-from procmem.app.build import build_run
+from procmem.app.build import build_run, logger_sinks
 from procmem.app.config import import_target
+from procmem.run.run_dir import RunDir
 from procmem.settings import settings_of
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,46 +135,56 @@ def test_the_primary_config_holds_no_setting():
     assert set(OmegaConf.load(CONF / "config.yaml")) == {"defaults", "hydra"}
 
 
-SETTINGS_CASES = [
-    ("env", ["env=gridworld"]),
-    ("env", ["experiment=model_native_toolenv"]),
-    ("env", ["experiment=model_native_expressions"]),
-    ("env", ["experiment=a2c_minipacman"]),
-    ("agent", []),
-    ("agent", ["experiment=model_native_toolenv"]),
-    ("agent", ["experiment=i2a_minipacman", "agent.pretrain_iterations=1"]),
-    ("agent", ["experiment=envmodel_minipacman"]),
-    ("memory", []),
-    ("curriculum", ["experiment=model_native_toolenv"]),
-    ("curriculum", ["experiment=model_native_toolenv_original"]),
-]
+def component_config(group: str, option: str) -> DictConfig:
+    """A run config that builds the component ``group=option`` (with an experiment that
+    pairs it, where one does; W&B disabled)."""
+    experiment = experiment_using(group, option)
+    overrides = [f"experiment={experiment}"] if experiment else [f"{group}={option}"]
+    return compose_config([*overrides, "logger.mode=disabled",
+                           *QUICK_BUILD.get((group, option), [])])
 
 
-@pytest.mark.parametrize(("group", "overrides"), SETTINGS_CASES,
-                         ids=[f"{g}:{' '.join(o) or 'default'}" for g, o in SETTINGS_CASES])
-def test_a_component_built_from_its_config_has_the_settings_built_directly(group, overrides):
+def built_directly(cls: type, changed: dict, cfg: DictConfig, directory: Path) -> object:
+    """``cls`` built without the config machinery: the settings ``changed``, and the objects
+    its constructor takes made by hand."""
+    def plain(node: DictConfig) -> dict:
+        return {k: v for k, v in OmegaConf.to_container(node).items() if not k.startswith("_")}
+
+    def env() -> object:
+        return import_target(cfg.env._target_)(**plain(cfg.env))
+
+    made = {"env": env, "eval_env": env, "device": lambda: torch.device("cpu"),
+            "seed": lambda: cfg.seed, "directory": lambda: directory, "run_id": lambda: "x",
+            "memory": lambda: import_target(cfg.memory._target_)("cpu", **plain(cfg.memory)),
+            "network": lambda: partial(import_target(cfg.agent.network._target_),
+                                       **plain(cfg.agent.network))}
+    parameters = inspect.signature(cls).parameters
+    return cls(**{name: make() for name, make in made.items() if name in parameters}, **changed)
+
+
+@pytest.mark.parametrize(("group", "option"), COMPONENT_OPTIONS)
+def test_every_component_built_from_its_config_has_the_settings_built_directly(group, option,
+                                                                            tmp_path):
     """The settings a config gives reach the constructor unchanged, and building the class
     directly, with only the values that differ from its defaults, gives the same settings."""
-    cfg = compose_config(overrides)
-    built = build_run(cfg, torch.device("cpu"))
-    from_config = {"env": built.env, "agent": built.algorithm, "curriculum": built.curriculum,
-                   "memory": getattr(built.algorithm, "memory", None)}[group]
-    node = OmegaConf.to_container(cfg[group], resolve=True)
-    cls = import_target(node["_target_"])
-    declared = settings_of(cls)
-    given = {k: tuple(v) if isinstance(v, list) else v for k, v in node.items()
-             if k in declared}
-    assert from_config.settings == given
-    changed = {k: v for k, v in given.items() if v != declared[k].default}
-    if group == "agent":
-        return  # an algorithm needs its env and objects; its settings were compared above
-    direct = cls("cpu", **changed) if group == "memory" else cls(**changed)
-    assert direct.settings == from_config.settings
-
-
-def test_a_network_built_from_its_config_has_its_settings():
-    cfg = compose_config(["experiment=model_native_expressions", "agent.network.hidden=64"])
-    assert build_run(cfg, torch.device("cpu")).algorithm.net.settings == {"hidden": 64}
+    cfg = component_config(group, option)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # I2A without an env model pretrains one
+        built = build_run(cfg, torch.device("cpu"))
+        from_config = {
+            "env": lambda: built.env, "agent": lambda: built.algorithm,
+            "agent/network": lambda: built.algorithm.net,
+            "memory": lambda: built.algorithm.memory, "curriculum": lambda: built.curriculum,
+            "logger": lambda: logger_sinks(cfg, RunDir(tmp_path), "train")[0],
+        }[group]()
+        node = OmegaConf.to_container(OmegaConf.select(cfg, group.replace("/", ".")))
+        cls = import_target(node["_target_"])
+        declared = settings_of(cls)
+        given = {k: tuple(v) if isinstance(v, list) else v for k, v in node.items()
+                 if k in declared}
+        assert from_config.settings == given
+        changed = {k: v for k, v in given.items() if v != declared[k].default}
+        assert built_directly(cls, changed, cfg, tmp_path).settings == from_config.settings
 
 
 # --- defaults and experiments ---------------------------------------------------------------
@@ -267,6 +281,14 @@ def test_a_rule_between_settings_fails_when_built_naming_the_key(override, messa
         build_run(cfg, torch.device("cpu"))
     assert str(info.value).startswith(message)
     assert "\n" not in str(info.value)
+
+
+def test_a_target_that_does_not_follow_its_groups_protocol_is_a_config_error():
+    cfg = compose_config(["memory=none", "logger=none"])
+    cfg.agent = OmegaConf.create({"_target_": "procmem.run.reporters.SkillTable"})
+    with pytest.raises(ConfigError, match=r"^agent._target_: SkillTable does not follow "
+                                          r"procmem.algorithms.protocols.Algorithm$"):
+        build_run(cfg, torch.device("cpu"))
 
 
 def test_memory_for_an_agent_without_one_is_a_config_error():

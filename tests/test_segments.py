@@ -79,7 +79,7 @@ def test_next_subgoal_follows_the_flags():
 
 
 def test_situation_embedding_transfers_across_layouts():
-    embed = SituationEmbedding(64, seed=0, device=torch.device("cpu"))
+    embed = SituationEmbedding(64, seed=0, device=torch.device("cpu"), lengthscale=0.5)
     # Two different layouts, same offset to the key: same key vector.
     a = embed(obs_row(0, 0, key=(2, 1))[None])
     b = embed(obs_row(3, 3, key=(5, 4))[None])
@@ -87,7 +87,7 @@ def test_situation_embedding_transfers_across_layouts():
     assert torch.allclose(a, b, atol=1e-6)
     assert float(a @ c.T) < 0.5
     assert torch.allclose(a.norm(dim=1), torch.ones(1))
-    again = SituationEmbedding(64, seed=0, device=torch.device("cpu"))
+    again = SituationEmbedding(64, seed=0, device=torch.device("cpu"), lengthscale=0.5)
     assert torch.equal(again(obs_row(1, 2)[None]), embed(obs_row(1, 2)[None]))
 
 

@@ -61,6 +61,7 @@ def build_component(node: DictConfig, prefix: str, **objects: Any) -> Any:
 def build_run(cfg: DictConfig, device: torch.device) -> BuiltRun:
     """The algorithm of a checked run config, with its curriculum and training env."""
     env = build_component(cfg.env, "env")
+    _require(env, BatchedEnv, "env")
     eval_env = build_component(cfg.env, "env")
     memory = build_component(cfg.memory, "memory", device=str(device)) if cfg.memory else None
     curriculum = build_component(cfg.curriculum, "curriculum") if cfg.curriculum else None
@@ -73,7 +74,15 @@ def build_run(cfg: DictConfig, device: torch.device) -> BuiltRun:
               for key, argument in run_inputs_of(agent).items() if cfg.agent.get(key)}
     algorithm = build_component(cfg.agent, "agent", env=env, eval_env=eval_env, memory=memory,
                                 device=device, seed=cfg.seed, **loaded)
+    _require(algorithm, Algorithm, "agent")
     return BuiltRun(algorithm, curriculum, env)
+
+
+def _require(built: Any, protocol: type, group: str) -> None:
+    """Refuse a component that does not do what its group's protocol asks."""
+    if not isinstance(built, protocol):
+        raise ConfigError(f"{group}._target_", f"{type(built).__name__} does not follow "
+                                               f"{protocol.__module__}.{protocol.__name__}")
 
 
 def load_policy(run_dir: str, env: BatchedEnv, device: torch.device) -> nn.Module:

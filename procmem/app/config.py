@@ -16,6 +16,7 @@ line naming the full key.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 from collections.abc import Sequence
@@ -84,7 +85,7 @@ def schema_node(target: type, target_path: str | None = None) -> dict[str, Any]:
     node: dict[str, Any] = {} if target_path is None else {"_target_": target_path}
     for name, setting in settings_of(target).items():
         node[name] = MISSING if setting.required else _plain(setting.default)
-    if isinstance(target, type) and not hasattr(target, "__dataclass_fields__"):
+    if not dataclasses.is_dataclass(target):
         node.update({name: MISSING for name in components_of(target)})
         node.update({key: None for key in run_inputs_of(target)})
     return node

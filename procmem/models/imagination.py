@@ -36,8 +36,7 @@ class RolloutPolicy(nn.Module):
     """The small policy that picks actions inside imagination (distilled from the agent's
     policy): :func:`pixel_body` then a linear layer to action logits."""
 
-    def __init__(self, frame_shape: tuple[int, ...], num_actions: int, channels: int = 16
-                 ) -> None:
+    def __init__(self, frame_shape: tuple[int, ...], num_actions: int, channels: int) -> None:
         super().__init__()
         self.body = pixel_body(frame_shape[0], channels)
         self.logits = nn.Linear(flat_size(self.body, frame_shape), num_actions)
@@ -77,8 +76,7 @@ class RolloutEncoder(nn.Module):
     ``[N, hidden]``: each frame through :func:`pixel_body`, its reward appended, then an
     LSTM over the steps in reverse order (``T-1`` down to 0); the code is its last output."""
 
-    def __init__(self, frame_shape: tuple[int, ...], channels: int = 16, hidden: int = 64
-                 ) -> None:
+    def __init__(self, frame_shape: tuple[int, ...], channels: int, hidden: int) -> None:
         super().__init__()
         self.body = pixel_body(frame_shape[0], channels)
         self.lstm = nn.LSTM(flat_size(self.body, frame_shape) + 1, hidden)

@@ -46,9 +46,8 @@ class SubgoalPolicies:
     subgoal that received some.
     """
 
-    def __init__(self, num_actions: int, device: torch.device, seed: int, hidden: int = 64,
-                 lr: float = 3e-3, buffer_size: int = 4000, bc_steps: int = 20,
-                 batch_size: int = 256) -> None:
+    def __init__(self, num_actions: int, device: torch.device, seed: int, hidden: int,
+                 lr: float, buffer_size: int, bc_steps: int, batch_size: int) -> None:
         self.device = device
         self.bc_steps = bc_steps
         self.batch_size = batch_size

@@ -58,15 +58,14 @@ class SituationEmbedding:
     """Seeded unit vectors of a situation: random Fourier features of the target offset
     (similarity ~ ``exp(-|d - d'|^2 / (2 lengthscale^2))``), heading and blocked cells.
 
-    With the default lengthscale of half a cell, situations one cell apart score ~0.1, so
-    open-loop action sequences are reused only where they fit. Same seed, same vectors in
-    every process.
+    With a lengthscale of half a cell (the agent's default), situations one cell apart score
+    ~0.1, so open-loop action sequences are reused only where they fit. Same seed, same
+    vectors in every process.
     """
 
     MIN_DIM = NUM_DIRECTIONS + len(BLOCKED) + 8  # heading and walls, then Fourier features
 
-    def __init__(self, dim: int, seed: int, device: torch.device,
-                 lengthscale: float = 0.5) -> None:
+    def __init__(self, dim: int, seed: int, device: torch.device, lengthscale: float) -> None:
         if dim < self.MIN_DIM:
             raise ValueError(f"embedding_dim must be >= {self.MIN_DIM} for situation keys, "
                              f"got {dim}")
