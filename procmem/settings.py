@@ -29,6 +29,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar, Union
 
+import numpy as np
+
 REQUIRED = inspect.Parameter.empty  # the default of a setting that has none
 
 C = TypeVar("C", bound=type)
@@ -149,12 +151,9 @@ class Each(Constraint):
 
 
 @dataclass(frozen=True)
-class Component(Constraint):
+class Component:
     """Marks a constructor parameter that is itself a component, built from its own config
     node (``agent.network``); :func:`components_of` lists them."""
-
-    def violation(self, value: Any) -> str | None:
-        return None
 
 
 # --- declarations -----------------------------------------------------------------------------
@@ -204,6 +203,7 @@ def components_of(cls: type) -> tuple[str, ...]:
     """The constructor parameters of ``cls`` marked :class:`Component`."""
     init = inspect.unwrap(cls.__init__)
     hints = typing.get_type_hints(init, include_extras=True)
+
     def marked(name: str) -> bool:
         metadata = getattr(hints.get(name), "__metadata__", ())
         return any(isinstance(item, Component) for item in metadata)
@@ -319,7 +319,7 @@ def _type_problem(kind: Any, value: Any) -> str | None:
     """Why ``value`` is not of ``kind`` (bool, int, float, str or a sequence of them; other
     kinds are not checked), or ``None``."""
     if kind is bool:
-        ok = isinstance(value, bool) or type(value).__name__ == "bool_"
+        ok = isinstance(value, bool | np.bool_)
     elif kind is int:
         ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
     elif kind is float:

@@ -42,20 +42,25 @@ def build_component(node: DictConfig, prefix: str, **objects: Any) -> Any:
     """Instantiate the component of ``node``, passing it those of ``objects`` its constructor
     names. Its own errors reach the caller without Hydra's wrapper; a bad setting is a
     :class:`ConfigError` naming the key under ``prefix``."""
-    parameters = inspect.signature(import_target(node._target_)).parameters
-    given = {name: value for name, value in objects.items() if name in parameters}
-    settings = OmegaConf.masked_copy(node, [key for key in node if key not in RUN_INPUTS])
     try:
-        try:
-            # Objects go to the built partial, not to instantiate, which would recurse into
-            # them (a run config passed to a logger holds _target_ nodes of its own).
-            return instantiate(settings, _partial_=True)(**given)
-        except InstantiationException as error:
-            if error.__cause__ is None:
-                raise
-            raise error.__cause__ from None
+        parameters = inspect.signature(import_target(node._target_)).parameters
+        given = {name: value for name, value in objects.items() if name in parameters}
+        settings = OmegaConf.masked_copy(node, [key for key in node if key not in RUN_INPUTS])
+        return _instantiate(settings, given)
     except SettingError as error:
         raise error.under(prefix) from None
+
+
+def _instantiate(node: DictConfig, objects: dict[str, Any]) -> Any:
+    """``instantiate(node)(**objects)``: the objects go to the built partial, not to
+    instantiate, which would recurse into them (a run config passed to a logger holds
+    ``_target_`` nodes of its own); the constructor's errors come without Hydra's wrapper."""
+    try:
+        return instantiate(node, _partial_=True)(**objects)
+    except InstantiationException as error:
+        if error.__cause__ is None:
+            raise
+        raise error.__cause__ from None
 
 
 def build_run(cfg: DictConfig, device: torch.device) -> BuiltRun:
