@@ -12,6 +12,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from procmem.app import ConfigError, train
+from procmem.app.config import run_config
 from procmem.run.checkpoint import CheckpointError
 from procmem.run.run_dir import RunDir
 from procmem.runtime import NonFiniteLossError
@@ -34,7 +35,7 @@ def _resume_config(cfg: DictConfig) -> DictConfig:
     extra = [o for o in HydraConfig.get().overrides.task if not o.startswith("resume=")]
     if extra:
         raise ConfigError("resume", f"continues a run with its saved config; drop {extra}")
-    return RunDir(cfg.resume).config()
+    return run_config(RunDir(cfg.resume))
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

@@ -21,7 +21,7 @@ from procmem.algorithms.protocols import Algorithm
 from procmem.app import ConfigError, check_config
 from procmem.app import compose_config as app_compose
 from procmem.app.build import build_run, logger_sinks
-from procmem.app.config import import_target
+from procmem.app.config import import_target, run_config
 from procmem.run.run_dir import RunDir
 from procmem.settings import settings_of
 
@@ -350,3 +350,17 @@ def test_config_errors_survive_pickling():
     error = pickle.loads(pickle.dumps(ConfigError("memory.top_k", "0 is out of range")))
     assert (error.key, error.reason) == ("memory.top_k", "0 is out of range")
     assert str(error) == "memory.top_k: 0 is out of range"
+
+
+def test_a_run_dir_written_before_the_modules_moved_still_loads(tmp_path):
+    """Its config names the old paths (procmem.agents.a2c.A2C); they load as the new ones."""
+    cfg = compose_config(["experiment=a2c_minipacman"])
+    old = OmegaConf.to_yaml(cfg).replace("procmem.algorithms.a2c", "procmem.agents.a2c").replace(
+        "procmem.models.networks", "procmem.agents.networks")
+    run = RunDir(tmp_path)
+    run.config_file.parent.mkdir(parents=True)
+    run.config_file.write_text(old)
+    loaded = run_config(run)
+    assert loaded.agent._target_ == "procmem.algorithms.a2c.A2C"
+    assert loaded.agent.network._target_ == "procmem.models.networks.PixelCNNPolicy"
+    assert loaded == cfg

@@ -21,7 +21,13 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from procmem.algorithms.protocols import Algorithm
-from procmem.app.config import RUN_INPUTS, ConfigError, import_target, run_inputs_of
+from procmem.app.config import (
+    RUN_INPUTS,
+    ConfigError,
+    import_target,
+    run_config,
+    run_inputs_of,
+)
 from procmem.curricula import Curriculum
 from procmem.envs.protocols import BatchedEnv, StagedEnv
 from procmem.run.loggers import Sink
@@ -94,7 +100,7 @@ def load_policy(run_dir: str, env: BatchedEnv, device: torch.device) -> nn.Modul
     """The network of an A2C run, built for ``env`` from the run's saved config, with the
     weights of its latest checkpoint."""
     run = RunDir(run_dir)
-    cfg = run.config()
+    cfg = run_config(run)
     if "network" not in cfg.agent:
         raise ValueError(f"{run.path}: policy_run must be an A2C run (agent.network)")
     checkpoint = run.checkpoints().load_latest()

@@ -30,6 +30,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from procmem.algorithms.procedural import ProceduralMemoryAgent
+from procmem.run.run_dir import RunDir
 from procmem.run.runner import Runner
 from procmem.settings import (
     AtLeast,
@@ -49,6 +50,18 @@ DEVICES = ("auto", "cpu", "cuda")
 RUN_INPUTS = {"env_model_run": "env_model", "policy_run": "policy"}
 
 ConfigError = SettingError  # a bad config value: one line, ``<full key>: <reason>``
+# Modules that moved when the library was laid out by role: the configs of run dirs written
+# before name their old paths (a policy_run, a resume, an evaluation).
+MOVED_MODULES = {
+    "procmem.agents.a2c": "procmem.algorithms.a2c",
+    "procmem.agents.i2a": "procmem.algorithms.i2a",
+    "procmem.agents.procedural": "procmem.algorithms.procedural",
+    "procmem.agents.env_model_trainer": "procmem.algorithms.env_model_training",
+    "procmem.agents.networks": "procmem.models.networks",
+    "procmem.memory.skill_library": "procmem.skills.library",
+    "procmem.curriculum": "procmem.curricula",
+    "procmem.logging": "procmem.run.loggers",
+}
 
 
 @dataclass
@@ -69,6 +82,23 @@ def import_target(path: str) -> type:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError) as error:
         raise ConfigError("_target_", f"cannot import {path!r} ({error})") from None
+
+
+def run_config(run: RunDir) -> DictConfig:
+    """The config ``run`` was started with, its ``_target_`` paths brought up to date."""
+    cfg = run.config()
+    _update_targets(cfg)
+    return cfg
+
+
+def _update_targets(node: Any) -> None:
+    if isinstance(node, DictConfig):
+        target = node.get("_target_")
+        if isinstance(target, str):
+            module, _, name = target.rpartition(".")
+            node._target_ = f"{MOVED_MODULES.get(module, module)}.{name}"
+        for value in node.values():
+            _update_targets(value)
 
 
 def run_inputs_of(cls: type) -> dict[str, str]:

@@ -9,6 +9,7 @@ from typing import Any
 
 from procmem.algorithms.protocols import Explainer
 from procmem.app.build import build_component, build_run, logger_sinks
+from procmem.app.config import run_config
 from procmem.io import atomic_write_text
 from procmem.run.compare import (
     GroupStat,
@@ -36,7 +37,7 @@ def evaluate_run(
     """Evaluate a run's last checkpoint; write the result as the run's evaluation and return
     it (algorithms that explain themselves add a few spelled-out ``samples``)."""
     run = RunDir(run_dir)
-    cfg = run.config()
+    cfg = run_config(run)
     set_threads(cfg.torch_threads)
     seed_everything(cfg.seed)
     algorithm = build_run(cfg, resolve_device(device)).algorithm
@@ -93,7 +94,7 @@ def _log_comparison(runs: Sequence[RunRecord], stats: Sequence[GroupStat],
     """The comparison as a W&B run (``job_type=compare``, in the runs' project and, when they
     share one, their group): tables ``compare/summary`` (one row per group and metric) and
     ``compare/runs`` (every run with its group and status), and both plots."""
-    cfg = RunDir(runs[0].path).config()
+    cfg = run_config(RunDir(runs[0].path))
     if not cfg.logger:
         raise ValueError(f"report=true logs to W&B, but {runs[0].path} ran with logger=none")
     groups = {RunDir(run.path).identity()[0] for run in runs}
