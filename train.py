@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -12,7 +11,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from procmem.app import ConfigError, train
-from procmem.app.config import run_config
+from procmem.app.config import name_run, run_config
 from procmem.run.checkpoint import CheckpointError
 from procmem.run.run_dir import RunDir
 from procmem.runtime import NonFiniteLossError
@@ -40,18 +39,23 @@ def _resume_config(cfg: DictConfig) -> DictConfig:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    run = RunDir(HydraConfig.get().runtime.output_dir)
     try:
         if cfg.resume:
             cfg = _resume_config(cfg)
-        final = train(cfg, run_dir, resume=RunDir(run_dir).checkpoints().latest() is not None)
+        else:
+            name_run(cfg)
+            run.write_config(cfg)  # Hydra's copy names the run by interpolation
+        final = train(cfg, run.path, resume=run.checkpoints().latest() is not None)
     except tuple(KNOWN_FAILURES) as error:
         prefix, exit_code = next(v for k, v in KNOWN_FAILURES.items() if isinstance(error, k))
         print(f"{prefix}: {error}", file=sys.stderr)
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise JobFailed(f"job {run_dir} failed: {prefix}: {error}") from error
+        if HydraConfig.get().mode == RunMode.MULTIRUN:  # compare lists the failed job
+            raise JobFailed(f"job {run.path} failed: {prefix}: {error}") from error
+        if isinstance(error, ConfigError):
+            run.discard_if_unused()  # a refused single run leaves no run dir behind
         sys.exit(exit_code)
-    print(f"run_dir: {run_dir}")
+    print(f"run_dir: {run.path}")
     objective = final.get(cfg.trainer.objective)
     if objective is None:
         print(f"warning: trainer.objective={cfg.trainer.objective} was never logged, so a "

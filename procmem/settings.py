@@ -199,9 +199,9 @@ def settings_of(target: type | Callable[..., Any]) -> dict[str, Setting]:
     return _function_settings(inspect.unwrap(target))
 
 
-def components_of(cls: type) -> tuple[str, ...]:
-    """The constructor parameters of ``cls`` marked :class:`Component`."""
-    init = inspect.unwrap(cls.__init__)
+def components_of(target: type | Callable[..., Any]) -> tuple[str, ...]:
+    """The constructor (or function) parameters of ``target`` marked :class:`Component`."""
+    init = inspect.unwrap(target.__init__ if isinstance(target, type) else target)
     hints = typing.get_type_hints(init, include_extras=True)
 
     def marked(name: str) -> bool:

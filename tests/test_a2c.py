@@ -19,8 +19,13 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 CPU = torch.device("cpu")
 
 
+# The tool-use settings: the step count is in the observation, so no bootstrapping at the cut.
+TOOL_USE = {"n_steps": 7, "gamma": 1.0, "optimizer": "adam", "max_grad_norm": 1.0,
+            "bootstrap_truncated": False}
+
+
 def make_a2c(seed: int = 0, num_envs: int = 64, **kwargs) -> A2C:
-    settings = {"lr": 3e-3, "entropy_coef": 0.01, **kwargs}
+    settings = {**TOOL_USE, "lr": 3e-3, "entropy_coef": 0.01, **kwargs}
     return A2C(ToolEnv(num_envs=num_envs, stages=(0,)), ToolEnv(num_envs=num_envs, stages=(0,)),
                CPU, seed, partial(ToolGRUPolicy, hidden=32), **settings)
 

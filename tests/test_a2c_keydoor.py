@@ -22,7 +22,8 @@ def gridworld(num_envs: int = 16, **kwargs) -> GridWorld:
 
 
 def make_a2c(seed: int = 0, num_envs: int = 16, env: dict | None = None, **kwargs) -> A2C:
-    settings = {"n_steps": 8, "gamma": 0.99, "lr": 3e-3, "entropy_coef": 0.01, **kwargs}
+    settings = {"n_steps": 8, "gamma": 0.99, "lr": 3e-3, "entropy_coef": 0.01,
+                "optimizer": "adam", "max_grad_norm": 1.0, "bootstrap_truncated": False, **kwargs}
     return A2C(gridworld(num_envs, **(env or {})), gridworld(num_envs, **(env or {})), CPU, seed,
                partial(KeyDoorMLPPolicy, hidden=32), **settings)
 
@@ -91,6 +92,7 @@ def test_evaluate_without_stages_reports_success_reward_and_steps():
     agent = make_a2c()
     metrics = agent.evaluate(20)
     assert set(metrics) == {"eval/success_rate", "eval/episode_return", "eval/episode_steps"}
+    assert metrics["eval/success_rate"] == 0.0  # untrained: no solved episode to count
     assert 0.0 <= metrics["eval/success_rate"] <= 1.0
     assert 1 <= metrics["eval/episode_steps"] <= 50
     # Rewards: -0.1 a step, +1 key, +2 door, 10 on reaching the goal.
@@ -109,3 +111,13 @@ def test_with_a_step_penalty_learning_needs_bootstrapped_truncation(bootstrap, l
     for _ in range(400):
         best = max(best, agent.train_iteration().get("train/success_rate", 0.0))
     assert (best >= 0.9) == learns, best
+
+
+@pytest.mark.slow
+def test_evaluate_reports_the_steps_of_the_solved_episodes():
+    agent = make_a2c(num_envs=64, env={"layout": "fixed"}, bootstrap_truncated=True)
+    for _ in range(400):
+        agent.train_iteration()
+    metrics = agent.evaluate(64)
+    assert metrics["eval/success_rate"] > 0.5
+    assert 10 <= metrics["eval/solved_steps"] <= metrics["eval/episode_steps"]

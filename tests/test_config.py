@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from procmem.algorithms.protocols import Algorithm
@@ -31,11 +30,11 @@ GROUPS = ("env", "agent", "agent/network", "memory", "curriculum", "logger", "ex
 DEFAULTS = {
     "env": "gridworld",
     "agent": "procedural",
-    "agent/network": "tool_gru",  # the default of agent=a2c
-    "memory": "skill_library",
+    "agent/network": "auto",  # the default of agent=a2c
+    "memory": "none",  # agent=procedural picks skill_library
     "curriculum": "none",
     "logger": "wandb",
-    "experiment": "procedural_gridworld",
+    "experiment": "procedural_gridworld",  # a run without one is the same
 }
 ALGORITHM_METHODS = ("train_iteration", "evaluate", "state_dict", "load_state_dict")
 
@@ -74,24 +73,23 @@ QUICK_BUILD = {(group, option): ["agent.pretrain_iterations=1"]
                for group, option in (("agent", "i2a"), ("experiment", "i2a_minipacman"))}
 
 
+def overrides_for(group: str, option: str) -> list[str]:
+    """A run that builds ``group=option``: an experiment that picks it where one does, else
+    the option with what it pairs with (A2C for networks, tool use for curricula)."""
+    experiment = experiment_using(group, option)
+    if group == "experiment" or experiment is not None:
+        overrides = [f"experiment={experiment or option}"]
+    else:
+        pairing = {"agent/network": ["agent=a2c", "memory=none"],
+                   "curriculum": ["experiment=model_native_toolenv"]}.get(group, [])
+        overrides = [*pairing, f"{group}={option}"]
+    return [*overrides, *QUICK_BUILD.get((group, option), [])]
+
+
 @pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS)
 def test_option_composes_checks_and_builds(group, option):
-    overrides = [f"{group}={option}"]
-    if group in ("env", "agent", "agent/network"):
-        # Envs, agents and networks are built with an experiment that pairs them; an env
-        # without one is built alone.
-        experiment = experiment_using(group, option)
-        if experiment is None and group == "env":
-            cfg = compose_config(overrides)
-            check_config(cfg)
-            assert callable(getattr(instantiate(cfg.env), "reset", None))
-            return
-        if experiment is not None:
-            overrides.insert(0, f"experiment={experiment}")
-    overrides += QUICK_BUILD.get((group, option), [])
-    cfg = compose_config(overrides)
+    cfg = compose_config(overrides_for(group, option))
     check_config(cfg)
-
     built = build_run(cfg, torch.device("cpu"))
     assert isinstance(built.algorithm, Algorithm)
     assert (built.curriculum is None) == (len(cfg.curriculum) == 0)
@@ -113,6 +111,7 @@ def test_logger_none_and_memory_none_are_empty_groups():
 COMPONENT_OPTIONS = [(group, option) for group, option in GROUP_OPTIONS
                      if group != "experiment" and "_target_" in OmegaConf.load(
                          CONF / group / f"{option}.yaml")]
+CLASS_OPTIONS = [pair for pair in COMPONENT_OPTIONS if pair != ("agent/network", "auto")]
 
 
 @pytest.mark.parametrize(("group", "option"), COMPONENT_OPTIONS)
@@ -136,12 +135,8 @@ def test_the_primary_config_holds_no_setting():
 
 
 def component_config(group: str, option: str) -> DictConfig:
-    """A run config that builds the component ``group=option`` (with an experiment that
-    pairs it, where one does; W&B disabled)."""
-    experiment = experiment_using(group, option)
-    overrides = [f"experiment={experiment}"] if experiment else [f"{group}={option}"]
-    return compose_config([*overrides, "logger.mode=disabled",
-                           *QUICK_BUILD.get((group, option), [])])
+    """A run config that builds the component ``group=option`` (W&B disabled)."""
+    return compose_config([*overrides_for(group, option), "logger.mode=disabled"])
 
 
 def built_directly(cls: type, changed: dict, cfg: DictConfig, directory: Path) -> object:
@@ -162,7 +157,7 @@ def built_directly(cls: type, changed: dict, cfg: DictConfig, directory: Path) -
     return cls(**{name: make() for name, make in made.items() if name in parameters}, **changed)
 
 
-@pytest.mark.parametrize(("group", "option"), COMPONENT_OPTIONS)
+@pytest.mark.parametrize(("group", "option"), CLASS_OPTIONS)
 def test_every_component_built_from_its_config_has_the_settings_built_directly(group, option,
                                                                             tmp_path):
     """The settings a config gives reach the constructor unchanged, and building the class
@@ -293,9 +288,9 @@ def test_a_target_that_does_not_follow_its_groups_protocol_is_a_config_error():
 
 def test_memory_for_an_agent_without_one_is_a_config_error():
     cfg = compose_config(["experiment=model_native_toolenv", "memory=skill_library"])
-    with pytest.raises(ConfigError, match="^memory: A2C keeps no external memory: set "
-                                          "memory=none$"):
-        build_run(cfg, torch.device("cpu"))
+    with pytest.raises(ConfigError, match="^memory=skill_library needs an agent that keeps a "
+                                          "memory; agent=a2c keeps none: set memory=none$"):
+        check_config(cfg)
 
 
 # --- run dirs -----------------------------------------------------------------------------------

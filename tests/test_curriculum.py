@@ -255,7 +255,7 @@ def test_the_app_plugs_the_curriculum_into_an_env_with_stages():
 
 @pytest.mark.parametrize("option", OPTIONS)
 def test_option_composes_checks_and_builds(option):
-    cfg = compose_config([f"curriculum={option}"])
+    cfg = compose_config(["experiment=model_native_toolenv", f"curriculum={option}"])
     check_config(cfg)
     if option == "none":
         assert len(cfg.curriculum) == 0
@@ -294,7 +294,7 @@ BAD_VALUES = [
 @pytest.mark.parametrize(("option", "override", "key"), BAD_VALUES,
                          ids=[override for _, override, _ in BAD_VALUES])
 def test_bad_value_is_one_line_error_naming_key(option, override, key):
-    cfg = compose_config([option, override])
+    cfg = compose_config(["experiment=model_native_toolenv", option, override])
     with pytest.raises(ConfigError) as info:
         check_config(cfg)
     assert "\n" not in str(info.value)

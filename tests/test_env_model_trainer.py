@@ -145,7 +145,7 @@ def test_a_saved_model_loads_with_the_same_outputs(tmp_path):
     trainer = make_trainer()
     quiet(trainer, 1)
     model = load_env_model(save_env_model(trainer.env_model, tmp_path / "model.pt"))
-    frames = torch.as_tensor(trainer.env.render())
+    frames = torch.as_tensor(trainer.env.observe())
     actions = torch.zeros(len(frames), dtype=torch.int64)
     trainer.env_model.eval()
     for a, b in zip(model(frames, actions), trainer.env_model(frames, actions), strict=True):

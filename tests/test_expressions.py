@@ -249,7 +249,8 @@ def test_a_short_run_learns_to_read_depth_one_operators():
     """Depth 1 (``a o b``) needs the operator read from the context: chance is 1/3."""
     env_kwargs = {"num_envs": 64, "stages": (0,), "eval_stages": (0,)}
     agent = A2C(ExpressionEnv(**env_kwargs), ExpressionEnv(**env_kwargs), CPU, 0,
-                partial(ToolAttentionPolicy, hidden=32), n_steps=4, lr=3e-3)
+                partial(ToolAttentionPolicy, hidden=32), n_steps=4, lr=3e-3, gamma=1.0,
+                optimizer="adam", max_grad_norm=1.0, bootstrap_truncated=False)
     before = agent.evaluate(128)["eval/success_rate_stage0"]
     for _ in range(80):
         agent.train_iteration()

@@ -22,6 +22,8 @@ RUNS = {
     "procedural_gridworld_original": [],
     "procedural_minigrid": [],
     "a2c_minigrid": ["env.num_envs=2", "env.max_steps=20"],
+    "a2c_minigrid_image": ["env.num_envs=2"],
+    "a2c_cartpole": ["env.num_envs=2"],
     "model_native_toolenv": ["env.num_envs=8"],
     "model_native_toolenv_original": ["env.num_envs=8"],
     "model_native_expressions": ["env.num_envs=8"],
@@ -42,6 +44,11 @@ def test_every_key_a_run_logs_is_in_the_vocabulary(experiment, tmp_path, one_tor
     logged = {key for row in RunDir(tmp_path).metrics() for key in row} - {"iteration"}
     assert logged
     assert sorted(key for key in logged if metric_of(key) is None) == []
+
+
+def test_every_experiment_is_run():
+    experiments = {path.stem for path in (ROOT / "conf" / "experiment").glob("*.yaml")}
+    assert set(RUNS) == experiments
 
 
 def test_a_key_outside_the_vocabulary_is_refused_by_the_check():

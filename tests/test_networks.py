@@ -1,13 +1,30 @@
-"""Networks built from an env's shape: the image actor-critic, alone and under A2C."""
+"""Networks built from an env's shape: the image actor-critic alone and under A2C, and the
+network picked for each kind of observation."""
 
 from functools import partial
 from types import SimpleNamespace
 
+import pytest
 import torch
+from gymnasium import spaces
 
 from procmem.algorithms.a2c import A2C
+from procmem.envs.expressions import ExpressionEnv
+from procmem.envs.gridworld import GridWorld
+from procmem.envs.gymnasium_env import GymnasiumEnv
 from procmem.envs.minipacman import MiniPacman
-from procmem.models.networks import PixelCNNPolicy
+from procmem.envs.toolenv import ToolEnv
+from procmem.models.networks import (
+    KeyDoorMLPPolicy,
+    MiniGridPolicy,
+    MLPPolicy,
+    NetworkMismatch,
+    PixelCNNPolicy,
+    ToolGRUPolicy,
+    auto_network,
+    check_fits,
+)
+from procmem.models.observations import as_tensors
 
 MINIPACMAN = SimpleNamespace(obs_shape=(3, 15, 19), num_actions=5)
 
@@ -46,3 +63,36 @@ def test_a2c_trains_and_evaluates_the_pixel_cnn_on_minipacman(one_torch_thread):
     evaluation = agent.evaluate(4)
     assert set(evaluation) == {"eval/episode_return", "eval/episode_steps"}
     assert 1 <= evaluation["eval/episode_steps"] <= 30
+
+
+AUTO_PICKS = [  # (how the env is made, the network auto picks)
+    (lambda: ToolEnv(num_envs=2), ToolGRUPolicy),
+    (lambda: ExpressionEnv(num_envs=2), ToolGRUPolicy),
+    (lambda: GridWorld(num_envs=2), KeyDoorMLPPolicy),
+    (lambda: MiniPacman(num_envs=2), PixelCNNPolicy),
+    (lambda: GymnasiumEnv(num_envs=2), MLPPolicy),
+    (lambda: GymnasiumEnv(id="minigrid:MiniGrid-DoorKey-5x5-v0", num_envs=2), MiniGridPolicy),
+]
+
+
+@pytest.mark.parametrize(("make", "network"), AUTO_PICKS,
+                         ids=[network.__name__ for _, network in AUTO_PICKS])
+def test_auto_picks_the_network_that_reads_the_observations_and_it_runs(make, network):
+    env = make()
+    net = auto_network(env)
+    assert type(net) is network
+    obs, _ = env.reset(seed=0)
+    logits, values, state = net(as_tensors(obs, torch.device("cpu")), net.initial_state(2))
+    assert logits.shape == (2, env.num_actions) and values.shape == (2,)
+    assert state.shape[0] == 2
+
+
+def test_a_network_that_cannot_read_the_observations_says_what_it_reads():
+    with pytest.raises(NetworkMismatch, match=r"^PixelCNNPolicy reads images: .*, not Box\(-1"):
+        check_fits(PixelCNNPolicy, GridWorld())
+    with pytest.raises(NetworkMismatch, match=r"^MLPPolicy reads flat vectors"):
+        check_fits(MLPPolicy, MiniPacman())
+    check_fits(MLPPolicy, GridWorld())  # a flat vector it can read
+    text = SimpleNamespace(single_observation_space=spaces.Text(8))
+    with pytest.raises(NetworkMismatch, match="^no network reads observations Text"):
+        check_fits(auto_network, text)

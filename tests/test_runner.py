@@ -229,3 +229,26 @@ def test_a_nan_loss_stops_the_run_after_saving_the_last_good_state(tmp_path):
     resumed.restore(saved)
     resumed.run()  # a run that no longer diverges goes on from iteration 7
     assert resumed.algorithm.done == 10
+
+
+class CountingEnvSteps(FakeAlgorithm):
+    """Takes 7 env steps an iteration."""
+
+    def train_iteration(self) -> dict[str, float]:
+        metrics = super().train_iteration()
+        return {**metrics, "train/env_steps": 7.0 * self.done}
+
+
+def test_an_env_step_budget_ends_the_run_at_the_iteration_that_reaches_it(tmp_path):
+    runner = make_runner(tmp_path, CountingEnvSteps, iterations=100, env_steps=30,
+                         eval_every=50, checkpoint_every=50, log_every=10)
+    final = runner.run()
+    assert runner.algorithm.done == 5 and final["train/env_steps"] == 35.0  # 5 x 7 >= 30
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert iterations_with(rows, "train/done") == [5]  # the last iteration is logged,
+    assert iterations_with(rows, "eval/success_rate_stage0") == [5]  # evaluated
+    assert checkpoint_iterations(runner) == [5]  # and saved
+    resumed = make_runner(tmp_path, CountingEnvSteps, iterations=100, env_steps=30,
+                          resume_iteration=5)
+    resumed.restore(CheckpointManager.load(runner.checkpoints.latest()))
+    assert resumed.run()["train/env_steps"] == 35.0 and resumed.algorithm.done == 5

@@ -220,7 +220,7 @@ def test_vectorised_step_matches_run_program():
 
 def test_observation_layout():
     env = ToolEnv(num_envs=4, stages=(0, 1, 2, 3))
-    obs, info = env.reset(seed=0, stages=[0, 1, 2, 3])
+    obs, info = env.reset(seed=0, options={"stages": [0, 1, 2, 3]})
     assert info == {} and set(obs) == {"context", "stage", "prev_token", "step"}
     assert all(v.dtype == np.int64 for v in obs.values())
     assert obs["context"].shape == (4, 7)
@@ -266,10 +266,10 @@ def test_stage_sampler_and_forced_stages():
     env = ToolEnv(num_envs=50)
     obs, _ = env.reset(seed=0)
     assert set(obs["stage"]) == {0, 1, 2}
-    obs, _ = env.reset(stages=3)
+    obs, _ = env.reset(options={"stages": 3})
     assert (obs["stage"] == 3).all() and (env.operands[:, :6] >= 0).all()
     env.set_stage_sampler(lambda n, rng: np.full(n, 1))
-    obs, _ = env.reset(stages=np.arange(50) % 4)
+    obs, _ = env.reset(options={"stages": np.arange(50) % 4})
     np.testing.assert_array_equal(obs["stage"], np.arange(50) % 4)  # forced wins
     obs, *_ = env.step(np.full(50, ACTION[ANS]))
     assert (obs["stage"] == 1).all()  # auto-reset draws from the sampler
@@ -277,9 +277,9 @@ def test_stage_sampler_and_forced_stages():
     obs, _ = env.reset()
     assert set(obs["stage"]) == {0, 1, 2}
     with pytest.raises(ValueError, match="stages"):
-        env.reset(stages=4)
+        env.reset(options={"stages": 4})
     with pytest.raises(ValueError, match="stages"):
-        env.reset(stages=[0, 1])
+        env.reset(options={"stages": [0, 1]})
     env.set_stage_sampler(lambda n, rng: np.full(n, 7))
     with pytest.raises(ValueError, match="stage sampler"):
         env.reset()

@@ -189,6 +189,7 @@ def test_evaluate_writes_eval_json_for_a_finished_run(tmp_path: Path) -> None:
     assert "eval/episode_return" in result.stdout
 
 
+@pytest.mark.slow
 def test_tool_use_run_evaluates_per_stage_with_explained_samples(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     run_cli("train.py", "experiment=model_native_toolenv", "logger=none", "env.num_envs=16",

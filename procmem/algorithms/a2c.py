@@ -47,10 +47,11 @@ class A2C:
     every env.
 
     Returns are per step, bootstrapped from the value of the state the rollout stops in and
-    cut at episode ends. A truncated episode (a time limit) ends there too, which is right
-    when the observation shows the time left (toolenv's step count); for envs whose
-    observation does not (a frame cap), ``bootstrap_truncated`` adds ``gamma`` times the
-    value of the final observation to the reward of the truncated step instead. The loss is
+    cut at episode ends. At a truncated episode (a time limit) ``bootstrap_truncated`` adds
+    ``gamma`` times the value of the final observation to the reward of the truncated step,
+    right where the observation does not show the time left (a frame cap); without it the
+    return ends there, right where it does (toolenv's step count). The defaults are the
+    usual A2C settings (RMSprop 7e-4, 5 steps, gamma 0.99, gradients clipped at 0.5). The loss is
     the policy gradient with (optionally normalised) advantages, plus ``value_coef`` times the
     value MSE, minus ``entropy_coef`` times the entropy;
     gradients are clipped to ``max_grad_norm`` and taken by ``optimizer`` at ``lr``.
@@ -62,9 +63,12 @@ class A2C:
     (:class:`~procmem.envs.protocols.StagedEnv`) report the share of exact answers of every
     eval stage, ``eval/success_rate_stage{k}``, and ``eval/success_rate``, the mean over the
     stages the env trains on (stages only evaluated, never trained, stay out of it). Other
-    envs report ``eval/episode_return`` and ``eval/episode_steps``, and
-    ``eval/success_rate`` where the env reports success; ``train/success_rate`` too needs it.
+    envs report ``eval/episode_return`` and ``eval/episode_steps``, and where the env reports
+    success ``eval/success_rate`` and ``eval/solved_steps`` (steps of the solved episodes);
+    ``train/success_rate`` too needs it.
     """
+
+    env_needs: tuple[type, ...] = ()  # any env with discrete actions its network reads
 
     def __init__(
         self,
@@ -74,15 +78,15 @@ class A2C:
         seed: int,
         network: Annotated[NetworkFactory, Component()],
         *,
-        n_steps: RolloutSteps = 7,
-        gamma: Discount = 1.0,
-        lr: LearningRate = 3e-4,
-        optimizer: OptimizerName = "adam",
+        n_steps: RolloutSteps = 5,
+        gamma: Discount = 0.99,
+        lr: LearningRate = 7e-4,
+        optimizer: OptimizerName = "rmsprop",
         value_coef: Annotated[float, AtLeast(0.0)] = 0.5,
         entropy_coef: Annotated[float, AtLeast(0.0)] = 0.01,
-        max_grad_norm: GradNorm = 1.0,
+        max_grad_norm: GradNorm = 0.5,
         normalize_advantages: bool = False,
-        bootstrap_truncated: bool = False,
+        bootstrap_truncated: bool = True,
         stats_window: Annotated[int, AtLeast(1)] = 100,
     ) -> None:
         self.env, self.eval_env = env, eval_env
@@ -189,6 +193,9 @@ class A2C:
             }
             if records[0]["success"] is not None:  # the env reports which episodes succeeded
                 metrics["eval/success_rate"] = float(np.mean([r["success"] for r in records]))
+                solved = [r["steps"] for r in records if r["success"]]
+                if solved:
+                    metrics["eval/solved_steps"] = float(np.mean(solved))
             return metrics
         metrics = {}
         for stage in self.eval_env.eval_stages:
@@ -290,7 +297,7 @@ class A2C:
             if stage is None:
                 obs, _ = env.reset(seed=seed)
             else:
-                obs, _ = env.reset(seed=seed, stages=stage)
+                obs, _ = env.reset(seed=seed, options={"stages": stage})
                 problems = env.describe()
             state = self.net.initial_state(env.num_envs)
             running = np.ones(env.num_envs, dtype=bool)

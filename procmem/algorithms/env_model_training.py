@@ -48,6 +48,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from procmem.algorithms.protocols import require_env
 from procmem.envs.minipacman import PILL_POWER
 from procmem.envs.protocols import EventRewardEnv, PixelEnv
 from procmem.models.env_model import EnvModel, rollout_accuracy
@@ -82,6 +83,8 @@ class EnvModelTrainer:
     ``batch_size`` transitions each, at ``lr`` decayed over ``lr_decay_iterations``; see the
     module docstring."""
 
+    env_needs = (PixelEnv, EventRewardEnv)
+
     def __init__(
         self,
         env: EventRewardEnv,
@@ -100,8 +103,7 @@ class EnvModelTrainer:
         event_coef: Annotated[float, AtLeast(0.0)] = 1.0,
         lr_decay_iterations: Annotated[int, AtLeast(0)] = 0,
     ) -> None:
-        if not (isinstance(env, EventRewardEnv) and isinstance(env, PixelEnv)):
-            raise ValueError("agent=env_model needs a MiniPacman env (env=minipacman)")
+        require_env(self, env)
         self.env, self.eval_env = env, eval_env
         self.device, self.seed = torch.device(device), seed
         self.batch_size, self.buffer_size = batch_size, buffer_size

@@ -23,16 +23,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from procmem.algorithms.a2c import (
-    A2C,
-    RECORD_SEED_OFFSET,
-    Discount,
-    GradNorm,
-    LearningRate,
-    OptimizerName,
-    RolloutSteps,
-)
+from procmem.algorithms.a2c import A2C, RECORD_SEED_OFFSET, LearningRate
 from procmem.algorithms.env_model_training import EnvModelTrainer, next_frames_of
+from procmem.algorithms.protocols import require_env
 from procmem.envs.protocols import EventRewardEnv, PixelEnv
 from procmem.models.env_model import EnvModel
 from procmem.models.i2a import IMAGINATION, I2APolicy
@@ -66,9 +59,10 @@ class I2A(A2C):
     pretrains a model for ``pretrain_iterations`` iterations of
     :class:`~procmem.algorithms.env_model_training.EnvModelTrainer` on random-policy data of
     a copy of the env, with a warning, so the agent also runs on its own. The A2C settings
-    default to the MiniPacman A2C tutorial's; the others are
-    :class:`~procmem.algorithms.a2c.A2C`'s.
+    are :class:`~procmem.algorithms.a2c.A2C`'s (the tutorial's by default).
     """
+
+    env_needs = (PixelEnv, EventRewardEnv)
 
     def __init__(
         self,
@@ -87,16 +81,9 @@ class I2A(A2C):
         finetune_env_model: bool = False,
         env_model_lr: LearningRate = 1e-4,
         pretrain_iterations: Annotated[int, AtLeast(1)] = 500,
-        n_steps: RolloutSteps = 5,
-        gamma: Discount = 0.99,
-        lr: LearningRate = 7e-4,
-        optimizer: OptimizerName = "rmsprop",
-        max_grad_norm: GradNorm = 0.5,
-        bootstrap_truncated: bool = True,
         **a2c_settings: Any,
     ) -> None:
-        if not (isinstance(env, EventRewardEnv) and isinstance(env, PixelEnv)):
-            raise ValueError("agent=i2a needs a MiniPacman env (env=minipacman)")
+        require_env(self, env)
         if finetune_env_model and imagination != "learned":
             raise SettingError("finetune_env_model", "needs imagination=learned")
         self.finetune_env_model = finetune_env_model
@@ -110,9 +97,7 @@ class I2A(A2C):
         def network(env: Any) -> I2APolicy:
             return I2APolicy(env, imagination, env_model, depth, channels, hidden, code_size)
 
-        super().__init__(env, eval_env, device, seed, network, n_steps=n_steps, gamma=gamma,
-                         lr=lr, optimizer=optimizer, max_grad_norm=max_grad_norm,
-                         bootstrap_truncated=bootstrap_truncated, **a2c_settings)
+        super().__init__(env, eval_env, device, seed, network, **a2c_settings)
         self.distill_optimizer = None
         if self.net.rollout_policy is not None:
             self.distill_optimizer = torch.optim.Adam(self.net.rollout_policy.parameters(),

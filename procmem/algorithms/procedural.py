@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import numpy as np
 import torch
 
+from procmem.algorithms.protocols import require_env
 from procmem.envs.keydoor import FLAG_NAMES, FLAGS, SUBGOALS
 from procmem.envs.protocols import SubgoalEnv
 from procmem.models.skill_policies import SubgoalPolicies
@@ -118,6 +119,8 @@ class ProceduralMemoryAgent:
     subgoal). Without a memory (``memory=None``) the agent only explores.
     """
 
+    env_needs = (SubgoalEnv,)
+
     def __init__(
         self,
         env: SubgoalEnv,
@@ -140,9 +143,7 @@ class ProceduralMemoryAgent:
         bc_batch_size: Annotated[int, AtLeast(1)] = 256,
         bc_buffer_size: Annotated[int, AtLeast(1)] = 4000,
     ) -> None:
-        if not isinstance(env, SubgoalEnv):
-            raise ValueError("agent=procedural needs a key/door/goal env (env=gridworld or "
-                             "env=minigrid)")
+        require_env(self, env)
         if skill_kind == "closed_loop" and extraction != "subgoals":
             raise SettingError("skill_kind", "closed_loop learns one policy per subgoal: it "
                                              "needs extraction=subgoals")

@@ -13,13 +13,21 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from procmem.envs.protocols import CAPABILITIES
 from procmem.models.env_model import EnvModel
 from procmem.skills.library import SkillLibrary
 
 
 @runtime_checkable
 class Algorithm(Protocol):
-    """What the runner needs from a learning algorithm."""
+    """What the runner needs from a learning algorithm.
+
+    ``env_needs`` (on the class) names the capabilities its env must offer, protocols of
+    :mod:`procmem.envs.protocols` (an empty tuple: any env with discrete actions); the app
+    checks them before anything is built.
+    """
+
+    env_needs: tuple[type, ...]
 
     def train_iteration(self) -> dict[str, float]:
         """Run one iteration (the algorithm's unit: an episode, an update) -> metrics."""
@@ -68,3 +76,13 @@ class EnvModelLearner(Protocol):
     """Trains an environment model that other runs load (I2A)."""
 
     env_model: EnvModel
+
+
+def require_env(algorithm: Algorithm, env: Any) -> None:
+    """Raise ``ValueError`` when ``env`` lacks a capability the algorithm's class needs
+    (``env_needs``)."""
+    missing = [CAPABILITIES[need] for need in type(algorithm).env_needs
+               if not isinstance(env, need)]
+    if missing:
+        raise ValueError(f"{type(algorithm).__name__} needs {' and '.join(missing)}; "
+                         f"{type(env).__name__} has none")

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from procmem.algorithms.protocols import Algorithm
+from procmem.app.compatibility import check_built_env
 from procmem.app.config import (
     RUN_INPUTS,
     ConfigError,
@@ -73,14 +74,13 @@ def build_run(cfg: DictConfig, device: torch.device) -> BuiltRun:
     """The algorithm of a checked run config, with its curriculum and training env."""
     env = build_component(cfg.env, "env")
     _require(env, BatchedEnv, "env")
+    check_built_env(cfg, env)
     eval_env = build_component(cfg.env, "env")
     memory = build_component(cfg.memory, "memory", device=str(device)) if cfg.memory else None
     curriculum = build_component(cfg.curriculum, "curriculum") if cfg.curriculum else None
     if curriculum is not None and isinstance(env, StagedEnv):
         env.set_stage_sampler(curriculum.sample)
     agent = import_target(cfg.agent._target_)
-    if memory is not None and "memory" not in inspect.signature(agent).parameters:
-        raise ConfigError("memory", f"{agent.__name__} keeps no external memory: set memory=none")
     loaded = {argument: LOADERS[argument](cfg.agent[key], env, device)
               for key, argument in run_inputs_of(agent).items() if cfg.agent.get(key)}
     algorithm = build_component(cfg.agent, "agent", env=env, eval_env=eval_env, memory=memory,
@@ -101,8 +101,6 @@ def load_policy(run_dir: str, env: BatchedEnv, device: torch.device) -> nn.Modul
     weights of its latest checkpoint."""
     run = RunDir(run_dir)
     cfg = run_config(run)
-    if "network" not in cfg.agent:
-        raise ValueError(f"{run.path}: policy_run must be an A2C run (agent.network)")
     checkpoint = run.checkpoints().load_latest()
     if checkpoint is None:
         raise FileNotFoundError(f"{run.path}: no checkpoint to load a policy from")

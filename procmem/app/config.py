@@ -17,19 +17,19 @@ line naming the full key.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from procmem.algorithms.procedural import ProceduralMemoryAgent
+from procmem.app.catalogue import CONFIG_DIR, ConfigError, group_options, import_target
+from procmem.app.compatibility import check_compatible
 from procmem.run.run_dir import RunDir
 from procmem.run.runner import Runner
 from procmem.settings import (
@@ -41,15 +41,13 @@ from procmem.settings import (
     components_of,
     settings_of,
 )
-from procmem.skills.features import SituationEmbedding
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
 GROUPS = ("env", "agent", "memory", "curriculum", "logger")
 DEVICES = ("auto", "cpu", "cuda")
 # Constructor arguments the app loads from another run: config key -> argument.
 RUN_INPUTS = {"env_model_run": "env_model", "policy_run": "policy"}
 
-ConfigError = SettingError  # a bad config value: one line, ``<full key>: <reason>``
+
 # Modules that moved when the library was laid out by role: the configs of run dirs written
 # before name their old paths (a policy_run, a resume, an evaluation).
 MOVED_MODULES = {
@@ -64,24 +62,19 @@ MOVED_MODULES = {
 }
 
 
+RUN_NAME = "${hydra:runtime.choices.agent}_${hydra:runtime.choices.env}"  # e.g. a2c_gridworld
+
+
 @dataclass
 class RunSettings:
     """The top-level keys of a run config (the rest are the groups and ``trainer``)."""
 
-    experiment_name: Annotated[str, NonEmpty()]  # names the output dir and the W&B run
+    # Names the output dir and the W&B run; an experiment sets its own.
+    experiment_name: Annotated[str, NonEmpty()] = RUN_NAME
     seed: Annotated[int, AtLeast(0)] = 0  # seeds Python, numpy, torch and every env
     device: Annotated[str, OneOf(DEVICES)] = "auto"
     torch_threads: Annotated[int, AtLeast(0)] = 1  # torch CPU threads; 0: torch's default
     resume: str | None = None  # a run dir: continue that run from its last checkpoint
-
-
-def import_target(path: str) -> type:
-    """The class a ``_target_`` names."""
-    module, _, name = path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError) as error:
-        raise ConfigError("_target_", f"cannot import {path!r} ({error})") from None
 
 
 def run_config(run: RunDir) -> DictConfig:
@@ -121,18 +114,17 @@ def schema_node(target: type, target_path: str | None = None) -> dict[str, Any]:
     return node
 
 
-def register_schemas(config_dir: Path = CONFIG_DIR) -> None:
+def register_schemas() -> None:
     """Put every schema node in Hydra's ConfigStore (see the module docstring)."""
     store = ConfigStore.instance()
     store.store(group="schema", name="run", node=schema_node(RunSettings))
     store.store(group="schema", name="trainer", node=schema_node(Runner))
-    for path in sorted(config_dir.glob("*/**/*.yaml")):
-        target = OmegaConf.load(path).get("_target_")
-        if target is None:
-            continue
-        group = path.parent.relative_to(config_dir).as_posix()
-        store.store(group=f"schema/{group}", name=path.stem,
-                    node=schema_node(import_target(target), target))
+    groups = {path.parent.relative_to(CONFIG_DIR).as_posix()
+              for path in CONFIG_DIR.glob("*/**/*.yaml")}
+    for group in sorted(groups):
+        for option, target in group_options(group):
+            store.store(group=f"schema/{group}", name=option,
+                        node=schema_node(import_target(target), target))
 
 
 def register_resolvers() -> None:
@@ -144,10 +136,22 @@ def register_resolvers() -> None:
 
 
 def compose_config(overrides: Sequence[str] = (), return_hydra_config: bool = False) -> DictConfig:
-    """The config ``train.py <overrides>`` would run with (for tests, notebooks, benchmarks)."""
+    """The config ``train.py <overrides>`` would run with (for tests, notebooks, benchmarks),
+    its run name resolved."""
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides),
-                       return_hydra_config=return_hydra_config)
+        cfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    name_run(cfg)
+    if not return_hydra_config:
+        with open_dict(cfg):
+            del cfg["hydra"]
+    return cfg
+
+
+def name_run(cfg: DictConfig) -> None:
+    """Resolve ``experiment_name`` (by default the agent and env choices) in ``cfg``, so the
+    config a run keeps reads the same outside Hydra."""
+    cfg.experiment_name = cfg.experiment_name
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -155,11 +159,12 @@ def check_config(cfg: DictConfig) -> None:
     for group in GROUPS:
         if group not in cfg:
             raise ConfigError(group, "missing config group")
+    check_compatible(cfg)  # first: a wrong pairing explains the settings that do not fit
+    for group in GROUPS:
         check_component(cfg[group], group)
     _check_node(Runner, cfg.trainer, "trainer")
     top = [key for key in cfg.keys() if key not in (*GROUPS, "trainer", "hydra")]
     _check_node(RunSettings, OmegaConf.masked_copy(cfg, top), "")
-    _check_combinations(cfg)
 
 
 def check_component(node: DictConfig | None, prefix: str) -> None:
@@ -201,22 +206,8 @@ def _check_node(target: type, node: DictConfig, prefix: str) -> None:
         raise ConfigError(f"{prefix}.{key}" if prefix and key else key or prefix, reason) from None
 
 
-def _check_combinations(cfg: DictConfig) -> None:
-    """Values of different groups that only work together."""
-    agent, memory, min_dim = cfg.agent, cfg.memory, SituationEmbedding.MIN_DIM
-    if (agent.get("_target_") == _path(ProceduralMemoryAgent)
-            and agent.get("extraction") == "subgoals" and memory
-            and memory.get("embedding_dim", min_dim) < min_dim):
-        raise ConfigError("memory.embedding_dim", f"{memory.embedding_dim} is too small: "
-                          f"agent.extraction=subgoals needs >= {min_dim}")
-
-
-def _constructor_parameters(cls: type) -> tuple[str, ...]:
-    return tuple(inspect.signature(inspect.unwrap(cls.__init__)).parameters)
-
-
-def _path(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
+def _constructor_parameters(target: type | Any) -> tuple[str, ...]:
+    return tuple(inspect.signature(target).parameters)
 
 
 def _plain(value: Any) -> Any:

@@ -1,4 +1,5 @@
-"""Pieces every batched env shares: action checks and array-held state."""
+"""What procmem's batched envs share: the Gymnasium vector-env base, action checks and
+array-held state."""
 
 from __future__ import annotations
 
@@ -6,6 +7,30 @@ import copy
 from typing import Any
 
 import numpy as np
+from gymnasium import spaces
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+
+class BatchedVectorEnv(VectorEnv):
+    """A procmem batched env as a :class:`gymnasium.vector.VectorEnv`.
+
+    Episodes that end are reset within the same ``step`` (Gymnasium's same-step autoreset,
+    declared in ``metadata``): the returned observation starts the next episode and
+    ``info["final_obs"]`` holds the observation each episode ended on, for every env of the
+    batch (``info["_final_obs"]`` marks those that ended this step). Actions are discrete.
+    Subclasses call :meth:`_set_spaces` once their sizes are known.
+    """
+
+    metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
+    num_actions: int
+
+    def _set_spaces(self, observation: spaces.Space) -> None:
+        """The single and batched observation and action spaces of ``num_envs`` envs."""
+        self.single_observation_space = observation
+        self.single_action_space = spaces.Discrete(self.num_actions)
+        self.observation_space = batch_space(observation, self.num_envs)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
 
 
 def check_actions(env: Any, actions: np.ndarray) -> np.ndarray:

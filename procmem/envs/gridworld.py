@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import numpy as np
+from gymnasium import spaces
 
 from procmem.envs import keydoor
-from procmem.envs.batched import ArrayState, check_actions
+from procmem.envs.batched import ArrayState, BatchedVectorEnv, check_actions
 from procmem.envs.keydoor import BLOCKED, FIELD, FLAG_NAMES, FLAGS, NO_DIRECTION, OBS_FIELDS
 from procmem.envs.protocols import SubgoalEnv
 from procmem.settings import AtLeast, Below, OneOf, SettingError, configurable
@@ -66,7 +67,7 @@ def reachable(free: np.ndarray, start: np.ndarray) -> np.ndarray:
 
 
 @configurable
-class GridWorld(ArrayState, SubgoalEnv):
+class GridWorld(ArrayState, BatchedVectorEnv, SubgoalEnv):
     """Batched key/door/goal gridworld, Gymnasium-shaped (arrays in, arrays out).
 
     Picking up the key on its cell, then opening the door on its cell, then stepping onto
@@ -144,8 +145,11 @@ class GridWorld(ArrayState, SubgoalEnv):
         self._rows = np.arange(b)
         self._rng = np.random.default_rng()
         self._needs_reset = True
+        self._set_spaces(spaces.Box(-1, size - 1, (len(OBS_FIELDS),), dtype=np.int64))
 
-    def reset(self, seed: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         """Start a new episode in every env; ``seed`` reseeds the env's generator."""
         if seed is not None:
             self._rng = np.random.default_rng(seed)
@@ -188,6 +192,7 @@ class GridWorld(ArrayState, SubgoalEnv):
             self._reset_envs(done)
         info = {
             "final_obs": final_obs,
+            "_final_obs": done,
             "key_picked": key_picked,
             "door_opened": door_opened,
             "success": success,

@@ -12,9 +12,10 @@ import copy
 from typing import Annotated, Any
 
 import numpy as np
+from gymnasium import spaces
 
-from procmem.envs.batched import check_actions
-from procmem.envs.keydoor import FIELD, FLAG_NAMES, OBS_FIELDS
+from procmem.envs.batched import BatchedVectorEnv, check_actions
+from procmem.envs.keydoor import FIELD, FLAG_NAMES, NUM_DIRECTIONS, OBS_FIELDS
 from procmem.envs.protocols import SubgoalEnv
 from procmem.settings import AtLeast, StartsWith, configurable
 
@@ -78,7 +79,7 @@ def _object_cells(env: Any) -> list[int]:
 
 
 @configurable
-class MiniGridEnv(SubgoalEnv):
+class MiniGridEnv(BatchedVectorEnv, SubgoalEnv):
     """``num_envs`` Gymnasium MiniGrid envs of task ``env_id`` with the batched gridworld
     interface; ``max_steps`` replaces the task's own step limit (``None`` keeps it).
 
@@ -113,8 +114,12 @@ class MiniGridEnv(SubgoalEnv):
         self.max_steps = int(first.max_steps)
         self._obs = np.full((num_envs, self.obs_dim), -1, dtype=np.int64)
         self._needs_reset = True
+        largest = max(self.size, int(first.height), NUM_DIRECTIONS) - 1
+        self._set_spaces(spaces.Box(-1, largest, (self.obs_dim,), dtype=np.int64))
 
-    def reset(self, seed: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         """Start a new episode in every env; ``seed`` seeds env ``i`` with ``seed + i``."""
         for i, env in enumerate(self.envs):
             env.reset(seed=None if seed is None else seed + i)
@@ -150,6 +155,7 @@ class MiniGridEnv(SubgoalEnv):
             self._write_episode_start(i)
         info = {
             "final_obs": final_obs,
+            "_final_obs": terminated | truncated,
             "key_picked": after[:, 0] & ~before[:, 0],
             "door_opened": after[:, 1] & ~before[:, 1],
             "success": terminated & (reward > 0),
@@ -183,7 +189,7 @@ class MiniGridEnv(SubgoalEnv):
         self._obs = obs.copy()
         self._needs_reset = bool(state["needs_reset"])
 
-    def close(self) -> None:
+    def close_extras(self, **kwargs: Any) -> None:
         """Close every wrapped env."""
         for env in self.envs:
             env.close()

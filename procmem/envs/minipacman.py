@@ -80,8 +80,9 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import numpy as np
+from gymnasium import spaces
 
-from procmem.envs.batched import ArrayState, check_actions
+from procmem.envs.batched import ArrayState, BatchedVectorEnv, check_actions
 from procmem.envs.protocols import EventRewardEnv, PixelEnv
 from procmem.settings import AtLeast, OneOf, configurable
 
@@ -196,7 +197,7 @@ def ghost_speed(level: np.ndarray, power: np.ndarray) -> np.ndarray:
 
 
 @configurable
-class MiniPacman(ArrayState, PixelEnv, EventRewardEnv):
+class MiniPacman(ArrayState, BatchedVectorEnv, PixelEnv, EventRewardEnv):
     """Batched MiniPacman: ``num_envs`` envs in reward ``mode`` (one of :data:`MODES`),
     episodes truncated after ``frame_cap`` steps; see the module docstring."""
 
@@ -235,10 +236,13 @@ class MiniPacman(ArrayState, PixelEnv, EventRewardEnv):
         self._rows = np.arange(b)
         self._rng = np.random.default_rng()
         self._needs_reset = True
+        self._set_spaces(spaces.Box(0.0, 1.0, self.obs_shape, dtype=np.float32))
 
     # --- public API -------------------------------------------------------------------------
 
-    def reset(self, seed: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         """Start a new episode in every env; ``seed`` reseeds the generator dealing the
         per-env keys (None: keys come from the current generator)."""
         if seed is not None:
@@ -247,7 +251,7 @@ class MiniPacman(ArrayState, PixelEnv, EventRewardEnv):
         self.rng_counter = np.zeros(self.num_envs, dtype=np.uint64)
         self._reset_envs(np.ones(self.num_envs, dtype=bool))
         self._needs_reset = False
-        return self.render(), {}
+        return self.observe(), {}
 
     def step(
         self, actions: np.ndarray
@@ -296,17 +300,17 @@ class MiniPacman(ArrayState, PixelEnv, EventRewardEnv):
             "episode_return": self.episode_return.astype(np.float32),
             "level": self.level.copy(),
         }
-        final_obs = self.render()
+        final_obs = self.observe()
         obs = final_obs
         done = terminated | truncated
         if done.any():
             self._reset_envs(done)
             obs = final_obs.copy()
-            obs[done] = self.render(np.flatnonzero(done))
-        info["final_obs"] = final_obs
+            obs[done] = self.observe(np.flatnonzero(done))
+        info["final_obs"], info["_final_obs"] = final_obs, done
         return obs, reward, terminated, truncated, info
 
-    def render(self, rows: np.ndarray | None = None) -> np.ndarray:
+    def observe(self, rows: np.ndarray | None = None) -> np.ndarray:
         """Observations of ``rows`` (default: all envs), float32 [len(rows), 3, 15, 19]."""
         if rows is None:  # all envs: no fancy-indexed copies
             food, pills, alive = self.food, self.pills, self.ghost_alive

@@ -18,26 +18,32 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+from gymnasium.spaces import Space
 
 StageSampler = Callable[[int, np.random.Generator], np.ndarray]
 
 
 @runtime_checkable
 class BatchedEnv(Protocol):
-    """``num_envs`` envs stepped together, arrays in and arrays out.
+    """``num_envs`` envs stepped together, arrays in and arrays out: a Gymnasium vector env
+    (single and batched spaces) with ``num_actions`` discrete actions.
 
     ``step`` returns ``(obs, reward, terminated, truncated, info)`` with one row per env.
     Envs whose episode ended are reset within the same ``step`` call (Gymnasium's
     same-step autoreset): the returned observation starts the next episode and
-    ``info["final_obs"]`` holds the observation the episode ended on. Where an env can tell
-    whether an episode was solved, ``info["success"]`` says so for the episodes that ended.
-    ``state_dict`` holds everything a resumed run needs to continue identically.
+    ``info["final_obs"]`` holds the observation the episode ended on, where
+    ``info["_final_obs"]`` is true. Where an env can tell whether an episode was solved,
+    ``info["success"]`` says so for the episodes that ended. ``state_dict`` holds
+    everything a resumed run needs to continue identically.
     """
 
     num_envs: int
     num_actions: int
+    single_observation_space: Space
+    single_action_space: Space
 
-    def reset(self, seed: int | None = None) -> tuple[Any, dict[str, Any]]: ...
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
+              ) -> tuple[Any, dict[str, Any]]: ...
 
     def step(self, actions: np.ndarray
              ) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]: ...
@@ -53,9 +59,10 @@ class StagedEnv(BatchedEnv, Protocol):
 
     ``stages`` are the stages trained when nothing else picks them, ``eval_stages`` those an
     evaluation reports. :meth:`set_stage_sampler` plugs in who picks the stage of every new
-    problem (a curriculum); ``reset(seed, stages=...)`` forces the stages of the problems it
-    starts. :meth:`describe` spells out the current problems, :meth:`program` the actions an
-    agent took, and ``info["final_answer"]`` holds the answer of episodes that ended.
+    problem (a curriculum); ``reset(seed=..., options={"stages": ...})`` forces the stages of
+    the problems it starts. :meth:`describe` spells out the current problems,
+    :meth:`program` the actions an agent took, and ``info["final_answer"]`` holds the answer
+    of episodes that ended.
     """
 
     num_stages: int
@@ -100,3 +107,18 @@ class SubgoalEnv(BatchedEnv, Protocol):
     movement: str
     move_actions: tuple[int, ...]
     interaction_actions: tuple[int, ...]
+
+
+# What each capability is, in words (for the errors that say an env lacks one).
+CAPABILITIES: dict[type, str] = {
+    StagedEnv: "problems in stages",
+    PixelEnv: "image observations",
+    EventRewardEnv: "rewards counted as events",
+    SubgoalEnv: "subgoal events (key, door, goal)",
+}
+
+
+def offers(env_class: type, capability: type) -> bool:
+    """Whether an env class declares ``capability`` (one of :data:`CAPABILITIES`): its
+    instances offer it whatever their settings."""
+    return capability in env_class.__mro__

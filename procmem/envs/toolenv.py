@@ -44,7 +44,8 @@ once). An invalid token terminates the episode with reward 0; no ``ANS`` within
 **Stages per env.** Every new problem (``reset`` and the same-step auto-reset of envs that
 ended) draws its stage from the stage sampler: uniform over ``stages`` unless
 :meth:`ToolEnv.set_stage_sampler` plugs in another (a curriculum's ``sample``);
-``reset(stages=...)`` forces the stages of the problems it starts, for evaluation.
+``reset(options={"stages": ...})`` forces the stages of the problems it starts, for
+evaluation.
 ``eval_stages`` (default: ``stages``) are the stages an evaluation reports; stages there and
 not in ``stages`` measure generalisation to problems never trained on.
 
@@ -75,8 +76,9 @@ from dataclasses import dataclass
 from typing import Annotated, Any, NamedTuple
 
 import numpy as np
+from gymnasium import spaces
 
-from procmem.envs.batched import ArrayState, check_actions
+from procmem.envs.batched import ArrayState, BatchedVectorEnv, check_actions
 from procmem.envs.protocols import StagedEnv, StageSampler
 from procmem.settings import AtLeast, NonEmpty, SettingError, configurable
 
@@ -284,7 +286,7 @@ def decode(tokens: Sequence[int]) -> str:
 
 
 @configurable
-class ToolEnv(ArrayState, StagedEnv):
+class ToolEnv(ArrayState, BatchedVectorEnv, StagedEnv):
     """Batched arithmetic tool-use env, Gymnasium-shaped (see the module docstring).
 
     Settings: ``num_envs`` problems at a time, ``max_steps`` tool tokens per problem,
@@ -350,6 +352,12 @@ class ToolEnv(ArrayState, StagedEnv):
         self._sampler: StageSampler = self._uniform_stages
         self._rng = np.random.default_rng()
         self._needs_reset = True
+        self._set_spaces(spaces.Dict({
+            "context": spaces.MultiDiscrete(np.full(self.context_length, len(VOCAB))),
+            "stage": spaces.Discrete(self.num_stages),
+            "prev_token": spaces.Discrete(len(VOCAB)),
+            "step": spaces.Discrete(max_steps + 1),
+        }))
 
     def set_stage_sampler(self, sampler: StageSampler | None) -> None:
         """Draw new problems' stages with ``sampler(n, rng) -> int [n]``; None: uniform."""
@@ -358,9 +366,11 @@ class ToolEnv(ArrayState, StagedEnv):
         self._sampler = self._uniform_stages if sampler is None else sampler
 
     def reset(
-        self, seed: int | None = None, stages: int | Sequence[int] | np.ndarray | None = None
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """Start a new problem in every env; ``seed`` reseeds, ``stages`` forces their stages."""
+        """Start a new problem in every env; ``seed`` reseeds, ``options["stages"]`` (one
+        stage, or one per env) forces their stages."""
+        stages = (options or {}).get("stages")
         forced = None if stages is None else self._check_stages(stages, "stages")
         if seed is not None:
             self._rng = np.random.default_rng(seed)
@@ -387,6 +397,7 @@ class ToolEnv(ArrayState, StagedEnv):
         truncated = ~terminated & (self.steps >= self.max_steps)
         info = {
             "final_obs": self._obs(),
+            "_final_obs": terminated | truncated,
             "final_target": self.target.copy(),
             "final_answer": self.acc.copy(),
             "success": correct,

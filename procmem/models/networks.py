@@ -1,5 +1,7 @@
 """Actor-critic networks. Each is built from the env it acts in: ``network(env)``; its
-settings are the keyword-only arguments after ``env``.
+settings are the keyword-only arguments after ``env``. Each says which envs it reads
+(``accepts(env)``, with ``reads`` in words); :func:`auto_network` picks the first of
+:data:`NETWORKS` that reads an env, and :func:`check_fits` says why a network cannot.
 
 A network maps a batch of observations and its recurrent state to action logits, state
 values and the next state: ``forward(obs, state) -> (logits [B, A], values [B], state)``;
@@ -10,11 +12,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import numpy as np
 import torch
+from gymnasium import spaces
 from torch import Tensor, nn
 
 from procmem.envs.keydoor import BLOCKED, FIELD, FLAGS, NEIGHBOURS
 from procmem.envs.protocols import SubgoalEnv
+from procmem.envs.toolenv import ToolEnv
 from procmem.settings import AtLeast, Even, configurable
 
 
@@ -27,6 +32,12 @@ class ToolGRUPolicy(nn.Module):
     input is the embedding of the previous tool token plus the stage embedding; linear
     policy and value heads read the GRU's output.
     """
+
+    reads = "tool-use tokens (procmem's toolenv and expressions)"
+
+    @staticmethod
+    def accepts(env: Any) -> bool:
+        return isinstance(env, ToolEnv)
 
     def __init__(self, env: Any, *, hidden: Annotated[int, AtLeast(1)] = 96) -> None:
         super().__init__()
@@ -70,10 +81,14 @@ class KeyDoorMLPPolicy(nn.Module):
     carry a recurrent state carry it unchanged.
     """
 
+    reads = "the key/door/goal observation layout (gridworld, minigrid)"
+
+    @staticmethod
+    def accepts(env: Any) -> bool:
+        return isinstance(env, SubgoalEnv)
+
     def __init__(self, env: Any, *, hidden: Annotated[int, AtLeast(1)] = 64) -> None:
         super().__init__()
-        if not isinstance(env, SubgoalEnv):
-            raise ValueError("KeyDoorMLPPolicy needs the key/door/goal observation layout")
         self.agent = [FIELD["x"], FIELD["y"]]
         self.dir = FIELD["dir"]
         self.flags = FLAGS + BLOCKED
@@ -132,6 +147,9 @@ class ToolAttentionPolicy(nn.Module):
     embedding: the context alone defines the problem, so unseen stages (deeper expressions)
     can be attempted.
     """
+
+    reads = ToolGRUPolicy.reads
+    accepts = ToolGRUPolicy.accepts
 
     def __init__(self, env: Any, *, hidden: Annotated[int, AtLeast(2), Even()] = 128) -> None:
         super().__init__()
@@ -195,6 +213,15 @@ class PixelCNNPolicy(nn.Module):
     linear policy and value heads (the MiniPacman A2C tutorial's network by default). No
     recurrent state: an empty ``[B, 0]`` tensor."""
 
+    reads = "images: float [C, H, W] in [0, 1], channels first"
+
+    @staticmethod
+    def accepts(env: Any) -> bool:
+        space = env.single_observation_space
+        return (isinstance(space, spaces.Box) and len(space.shape) == 3
+                and np.issubdtype(space.dtype, np.floating) and space.shape[0] <= 4
+                and bool(np.all(space.low >= 0)) and bool(np.all(space.high <= 1)))
+
     def __init__(self, env: Any, *, channels: Annotated[int, AtLeast(1)] = 16,
                  hidden: Annotated[int, AtLeast(1)] = 256) -> None:
         super().__init__()
@@ -209,3 +236,109 @@ class PixelCNNPolicy(nn.Module):
     def forward(self, obs: Tensor, state: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         features = self.fc(self.body(obs.float()))
         return self.policy(features), self.value(features).squeeze(1), state
+
+
+def _actor_critic(features: int, hidden: int, num_actions: int) -> tuple[nn.Module, ...]:
+    """Separate policy and value trunks (two tanh layers each) and their heads; the policy
+    head starts near uniform."""
+    actor, critic = (nn.Sequential(nn.Linear(features, hidden), nn.Tanh(),
+                                   nn.Linear(hidden, hidden), nn.Tanh()) for _ in range(2))
+    policy, value = nn.Linear(hidden, num_actions), nn.Linear(hidden, 1)
+    nn.init.orthogonal_(policy.weight, gain=0.01)
+    nn.init.zeros_(policy.bias)
+    return actor, critic, policy, value
+
+
+@configurable
+class MLPPolicy(nn.Module):
+    """A feed-forward actor-critic for flat vector observations (CartPole and the like):
+    separate policy and value trunks of two tanh layers of ``hidden`` units. No recurrent
+    state: an empty ``[B, 0]`` tensor."""
+
+    reads = "flat vectors: a one-dimensional Box"
+
+    @staticmethod
+    def accepts(env: Any) -> bool:
+        space = env.single_observation_space
+        return isinstance(space, spaces.Box) and len(space.shape) == 1
+
+    def __init__(self, env: Any, *, hidden: Annotated[int, AtLeast(1)] = 64) -> None:
+        super().__init__()
+        features = int(env.single_observation_space.shape[0])
+        self.actor, self.critic, self.policy, self.value = _actor_critic(
+            features, hidden, env.num_actions)
+
+    def initial_state(self, batch: int) -> Tensor:
+        return torch.zeros(batch, 0, device=self.policy.weight.device)
+
+    def forward(self, obs: Tensor, state: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        features = obs.float()
+        return (self.policy(self.actor(features)), self.value(self.critic(features)).squeeze(1),
+                state)
+
+
+@configurable
+class MiniGridPolicy(nn.Module):
+    """MiniGrid's encoder: the egocentric image (object, colour and state of each cell)
+    through three 2x2 convolutions with a max-pool after the first (the usual MiniGrid
+    actor-critic), the facing direction one-hot beside it, then separate policy and value
+    trunks of two tanh layers of ``hidden`` units. No recurrent state."""
+
+    reads = "MiniGrid observations: an image [H, W, 3] and a direction"
+
+    @staticmethod
+    def accepts(env: Any) -> bool:
+        space = env.single_observation_space
+        return (isinstance(space, spaces.Dict) and set(space.spaces) == {"image", "direction"}
+                and len(space["image"].shape) == 3)
+
+    def __init__(self, env: Any, *, hidden: Annotated[int, AtLeast(1)] = 64) -> None:
+        super().__init__()
+        space = env.single_observation_space
+        height, width, planes = space["image"].shape
+        self.directions = int(space["direction"].n)
+        self.body = nn.Sequential(
+            nn.Conv2d(planes, 16, 2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 2), nn.ReLU(), nn.Conv2d(32, 64, 2), nn.ReLU(), nn.Flatten(),
+        )
+        features = flat_size(self.body, (planes, height, width)) + self.directions
+        self.actor, self.critic, self.policy, self.value = _actor_critic(
+            features, hidden, env.num_actions)
+
+    def initial_state(self, batch: int) -> Tensor:
+        return torch.zeros(batch, 0, device=self.policy.weight.device)
+
+    def forward(self, obs: dict[str, Tensor], state: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        image = self.body(obs["image"].float().permute(0, 3, 1, 2))
+        direction = nn.functional.one_hot(obs["direction"].long(), self.directions).float()
+        features = torch.cat([image, direction], dim=1)
+        return (self.policy(self.actor(features)), self.value(self.critic(features)).squeeze(1),
+                state)
+
+
+# The networks auto_network chooses from, in order: the first that reads an env is picked.
+NETWORKS = (ToolGRUPolicy, KeyDoorMLPPolicy, PixelCNNPolicy, MiniGridPolicy, MLPPolicy)
+
+
+class NetworkMismatch(ValueError):
+    """No network reads an env's observations, or the chosen one cannot."""
+
+
+def auto_network(env: Any) -> nn.Module:
+    """The network for ``env`` by its observations: tool tokens -> the tool GRU, the
+    key/door/goal layout -> its MLP, images -> the CNN, MiniGrid -> its encoder, flat
+    vectors -> an MLP; each with its default settings."""
+    check_fits(auto_network, env)
+    return next(network for network in NETWORKS if network.accepts(env))(env)
+
+
+def check_fits(network: Any, env: Any) -> None:
+    """Raise :class:`NetworkMismatch` (one line) when ``network`` (a class of
+    :data:`NETWORKS`, or :func:`auto_network`) cannot read ``env``'s observations."""
+    space = env.single_observation_space
+    if network is auto_network:
+        if not any(candidate.accepts(env) for candidate in NETWORKS):
+            raise NetworkMismatch(f"no network reads observations {space}; networks read: "
+                                  + "; ".join(candidate.reads for candidate in NETWORKS))
+    elif not network.accepts(env):
+        raise NetworkMismatch(f"{network.__name__} reads {network.reads}, not {space}")

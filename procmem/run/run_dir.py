@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,18 @@ class RunDir:
     def env_model_file(self) -> Path:
         return self.path / ENV_MODEL_FILE
 
+    def discard_if_unused(self) -> bool:
+        """Delete the run dir when it holds nothing but the bookkeeping of a run that never
+        started (its config, an empty log, its status); return whether it did."""
+        bookkeeping = {CONFIG_FILE.parts[0], "train.log", STATUS_FILE}
+        entries = list(self.path.iterdir()) if self.path.is_dir() else []
+        log = self.path / "train.log"
+        if any(entry.name not in bookkeeping for entry in entries) or (
+                log.is_file() and log.stat().st_size > 0):
+            return False
+        shutil.rmtree(self.path, ignore_errors=True)
+        return True
+
     def is_run(self) -> bool:
         """Whether a run has started here (it logged metrics or recorded a status)."""
         return self.metrics_file.is_file() or (self.path / STATUS_FILE).is_file()
@@ -115,6 +128,10 @@ class RunDir:
             raise FileNotFoundError(f"{self.config_file}: not found; is {self.path} a procmem "
                                     "run dir?")
         return OmegaConf.load(self.config_file)
+
+    def write_config(self, cfg: DictConfig) -> Path:
+        """Keep ``cfg`` as the config the run was started with."""
+        return atomic_write_text(self.config_file, OmegaConf.to_yaml(cfg))
 
     def overrides(self) -> list[str]:
         """The run's command-line overrides (none for a run started without Hydra)."""

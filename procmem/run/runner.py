@@ -27,7 +27,10 @@ class Runner:
     """Owns iterations, evaluation cadence, curriculum updates, logging, checkpoints and the
     reports at the end, the same for every algorithm (the ``trainer`` settings).
 
-    Runs ``iterations`` training iterations; logs every ``log_every``-th; evaluates on
+    Runs ``iterations`` training iterations, or fewer when ``env_steps`` (0: no limit) is
+    reached first: the iteration whose ``train/env_steps`` reaches it is the last, so runs of
+    different families can share a budget of env steps. It logs every ``log_every``-th
+    iteration; evaluates on
     ``eval_episodes`` episodes every ``eval_every`` iterations and saves a checkpoint every
     ``checkpoint_every`` (0: only after the last iteration; the last is always evaluated and
     saved), keeping the newest ``keep_checkpoints``. ``progress`` shows a progress bar with
@@ -45,6 +48,7 @@ class Runner:
         reporters: Sequence[Reporter] = (),
         *,
         iterations: Annotated[int, AtLeast(1)] = 200,
+        env_steps: Annotated[int, AtLeast(0)] = 0,
         eval_every: Annotated[int, AtLeast(0)] = 50,
         eval_episodes: Annotated[int, AtLeast(1)] = 20,
         checkpoint_every: Annotated[int, AtLeast(0)] = 50,
@@ -59,6 +63,7 @@ class Runner:
         self.checkpoints = checkpoints
         self.reporters = list(reporters)
         self.iterations = iterations
+        self.env_steps = env_steps
         self.eval_every = eval_every
         self.eval_episodes = eval_episodes
         self.checkpoint_every = checkpoint_every
@@ -101,19 +106,19 @@ class Runner:
                 f"state is saved in {path}") from error
 
     def run(self) -> dict[str, float]:
-        """Train up to ``iterations``; return the last logged value of every metric (of the
-        whole run when it resumed)."""
-        last = self.iterations
+        """Train up to ``iterations`` (or ``env_steps``); return the last logged value of
+        every metric (of the whole run when it resumed)."""
         final: dict[str, float] = self.logger.last_values()
-        bar = tqdm(total=last, initial=self.iteration, disable=not self.progress,
+        bar = tqdm(total=self.iterations, initial=self.iteration, disable=not self.progress,
                    desc="train", unit="it", dynamic_ncols=True)
         window_start, window_iteration = time.perf_counter(), self.iteration
         with bar:
-            while self.iteration < last:
+            while self.iteration < self.iterations and not self._budget_spent(final):
                 self.iteration += 1
                 if self.curriculum is not None:
-                    self.curriculum.on_iteration(self.iteration, last)
+                    self.curriculum.on_iteration(self.iteration, self.iterations)
                 metrics = self._train_iteration()
+                last = self.iteration if self._budget_spent(metrics) else self.iterations
                 if _is_due(self.iteration, self.log_every, last):
                     elapsed = time.perf_counter() - window_start
                     rate = (self.iteration - window_iteration) / max(elapsed, 1e-9)
@@ -135,6 +140,10 @@ class Runner:
         for reporter in self.reporters:
             reporter.on_train_end(self.algorithm, self.logger)
         return final
+
+    def _budget_spent(self, metrics: Mapping[str, float]) -> bool:
+        """Whether ``metrics`` show the env-step budget reached."""
+        return self.env_steps > 0 and metrics.get("train/env_steps", 0) >= self.env_steps
 
 
 def _short(metrics: Mapping[str, float], objective: str, limit: int = 3) -> dict[str, str]:
