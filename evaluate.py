@@ -3,7 +3,7 @@
 ``python evaluate.py run=<run dir> [episodes=N]`` writes ``eval.json`` in the run dir;
 ``python evaluate.py compare=<multirun dir>`` (or ``compare=[dir1,dir2]``) writes
 ``comparison.csv``, ``comparison.md``, ``comparison.png`` and ``curves.png`` into the first
-dir (or ``out=<dir>``).
+dir (or ``out=<dir>``). Bad arguments are one line and exit code 2, and change no file.
 """
 
 from __future__ import annotations
@@ -14,29 +14,38 @@ import hydra
 from omegaconf import DictConfig, ListConfig
 
 from procmem.app import compare_runs, evaluate_run, format_metrics
+from procmem.app.cli import known_failure, run_hydra_main
+from procmem.app.config import CONFIG_DIR
 from procmem.run.run_dir import RunDir
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     if (cfg.run is None) == (cfg.compare is None):
-        sys.exit("evaluate.py needs exactly one of run=<run dir> or compare=<multirun dir>")
-    if cfg.run is not None:
-        result = evaluate_run(cfg.run, episodes=cfg.episodes, device=cfg.device, log=cfg.log)
-        print(format_metrics(result))
-        print(f"eval.json: {RunDir(cfg.run).eval_file}")
-        return
-    paths = list(cfg.compare) if isinstance(cfg.compare, ListConfig) else [cfg.compare]
-    metrics = list(cfg.metrics) if cfg.metrics else None
+        print("usage error: evaluate.py needs exactly one of run=<run dir> or "
+              "compare=<multirun dir>", file=sys.stderr)
+        sys.exit(2)
     try:
+        if cfg.run is not None:
+            result = evaluate_run(cfg.run, episodes=cfg.episodes, device=cfg.device,
+                                  log=cfg.log)
+            print(format_metrics(result))
+            print(f"eval.json: {RunDir(cfg.run).eval_file}")
+            return
+        paths = list(cfg.compare) if isinstance(cfg.compare, ListConfig) else [cfg.compare]
+        metrics = list(cfg.metrics) if cfg.metrics else None
         table, written = compare_runs(paths, cfg.out or paths[0], metrics, cfg.interval,
                                       report=cfg.report)
-    except ValueError as error:  # no runs found, an unreadable eval.json, a bad interval
-        sys.exit(f"evaluate.py compare: {error}")
+    except Exception as error:
+        failure = known_failure(error)
+        if failure is None:
+            raise
+        print(failure[0], file=sys.stderr)
+        sys.exit(failure[1])
     print(table)
     for name, path in written.items():
         print(f"{name}: {path}")
 
 
 if __name__ == "__main__":
-    main()
+    run_hydra_main(main)

@@ -1,4 +1,5 @@
-"""Train one run: ``python train.py [experiment=NAME] [key=value ...]`` (``-m`` to sweep)."""
+"""Train one run: ``python train.py [experiment=NAME] [key=value ...]`` (``-m`` to sweep);
+``python train.py resume=<run dir>`` continues a stopped, failed or killed run."""
 
 from __future__ import annotations
 
@@ -6,54 +7,43 @@ import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from procmem.app import ConfigError, train
-from procmem.app.config import name_run, run_config
-from procmem.run.checkpoint import CheckpointError
+from procmem.app import train
+from procmem.app.cli import JobFailed, known_failure, run_hydra_main
+from procmem.app.config import CONFIG_DIR, name_run, resume_config
 from procmem.run.run_dir import RunDir
-from procmem.runtime import NonFiniteLossError
-
-# Errors a user can act on: one line on stderr and an exit code, instead of a traceback.
-KNOWN_FAILURES = {
-    ConfigError: ("config error", 2),
-    NonFiniteLossError: ("training stopped", 3),
-    CheckpointError: ("checkpoint error", 4),
-}
+from procmem.run.signals import RunStopped
 
 
-class JobFailed(CompactHydraException):
-    """A multirun job stopped by a known failure. Hydra marks the job failed and runs the
-    others; at the end it prints the first such line and exits with 1."""
-
-
-def _resume_config(cfg: DictConfig) -> DictConfig:
-    """``resume=<run dir>`` continues that run with the config it was started with."""
-    extra = [o for o in HydraConfig.get().overrides.task if not o.startswith("resume=")]
-    if extra:
-        raise ConfigError("resume", f"continues a run with its saved config; drop {extra}")
-    return run_config(RunDir(cfg.resume))
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    run = RunDir(HydraConfig.get().runtime.output_dir)
+    hydra_config = HydraConfig.get()
+    run = RunDir(hydra_config.runtime.output_dir)
+    multirun = hydra_config.mode == RunMode.MULTIRUN
+    resuming = cfg.resume is not None
     try:
-        if cfg.resume:
-            cfg = _resume_config(cfg)
+        if resuming:
+            cfg = resume_config(run, list(hydra_config.overrides.task))
         else:
             name_run(cfg)
-            run.write_config(cfg)  # Hydra's copy names the run by interpolation
-        final = train(cfg, run.path, resume=run.checkpoints().latest() is not None)
-    except tuple(KNOWN_FAILURES) as error:
-        prefix, exit_code = next(v for k, v in KNOWN_FAILURES.items() if isinstance(error, k))
-        print(f"{prefix}: {error}", file=sys.stderr)
-        if HydraConfig.get().mode == RunMode.MULTIRUN:  # compare lists the failed job
-            raise JobFailed(f"job {run.path} failed: {prefix}: {error}") from error
-        if isinstance(error, ConfigError):
-            run.discard_if_unused()  # a refused single run leaves no run dir behind
+        final = train(cfg, run.path, resume=resuming,
+                      overrides=list(hydra_config.overrides.task),
+                      hydra=HydraConfig.instance().cfg)
+    except RunStopped as stopped:  # the whole command stops, a multirun's later jobs too
+        print(f"stopped by {stopped}; to continue: {run.resume_command()}", file=sys.stderr)
+        sys.exit(stopped.exit_code)
+    except Exception as error:
+        if run.is_empty():  # Hydra made the dir of a run that was refused
+            run.remove()
+        failure = known_failure(error)
+        if failure is None:
+            raise  # a bug: its traceback, and the run (if it started) is marked failed
+        line, exit_code = failure
+        print(line, file=sys.stderr)
+        if multirun:  # compare lists the failed job; Hydra goes on with the others
+            raise JobFailed(f"job {run.path} failed: {line}") from error
         sys.exit(exit_code)
     print(f"run_dir: {run.path}")
     objective = final.get(cfg.trainer.objective)
@@ -65,4 +55,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    run_hydra_main(main)

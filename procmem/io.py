@@ -12,8 +12,18 @@ from typing import Any
 import torch
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _umask()  # the process's umask, read once: setting it is not thread-safe
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temp file in the same folder and a rename.
+    """Write ``data`` to ``path`` through a temp file in the same folder and a rename; the
+    file's mode follows the umask, like a file ``open`` creates.
 
     When the write fails (a full disk), ``path`` keeps its old content, the temp file is
     removed and the ``OSError`` names ``path``."""
@@ -21,6 +31,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~UMASK)  # mkstemp makes it 0600; others read it as umask says
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -8,9 +8,21 @@ from typing import Any
 import numpy as np
 import torch
 
+from procmem.settings import SettingError
 
-class NonFiniteLossError(FloatingPointError):
-    """A loss became NaN or infinite; raised before any parameter is updated with it."""
+
+class NonFiniteError(FloatingPointError):
+    """Training produced a NaN or an inf."""
+
+
+class NonFiniteLossError(NonFiniteError):
+    """A loss became NaN or infinite; raised before any parameter is updated with it, so the
+    state in memory is still good."""
+
+
+class NonFiniteParametersError(NonFiniteError):
+    """An optimizer step made parameters NaN or infinite (a learning rate far too high):
+    the state in memory is bad, so only an earlier checkpoint holds a good one."""
 
 
 def check_finite(name: str, loss: torch.Tensor) -> None:
@@ -18,6 +30,17 @@ def check_finite(name: str, loss: torch.Tensor) -> None:
     if not bool(torch.isfinite(loss.detach()).all()):
         shown = f"{loss.item()}" if loss.numel() == 1 else "not finite"
         raise NonFiniteLossError(f"{name} is {shown}")
+
+
+def step_checked(optimizer: torch.optim.Optimizer, name: str) -> None:
+    """``optimizer.step()``, then raise :class:`NonFiniteParametersError` naming ``name`` if
+    it left a parameter NaN or infinite."""
+    optimizer.step()
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    largest = torch.nn.utils.get_total_norm(parameters, norm_type=float("inf"))
+    if not bool(torch.isfinite(largest)):
+        raise NonFiniteParametersError(
+            f"the {name} step made parameters nan or inf (is the learning rate too high?)")
 
 
 def seed_everything(seed: int) -> None:
@@ -53,7 +76,8 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda was asked for but no CUDA device is available")
+        raise SettingError("device", "cuda was asked for, but torch sees no CUDA device on "
+                                     "this machine: use device=cpu, or device=auto")
     return torch.device(device)
 
 

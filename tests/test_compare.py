@@ -1,7 +1,6 @@
 import csv
 import json
 import math
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from procmem.run.compare import (
     t_interval,
     write_comparison,
 )
-from procmem.run.run_dir import RunDir, find_runs
+from procmem.run.run_dir import RunDir, RunDirError, find_runs
 from procmem.run.status import FAILED, FINISHED, RUNNING
 
 
@@ -76,8 +75,22 @@ def test_load_run_errors_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
         load_run(RunDir(tmp_path))
     (tmp_path / "metrics.jsonl").write_text('{"iteration": 0}\nnot json\n')
-    with pytest.raises(ValueError, match=r"metrics.jsonl:2"):
-        load_run(RunDir(tmp_path))
+    record = load_run(RunDir(tmp_path))
+    assert (record.state, record.finished) == ("unreadable", False)
+    assert record.reason.startswith(f"{tmp_path / 'metrics.jsonl'}:2: not valid JSON")
+
+
+def test_a_finished_run_whose_last_metrics_line_is_cut_off_is_left_out_and_named(tmp_path):
+    runs = [make_run(tmp_path / str(job), [{"iteration": 1, "eval/success_rate": 1.0}])
+            for job in (0, 1)]
+    for run in runs:
+        RunDir(run).write_status(FINISHED)
+    with (runs[1] / "metrics.jsonl").open("a") as f:
+        f.write('{"iteration": 2, "eval/succ')  # damaged after the run finished
+    table, _ = compare_runs([tmp_path], tmp_path)
+    assert f"left out: {runs[1]}: unreadable ({runs[1] / 'metrics.jsonl'}:2: the last line " \
+           "is cut off)" in table
+    assert "| (defaults) | eval/success_rate | 1 |" in (tmp_path / "comparison.md").read_text()
 
 
 def test_find_runs_on_a_run_dir(tmp_path):
@@ -94,9 +107,9 @@ def test_find_runs_on_a_multirun_dir_sorts_jobs_numerically(tmp_path):
 
 
 def test_find_runs_without_runs_raises(tmp_path):
-    with pytest.raises(ValueError, match=str(tmp_path)):
+    with pytest.raises(RunDirError, match=str(tmp_path)):
         find_runs(tmp_path)
-    with pytest.raises(ValueError, match="missing"):
+    with pytest.raises(RunDirError, match="missing"):
         find_runs(tmp_path / "missing")
 
 
@@ -255,7 +268,8 @@ def test_failed_and_unfinished_runs_are_left_out_and_listed(tmp_path):
 
 def test_only_failed_runs_is_an_error(tmp_path):
     RunDir(tmp_path / "0").write_status(FAILED, "RuntimeError: boom")
-    with pytest.raises(ValueError, match=r"no finished runs to compare .* \(1 failed or unf"):
+    with pytest.raises(RunDirError, match=r"no finished runs to compare .* \(1 left out: "
+                                          rf"{tmp_path / '0'}: failed \(RuntimeError: boom\)\)"):
         compare_runs([tmp_path], tmp_path)
 
 
@@ -270,9 +284,7 @@ def test_a_wandb_report_needs_runs_that_used_wandb(tmp_path):
 def test_an_unreadable_status_file_is_named(tmp_path):
     run = make_run(tmp_path / "run", [{"iteration": 1}])
     (run / "status.json").write_text('{"stat')
-    with pytest.raises(ValueError, match=re.escape(f"{run / 'status.json'}: not a run status")):
-        load_run(RunDir(run))
+    assert load_run(RunDir(run)).reason.startswith(f"{run / 'status.json'}: not a run status")
     (run / "status.json").write_text('{"status": "paused"}')
-    unknown = re.escape(f"{run / 'status.json'}: unknown status 'paused'")
-    with pytest.raises(ValueError, match=unknown):
-        load_run(RunDir(run))
+    assert load_run(RunDir(run)).reason.startswith(
+        f"{run / 'status.json'}: unknown status 'paused'")

@@ -1,18 +1,6 @@
-"""The fault matrix: what a run does when it is killed, its files are damaged, its disk fills,
-its loss diverges, one job of a multirun fails, or an override names no option.
-
-| case                                   | expected                                           |
-|----------------------------------------|----------------------------------------------------|
-| SIGKILL at a random moment, resume     | same metrics as a run never stopped                |
-| truncated/garbage/empty/foreign ckpt   | exit 4, names the file and the previous checkpoint |
-| corrupt skill library file             | SkillLibraryError naming the file                  |
-| corrupt env model file                 | exit 4, names the file                             |
-| disk full writing a checkpoint         | CheckpointError; previous checkpoint intact        |
-| disk full writing skills.json          | OSError naming the file; old file intact           |
-| NaN/inf loss                           | exit 3, names iteration, loss and saved checkpoint |
-| one job of a multirun fails            | others finish; failed in W&B, status and compare   |
-| unknown group option                   | Hydra lists the group's options                    |
-"""
+"""The fault matrix: what a run does when it is killed or stopped by a signal, its files are
+damaged, its disk fills, its training diverges, or a job of a multirun fails or is refused.
+The README's table of faults and bad inputs names the test of each row."""
 
 from __future__ import annotations
 
@@ -23,6 +11,7 @@ import random
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -33,8 +22,9 @@ import torch
 
 from procmem import app, io
 from procmem.run.checkpoint import CheckpointError, CheckpointManager
-from procmem.run.loggers import MetricLogger, read_metrics
+from procmem.run.loggers import MetricLogger, read_metrics, read_wandb_history
 from procmem.run.run_dir import RunDir
+from procmem.run.status import STOPPED, RunStatus
 from procmem.skills.library import SkillLibrary, SkillLibraryError
 
 from helpers import ROOT, TINY, run_cli, wandb_summary, without_perf
@@ -48,7 +38,7 @@ def checkpoint_names(run_dir: Path) -> list[str]:
     return sorted(p.name for p in (run_dir / "checkpoints").iterdir())
 
 
-# --- SIGKILL ---------------------------------------------------------------------------------
+# --- SIGKILL, SIGTERM, SIGINT -----------------------------------------------------------------
 
 KILLED_RUNS = {
     "procedural_gridworld": ["trainer.iterations=40", "trainer.checkpoint_every=3",
@@ -58,25 +48,42 @@ KILLED_RUNS = {
 }
 
 
-def kill_at_random_moment(command: list[str], run_dir: Path, rng: random.Random) -> str:
-    """Start ``command``; once it has logged a new metric row, SIGKILL it after a random
-    delay (up to 1.5 s). Returns what happened, for failure messages."""
+def rows_in(run_dir: Path) -> int:
     metrics = run_dir / "metrics.jsonl"
+    return metrics.read_text().count("\n") if metrics.is_file() else 0
 
-    def rows() -> int:
-        return metrics.read_text().count("\n") if metrics.is_file() else 0
 
-    before = rows()
-    process = subprocess.Popen([sys.executable, *command], cwd=ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def signal_at_random_moment(command: list[str], run_dir: Path, rng: random.Random,
+                            signum: int = signal.SIGKILL, times: int = 1
+                            ) -> tuple[str, subprocess.CompletedProcess]:
+    """Start ``command``; once it has logged a new metric row, send it ``signum`` after a
+    random delay (up to 1.5 s), ``times`` times in a row. Returns what happened (for failure
+    messages) and the finished process."""
+    before = rows_in(run_dir)
+    process = subprocess.Popen([sys.executable, *command], cwd=ROOT, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
-    while rows() <= before and process.poll() is None and time.monotonic() < deadline:
+    while rows_in(run_dir) <= before and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.002)
     delay = rng.uniform(0.0, 1.5)
     time.sleep(delay)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    return f"killed {delay:.3f} s after a new row, at row {rows()}, {checkpoint_names(run_dir)}"
+    for _ in range(times):
+        process.send_signal(signum)
+    stdout, stderr = process.communicate(timeout=300)
+    history = (f"{signal.Signals(signum).name} x{times} {delay:.3f} s after a new row, at row "
+               f"{rows_in(run_dir)}, {checkpoint_names(run_dir)}")
+    return history, subprocess.CompletedProcess(process.args, process.returncode, stdout,
+                                                stderr)
+
+
+def run_whole(tmp_path: Path, overrides: list[str]) -> Path:
+    run_cli("train.py", *overrides, f"hydra.run.dir={tmp_path / 'whole'}")
+    return tmp_path / "whole"
+
+
+def stopped_overrides(experiment: str) -> list[str]:
+    return [f"experiment={experiment}", "logger=none", "trainer.progress=false",
+            *KILLED_RUNS[experiment]]
 
 
 @pytest.mark.slow
@@ -84,20 +91,136 @@ def kill_at_random_moment(command: list[str], run_dir: Path, rng: random.Random)
 def test_sigkill_at_a_random_moment_then_resume_ends_as_if_never_stopped(
     tmp_path: Path, experiment: str
 ) -> None:
-    overrides = [f"experiment={experiment}", "logger=none", "trainer.progress=false",
-                 *KILLED_RUNS[experiment]]
-    run_cli("train.py", *overrides, f"hydra.run.dir={tmp_path / 'whole'}")
-
+    overrides = stopped_overrides(experiment)
+    whole = run_whole(tmp_path, overrides)
     run_dir = tmp_path / "killed"
     rng = random.Random(experiment)
-    history = [kill_at_random_moment(["train.py", *overrides, f"hydra.run.dir={run_dir}"],
-                                     run_dir, rng)]
-    history.append(kill_at_random_moment(["train.py", f"resume={run_dir}"], run_dir, rng))
+    history = [signal_at_random_moment(["train.py", *overrides, f"hydra.run.dir={run_dir}"],
+                                       run_dir, rng)[0]]
+    history.append(signal_at_random_moment(["train.py", f"resume={run_dir}"], run_dir, rng)[0])
     run_cli("train.py", f"resume={run_dir}")
 
-    assert final_rows(run_dir) == final_rows(tmp_path / "whole"), history
-    assert checkpoint_names(run_dir) == checkpoint_names(tmp_path / "whole"), history
+    assert final_rows(run_dir) == final_rows(whole), history
+    assert checkpoint_names(run_dir) == checkpoint_names(whole), history
     assert RunDir(run_dir).status().status == "finished"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", sorted(KILLED_RUNS))
+@pytest.mark.parametrize(("signum", "times"), [(signal.SIGTERM, 1), (signal.SIGINT, 1),
+                                               (signal.SIGTERM, 2)],
+                         ids=["SIGTERM", "SIGINT", "SIGTERM twice"])
+def test_a_stop_signal_at_a_random_moment_stops_cleanly_and_resume_ends_as_if_never_stopped(
+    tmp_path: Path, experiment: str, signum: int, times: int
+) -> None:
+    """One signal: the iteration ends, is saved, and the run says ``stopped`` with the
+    command that resumes it; a second one stops at once. Either way the resumed run ends as
+    if it had never stopped."""
+    overrides = stopped_overrides(experiment)
+    whole = run_whole(tmp_path, overrides)
+    run_dir = tmp_path / "stopped"
+    history, stopped = signal_at_random_moment(
+        ["train.py", *overrides, f"hydra.run.dir={run_dir}"], run_dir,
+        random.Random(f"{experiment}{signum}{times}"), signum, times)
+
+    status = RunDir(run_dir).status()
+    assert stopped.returncode == 128 + signum, (history, stopped.stderr[-2000:])
+    assert (status.status, status.resume) == ("stopped", f"python train.py resume={run_dir}")
+    assert status.reason.startswith(signal.Signals(signum).name)
+    assert stopped.stderr.splitlines()[-1].startswith(
+        f"stopped by {signal.Signals(signum).name}"), stopped.stderr[-2000:]
+    assert "Traceback" not in stopped.stderr
+    if times == 1 and "after iteration" in status.reason:  # the iteration it stopped after
+        iteration = int(status.reason.split("after iteration ")[1].split(",")[0])
+        assert CheckpointManager.load(RunDir(run_dir).checkpoints().latest())[
+            "iteration"] == iteration, history
+
+    run_cli("train.py", f"resume={run_dir}")
+    assert final_rows(run_dir) == final_rows(whole), history
+    assert RunDir(run_dir).status().status == "finished"
+
+
+@pytest.mark.slow
+def test_resuming_a_run_that_is_still_alive_is_refused_and_compare_says_it_runs(
+    tmp_path: Path,
+) -> None:
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "train.py", "experiment=a2c_minigrid", "logger=none",
+               "trainer.progress=false", "trainer.iterations=100000", f"hydra.run.dir={run_dir}"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        while rows_in(run_dir) == 0 and process.poll() is None:
+            time.sleep(0.05)
+        result = run_cli("train.py", f"resume={run_dir}", check=False)
+        report = run_cli("evaluate.py", f"compare={run_dir}", check=False)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"run dir error: {run_dir} is still running: running (pid {process.pid} on "
+        f"{socket.gethostname()}); stop it before resuming it")
+    assert report.returncode == 2
+    assert f"{run_dir}: running (pid {process.pid} on {socket.gethostname()})" in report.stderr
+    assert RunDir(run_dir).status().status == "stopped"
+
+
+@pytest.mark.slow
+def test_after_a_kill_and_a_resume_wandb_holds_each_logged_row_exactly_once(
+    tmp_path: Path,
+) -> None:
+    overrides = ["experiment=a2c_minigrid", "logger=wandb", "trainer.progress=false",
+                 *KILLED_RUNS["a2c_minigrid"]]
+    run_dir = tmp_path / "run"
+    rng = random.Random("wandb")
+    history = [signal_at_random_moment(["train.py", *overrides, f"hydra.run.dir={run_dir}"],
+                                       run_dir, rng)[0]]
+    run_cli("train.py", f"resume={run_dir}")
+
+    segments = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(segments) == 2, history
+    logged = [plain_numbers(row) for segment in segments
+              for row in read_wandb_history(segment)
+              if not any(key.startswith("media/") for key in row)]  # the end's plots
+    assert sorted(logged, key=row_key) == sorted(
+        (plain_numbers(row) for row in read_metrics(run_dir / "metrics.jsonl")), key=row_key)
+
+
+def plain_numbers(row: dict) -> dict:
+    return {k: float(v) if isinstance(v, int | float) else v for k, v in row.items()}
+
+
+def row_key(row: dict) -> tuple:
+    return row["iteration"], sorted(row)
+
+
+@pytest.mark.slow
+def test_a_multirun_job_preempted_by_submitit_resumes_to_the_uninterrupted_metrics(
+    tmp_path: Path,
+) -> None:
+    """submitit's local launcher runs each job under a controller that forwards SIGTERM to
+    it, as a cluster's preemption does."""
+    overrides = stopped_overrides("a2c_minigrid")
+    whole = run_whole(tmp_path, overrides)
+    sweep = tmp_path / "sweep"
+    launcher = subprocess.Popen(
+        [sys.executable, "train.py", "-m", *overrides, "hydra/launcher=submitit_local",
+         f"hydra.sweep.dir={sweep}"], cwd=ROOT, text=True, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE)
+    job = sweep / "0"
+    while rows_in(job) < 3 and launcher.poll() is None:
+        time.sleep(0.01)
+    task = RunDir(job).status().pid
+    controller = int(Path(f"/proc/{task}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    os.kill(controller, signal.SIGTERM)  # what the launcher's controller gets on preemption
+    _, stderr = launcher.communicate(timeout=300)
+
+    status = RunDir(job).status()
+    assert status.status == "stopped", stderr[-3000:]
+    assert status.resume == f"python train.py resume={job}"
+    run_cli("train.py", f"resume={job}")
+    assert final_rows(job) == final_rows(whole)
 
 
 def test_a_metrics_row_cut_off_by_a_kill_is_left_out(tmp_path: Path) -> None:
@@ -142,17 +265,33 @@ def copy_run(run_dir: Path, to: Path) -> Path:
     return Path(shutil.copytree(run_dir, to))
 
 
-@pytest.mark.parametrize("damage", [*DAMAGE, "foreign"])
+def copy_stopped_run(run_dir: Path, to: Path) -> Path:
+    """A copy of a finished run that says it was stopped at its last iteration (a resume
+    has its reporters to run yet)."""
+    copy = copy_run(run_dir, to)
+    RunDir(copy).write_status(RunStatus(STOPPED, "SIGTERM after iteration 12"))
+    return copy
+
+
+def snapshot(run_dir: Path) -> dict[str, bytes]:
+    """Every file of a dir with its content."""
+    return {str(p.relative_to(run_dir)): p.read_bytes()
+            for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("damage", [
+    "truncated", *(pytest.param(d, marks=pytest.mark.slow) for d in ("garbage", "empty",
+                                                                      "foreign"))])
 def test_a_damaged_latest_checkpoint_stops_resume_naming_it_and_keeps_the_previous(
     finished_run: Path, tmp_path: Path, damage: str
 ) -> None:
-    run_dir = copy_run(finished_run, tmp_path / "run")
+    run_dir = copy_stopped_run(finished_run, tmp_path / "run")
     latest = run_dir / "checkpoints" / "ckpt_00000012.pt"
     if damage == "foreign":
         torch.save({"weights": torch.zeros(3)}, latest)
     else:
         latest.write_bytes(DAMAGE[damage](latest.read_bytes()))
-    metrics_before = (run_dir / "metrics.jsonl").read_text()
+    before = snapshot(run_dir)
 
     result = run_cli("train.py", f"resume={run_dir}", check=False)
 
@@ -161,17 +300,29 @@ def test_a_damaged_latest_checkpoint_stops_resume_naming_it_and_keeps_the_previo
     assert message.startswith(f"checkpoint error: {latest}: ")
     assert message.endswith(f"the previous checkpoint {latest.with_name('ckpt_00000008.pt')} "
                             "is kept: remove ckpt_00000012.pt to resume from it")
-    assert checkpoint_names(run_dir) == [f"ckpt_0000000{i}.pt" for i in (4, 8)] + [latest.name]
+    assert len(result.stderr.strip().splitlines()) == 1
     assert CheckpointManager.load(latest.with_name("ckpt_00000008.pt"))["iteration"] == 8
-    assert (run_dir / "metrics.jsonl").read_text() == metrics_before
-    assert RunDir(run_dir).status().status == "failed"
+    assert snapshot(run_dir) == before  # a refused resume changes nothing, status included
+
+
+def test_resuming_a_finished_run_says_so_and_changes_nothing(
+    finished_run: Path, tmp_path: Path
+) -> None:
+    run_dir = copy_run(finished_run, tmp_path / "run")
+    latest = run_dir / "checkpoints" / "ckpt_00000012.pt"
+    latest.write_bytes(DAMAGE["truncated"](latest.read_bytes()))  # not even read
+    before = snapshot(run_dir)
+    result = run_cli("train.py", f"resume={run_dir}")
+    assert f"{run_dir} finished already; nothing to resume" in result.stdout
+    assert snapshot(run_dir) == before
+    assert RunDir(run_dir).status().status == "finished"
 
 
 @pytest.mark.slow
 def test_removing_the_damaged_checkpoint_resumes_from_the_previous_one(
     finished_run: Path, tmp_path: Path
 ) -> None:
-    run_dir = copy_run(finished_run, tmp_path / "run")
+    run_dir = copy_stopped_run(finished_run, tmp_path / "run")
     latest = run_dir / "checkpoints" / "ckpt_00000012.pt"
     latest.write_bytes(DAMAGE["truncated"](latest.read_bytes()))
     assert run_cli("train.py", f"resume={run_dir}", check=False).returncode == 4
@@ -252,7 +403,7 @@ def test_disk_full_while_writing_a_checkpoint_keeps_the_previous_one(
         f"(No space left on device); the previous checkpoint {previous} is intact")
     assert os.listdir(run_dir / "checkpoints") == [previous.name]  # no half-written file
     assert CheckpointManager.load(previous)["iteration"] == 4
-    assert RunDir(run_dir).status().error == f"CheckpointError: {raised.value}"
+    assert RunDir(run_dir).status().reason == f"CheckpointError: {raised.value}"
 
     monkeypatch.undo()  # space freed: the run resumes from the intact checkpoint
     app.train(cfg, run_dir, resume=True)
@@ -293,6 +444,20 @@ def test_an_inf_loss_stops_the_run_with_exit_3_after_saving_the_last_good_state(
     assert RunDir(tmp_path).status().status == "failed"
 
 
+@pytest.mark.slow
+def test_parameters_an_optimizer_step_made_nan_stop_the_run_with_exit_3(tmp_path: Path) -> None:
+    result = run_cli("train.py", "agent=a2c", "logger=none", "trainer.progress=false",
+                     "agent.lr=1e38", "trainer.iterations=5", "trainer.checkpoint_every=0",
+                     f"hydra.run.dir={tmp_path}", check=False)
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [
+        "training stopped: iteration 1: the A2C step made parameters nan or inf (is the "
+        "learning rate too high?); training stopped, the last good state is the start: no "
+        "checkpoint was saved"]
+    assert not (tmp_path / "checkpoints").exists()  # the bad state is not saved
+    assert RunDir(tmp_path).status().status == "failed"
+
+
 # --- a failing job in a multirun -------------------------------------------------------------
 
 
@@ -330,7 +495,7 @@ def test_a_failing_multirun_job_leaves_the_others_running_and_is_reported_failed
         "compare/runs"]["path"])).read_text())
     assert [row[:2] + row[3:] for row in runs_table["data"]] == [
         [str(sweep / "0"), "(defaults)", "finished", None],
-        [str(sweep / "1"), "(left out)", "failed", RunDir(sweep / "1").status().error],
+        [str(sweep / "1"), "(left out)", "failed", RunDir(sweep / "1").status().reason],
         [str(sweep / "2"), "(defaults)", "finished", None]]
     assert {"compare/comparison", "compare/curves"} <= set(logged["summary"])
 
@@ -339,9 +504,25 @@ def test_a_failing_multirun_job_leaves_the_others_running_and_is_reported_failed
 
 
 def test_an_unknown_group_option_lists_the_available_ones(tmp_path: Path) -> None:
-    result = run_cli("train.py", "agent=i2b", "logger=none", f"hydra.run.dir={tmp_path}",
+    result = run_cli("train.py", "agent=i2b", "logger=none", f"hydra.run.dir={tmp_path / 'run'}",
                      check=False)
+    assert result.returncode == 2
+    [line] = result.stderr.splitlines()
+    assert line.startswith("config error: In 'config': Could not find 'agent/i2b'; ")
+    listed = line.split("Available options in 'agent': ", 1)[1].split(", ")
+    assert {p.stem for p in (ROOT / "conf" / "agent").glob("*.yaml")} == set(listed)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_a_refused_job_of_a_multirun_leaves_no_run_dir_and_the_others_run(tmp_path: Path):
+    sweep = tmp_path / "sweep"
+    result = run_cli("train.py", "-m", "agent=a2c", "env=gridworld,minipacman",
+                     "memory=none", "curriculum=none,staged", "logger=none",
+                     "trainer.progress=false", "trainer.iterations=2",
+                     f"hydra.sweep.dir={sweep}", check=False)
     assert result.returncode == 1
-    assert "Could not find 'agent/i2b'" in result.stderr
-    listed = result.stderr.split("Available options in 'agent':", 1)[1].split()
-    assert {p.stem for p in (ROOT / "conf" / "agent").glob("*.yaml")} <= set(listed)
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"job {sweep / '1'} failed: config error: curriculum=staged needs problems in stages")
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "2"]
+    assert [RunDir(sweep / job).status().status for job in ("0", "2")] == ["finished"] * 2

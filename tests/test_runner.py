@@ -15,7 +15,13 @@ from procmem.curricula import AdaptiveCurriculum, StagedCurriculum
 from procmem.run.checkpoint import CheckpointManager
 from procmem.run.loggers import MetricLogger, read_metrics
 from procmem.run.runner import Runner
-from procmem.runtime import NonFiniteLossError, check_finite, seed_everything
+from procmem.run.signals import RunStopped, StopSignals
+from procmem.runtime import (
+    NonFiniteLossError,
+    NonFiniteParametersError,
+    check_finite,
+    seed_everything,
+)
 
 from helpers import without_perf
 
@@ -75,6 +81,7 @@ class RecordingCurriculum(AdaptiveCurriculum):
 
 def make_runner(run_dir: Path, algorithm_cls: type = FakeAlgorithm, curriculum: Any = "adaptive",
                 resume_iteration: int | None = None, reporters: tuple = (),
+                stop: StopSignals | None = None, sinks: tuple = (),
                 **settings: int) -> Runner:
     events: list[tuple] = []
     curriculum = RecordingCurriculum(events) if curriculum == "adaptive" else curriculum
@@ -83,9 +90,10 @@ def make_runner(run_dir: Path, algorithm_cls: type = FakeAlgorithm, curriculum: 
     return Runner(
         algorithm_cls(curriculum, events),
         curriculum,
-        MetricLogger(run_dir / "metrics.jsonl", resume_iteration=resume_iteration),
+        MetricLogger(run_dir / "metrics.jsonl", sinks, resume_iteration=resume_iteration),
         CheckpointManager(run_dir / "checkpoints"),
         reporters,
+        stop,
         progress=False,
         **settings,
     )
@@ -252,3 +260,108 @@ def test_an_env_step_budget_ends_the_run_at_the_iteration_that_reaches_it(tmp_pa
                           resume_iteration=5)
     resumed.restore(CheckpointManager.load(runner.checkpoints.latest()))
     assert resumed.run()["train/env_steps"] == 35.0 and resumed.algorithm.done == 5
+
+
+class BlowsUpItsParameters(FakeAlgorithm):
+    """Its 7th iteration's optimizer step leaves parameters NaN: its state is bad."""
+
+    def train_iteration(self) -> dict[str, float]:
+        metrics = super().train_iteration()
+        if self.done == 7:
+            raise NonFiniteParametersError("the fake step made parameters nan or inf")
+        return metrics
+
+
+def test_parameters_an_optimizer_step_made_nan_stop_the_run_without_saving_them(tmp_path):
+    runner = make_runner(tmp_path, BlowsUpItsParameters, checkpoint_every=5)
+    with pytest.raises(NonFiniteParametersError,
+                       match=r"iteration 7: the fake step made parameters nan or inf; training "
+                             r"stopped, the last good state is the checkpoint .*ckpt_0+5\.pt"):
+        runner.run()
+    assert checkpoint_iterations(runner) == [5]  # the bad state of iteration 7 is not saved
+
+
+class Stopper(FakeAlgorithm):
+    """Asks the runner to stop, as a stop signal would, during its ``stop_at``-th iteration."""
+
+    stop_at = 7
+
+    def __init__(self, curriculum: Any, events: list[tuple]) -> None:
+        super().__init__(curriculum, events)
+        self.stop: StopSignals | None = None
+
+    def train_iteration(self) -> dict[str, float]:
+        metrics = super().train_iteration()
+        if self.done == self.stop_at and self.stop is not None:
+            self.stop.requested = 15  # SIGTERM
+        return metrics
+
+
+class RecordingSink:
+    """Records the rows the logger sends on; ``stored`` are the rows an earlier start of its
+    run kept (a killed process may have sent more)."""
+
+    def __init__(self, stored: list[dict] | None = None) -> None:
+        self.rows: list[dict] = []
+        self.stored = stored or []
+
+    def log(self, row: Mapping[str, Any]) -> None:
+        self.rows.append(dict(row))
+
+    def logged(self) -> list[dict]:
+        return self.stored
+
+    def finish(self, exit_code: int, stopped: bool = False) -> None:
+        pass
+
+
+def test_a_stop_request_ends_the_iteration_saves_it_and_a_resume_ends_as_if_never_stopped(
+    tmp_path,
+):
+    seed_everything(0)
+    make_runner(tmp_path / "whole").run()
+    seed_everything(0)
+    stop, sink = StopSignals(), RecordingSink()
+    runner = make_runner(tmp_path / "run", Stopper, stop=stop, sinks=(sink,))
+    runner.algorithm.stop = stop
+    with pytest.raises(RunStopped, match="SIGTERM after iteration 7") as stopped:
+        runner.run()
+    assert stopped.value.exit_code == 143
+    assert checkpoint_iterations(runner) == [5, 7]  # the cadence's, and the stop's
+    assert [row["iteration"] for row in sink.rows] == [3, 4, 6]  # rows of saved iterations
+
+    sink = RecordingSink(stored=sink.rows)
+    resumed = make_runner(tmp_path / "run", resume_iteration=7, sinks=(sink,))
+    resumed.restore(CheckpointManager.load(runner.checkpoints.latest()))
+    resumed.run()
+    assert without_perf(read_metrics(tmp_path / "run" / "metrics.jsonl")) == without_perf(
+        read_metrics(tmp_path / "whole" / "metrics.jsonl"))
+    assert [row["iteration"] for row in sink.rows] == [8, 9, 10, 10]  # the rest, once
+
+
+def test_sinks_get_each_row_once_across_a_kill_between_checkpoints(tmp_path):
+    sink = RecordingSink()
+    logger = MetricLogger(tmp_path / "metrics.jsonl", [sink])
+    for iteration in range(1, 8):
+        logger.log(iteration, {"train/loss_value": float(iteration)})
+        if iteration == 5:
+            logger.commit(5)  # after the checkpoint of iteration 5
+    assert [row["iteration"] for row in sink.rows] == [1, 2, 3, 4, 5]  # 6, 7: not yet
+    # Killed after iteration 7; the resumed run restarts from checkpoint 5 and logs 6, 7 again.
+    resumed_sink = RecordingSink(stored=sink.rows)
+    resumed = MetricLogger(tmp_path / "metrics.jsonl", [resumed_sink], resume_iteration=5)
+    for iteration in (6, 7):
+        resumed.log(iteration, {"train/loss_value": float(iteration)})
+    resumed.commit(7)
+    assert [row["iteration"] for row in sink.rows + resumed_sink.rows] == [1, 2, 3, 4, 5, 6, 7]
+
+
+def test_a_resumed_logger_first_sends_the_rows_its_sink_never_stored(tmp_path):
+    """Killed at once: rows 3 to 5 were sent after checkpoint 5, but never stored."""
+    logger = MetricLogger(tmp_path / "metrics.jsonl", [RecordingSink()])
+    for iteration in range(1, 6):
+        logger.log(iteration, {"train/loss_value": float(iteration)})
+    stored = [{"iteration": i, "train/loss_value": float(i)} for i in (1, 2)]
+    sink = RecordingSink(stored)
+    MetricLogger(tmp_path / "metrics.jsonl", [sink], resume_iteration=5)
+    assert [row["iteration"] for row in sink.rows] == [3, 4, 5]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -30,9 +32,22 @@ def wandb_run_record(run_dir: Path) -> str:
 
 def test_single_run_writes_the_run_contract(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    result = run_cli("train.py", *TINY, "logger=none", f"hydra.run.dir={run_dir}")
+    umask = os.umask(0o027)  # the run's files follow it, as files a user creates do
+    try:
+        result = run_cli("train.py", *TINY, "logger=none", f"hydra.run.dir={run_dir}")
+    finally:
+        os.umask(umask)
 
-    assert result.stdout.strip().splitlines()[-1] == f"run_dir: {run_dir}"
+    console = result.stdout.strip().splitlines()
+    assert console[-1] == f"run_dir: {run_dir}"
+    assert console[-2].startswith("final evaluation at iteration 12: eval/success_rate=")
+    logged = [line.split(" ", 2)[2] for line in (run_dir / "train.log").read_text().splitlines()]
+    assert logged == console[:-1]  # train.log holds what the console showed, with times
+    assert logged[0].startswith("procedural_gridworld: env=gridworld agent=procedural ")
+    assert f"checkpoint 8: {run_dir / 'checkpoints' / 'ckpt_00000008.pt'}" in logged
+    assert any(line.startswith("iteration 6: eval/success_rate=") for line in logged)
+    for path in [p for p in run_dir.rglob("*") if p.is_file()]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640, path
     for name in (".hydra/config.yaml", "metrics.jsonl", "skills.json", "plots/training.png"):
         assert (run_dir / name).is_file(), name
     assert [p.name for p in sorted((run_dir / "checkpoints").iterdir())] == [
@@ -141,23 +156,14 @@ def test_resume_ends_with_the_same_metrics_as_an_uninterrupted_run(
 
     result = run_cli("train.py", f"resume={stopped}")
     assert result.stdout.strip().splitlines()[-1] == f"run_dir: {stopped}"
-    assert (stopped / ".hydra/resume/overrides.yaml").is_file()
     assert RunDir(stopped).config() == cfg
+    assert RunDir(stopped).status().status == "finished"
 
     whole = without_perf(read_metrics(tmp_path / "whole" / "metrics.jsonl"))
     resumed = without_perf(read_metrics(stopped / "metrics.jsonl"))
     assert resumed == whole
     assert json.loads((stopped / "skills.json").read_text()) == json.loads(
         (tmp_path / "whole" / "skills.json").read_text())
-
-
-def test_resume_refuses_other_overrides(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "train.py", f"resume={tmp_path}", "seed=3"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 2
-    assert "config error: resume:" in result.stderr
 
 
 def test_failed_job_finishes_its_wandb_run_with_an_error(
@@ -175,9 +181,10 @@ def test_failed_job_finishes_its_wandb_run_with_an_error(
     assert summary["state"] != "finished"
 
 
+@pytest.mark.slow
 def test_evaluate_writes_eval_json_for_a_finished_run(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    run_cli("train.py", *TINY, "logger=none", "experiment=procedural_gridworld_original",
+    run_cli("train.py", *TINY, "logger=wandb", "experiment=procedural_gridworld_original",
             f"hydra.run.dir={run_dir}")
 
     result = run_cli("evaluate.py", f"run={run_dir}", "episodes=7")
@@ -187,6 +194,11 @@ def test_evaluate_writes_eval_json_for_a_finished_run(tmp_path: Path) -> None:
     assert evaluation["eval/episode_steps"] == 10.0
     assert evaluation["memory/skills"] == 1.0
     assert "eval/episode_return" in result.stdout
+    # The evaluation's W&B run is kept apart: the run dir's wandb/ still shows the training.
+    training, evaluated = wandb_summary(run_dir), wandb_summary(run_dir / "evaluation")
+    assert training["name"] == "run" and "train/episode_steps" in training["summary"]
+    assert evaluated["name"] == "run (eval)"
+    assert evaluated["summary"]["eval/episode_steps"] == 10.0
 
 
 @pytest.mark.slow
@@ -227,17 +239,9 @@ def test_optuna_sweep_optimises_the_objective_each_run_returns(tmp_path: Path) -
     assert trials[results.best_params["env.max_steps"]] == pytest.approx(results.best_value)
 
 
+@pytest.mark.slow
 def test_an_objective_the_run_never_logs_is_reported(tmp_path: Path) -> None:
     result = run_cli("train.py", *TINY, "logger=none", "trainer.objective=eval/typo",
                      f"hydra.run.dir={tmp_path / 'run'}")
     assert "trainer.objective=eval/typo was never logged" in result.stderr
     assert "eval/success_rate" in result.stderr  # what it could have been
-
-
-def test_compare_errors_are_one_line(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "evaluate.py", f"compare={tmp_path}"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 1
-    assert result.stderr.strip() == (
-        f"evaluate.py compare: no runs (folders with metrics.jsonl or status.json) found in "
-        f"{tmp_path}")

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from procmem.envs.protocols import BatchedEnv, PixelEnv, StagedEnv
 from procmem.models.observations import as_tensors, copy_observations, take_rows
-from procmem.runtime import check_finite
+from procmem.runtime import check_finite, step_checked
 from procmem.settings import Above, AtLeast, AtMost, Component, OneOf, configurable
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop}
@@ -150,7 +150,7 @@ class A2C:
         loss.backward()
         grad_norm = nn.utils.clip_grad_norm_(self.trained_parameters(), self.max_grad_norm)
         check_finite("the A2C gradient norm", grad_norm)
-        self.optimizer.step()
+        step_checked(self.optimizer, "A2C")
         self.state = self.state.detach()
         samples = self.n_steps * self.env.num_envs
         self.env_steps += samples

@@ -52,7 +52,7 @@ from procmem.algorithms.protocols import require_env
 from procmem.envs.minipacman import PILL_POWER
 from procmem.envs.protocols import EventRewardEnv, PixelEnv
 from procmem.models.env_model import EnvModel, rollout_accuracy
-from procmem.runtime import check_finite
+from procmem.runtime import check_finite, step_checked
 from procmem.settings import Above, AtLeast, configurable
 
 EVAL_SEGMENT_STEPS = 64  # batch steps per held-out segment
@@ -159,7 +159,7 @@ class EnvModelTrainer:
             check_finite("the env model loss", loss)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            self.optimizer.step()
+            step_checked(self.optimizer, "env model")
             for key, value in metrics.items():
                 totals[key] = totals.get(key, 0.0) + value / self.updates_per_iteration
         return {

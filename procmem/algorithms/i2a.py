@@ -29,7 +29,7 @@ from procmem.algorithms.protocols import require_env
 from procmem.envs.protocols import EventRewardEnv, PixelEnv
 from procmem.models.env_model import EnvModel
 from procmem.models.i2a import IMAGINATION, I2APolicy
-from procmem.runtime import check_finite
+from procmem.runtime import check_finite, step_checked
 from procmem.settings import AtLeast, OneOf, SettingError, configurable
 
 PRETRAIN_WARNING = (
@@ -137,7 +137,7 @@ class I2A(A2C):
         check_finite("the distillation loss", loss)
         self.distill_optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        self.distill_optimizer.step()
+        step_checked(self.distill_optimizer, "distillation")
         metrics["train/loss_distill"] = loss.item()
         if self.env_model_optimizer is not None:
             metrics.update(self._finetune_env_model(frames, steps))
@@ -160,7 +160,7 @@ class I2A(A2C):
         check_finite("the env model loss", loss)
         self.env_model_optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        self.env_model_optimizer.step()
+        step_checked(self.env_model_optimizer, "env model")
         model.eval()
         return metrics
 

@@ -1,7 +1,8 @@
 """The Hydra app: the only code that imports Hydra. It composes and checks configs
 (:mod:`~procmem.app.config`), builds runs from them (:mod:`~procmem.app.build`) and runs
 the commands of ``train.py`` and ``evaluate.py`` (:mod:`~procmem.app.training`,
-:mod:`~procmem.app.evaluation`). Importing it registers the config schemas and resolvers,
+:mod:`~procmem.app.evaluation`, and :mod:`~procmem.app.cli` for their errors' one line and
+exit code). Importing it registers the config schemas and resolvers,
 so Hydra can compose the tree."""
 
 from procmem.app import config

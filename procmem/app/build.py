@@ -118,11 +118,16 @@ LOADERS: dict[str, Callable[[str, BatchedEnv, torch.device], Any]] = {
 
 def logger_sinks(cfg: DictConfig, run: RunDir, job_type: str) -> list[Sink]:
     """The sinks of a ``job_type`` job of ``run`` (none for ``logger=none``): a W&B run in the
-    run's group and under its name, holding the resolved config."""
+    run's group and under its name, holding the resolved config. The training run's files
+    are in the run dir's ``wandb/``; an evaluation's, named ``<name> (eval)``, are apart
+    (``evaluation/wandb/``)."""
     if not cfg.logger:
         return []
     group, name = run.identity()
-    return [build_component(cfg.logger, "logger", directory=run.path,
+    directory = run.path
+    if job_type != "train":
+        directory, name = run.evaluation_dir, f"{name} ({job_type})"
+    return [build_component(cfg.logger, "logger", directory=directory,
                             run_id=run.wandb_run_id(job_type),
                             run_config=OmegaConf.to_container(cfg, resolve=True), group=group,
                             name=name, job_type=job_type)]

@@ -84,6 +84,17 @@ def run_config(run: RunDir) -> DictConfig:
     return cfg
 
 
+def resume_config(run: RunDir, overrides: Sequence[str]) -> DictConfig:
+    """The config that continues the run in ``run``: the one it started with. Overrides
+    besides ``resume=`` are refused: a run keeps its config for its life."""
+    extra = [o for o in overrides if not o.startswith("resume=")]
+    if extra:
+        raise ConfigError("resume", f"continues a run with its saved config; drop "
+                                    f"{' '.join(extra)}")
+    run.require_run()
+    return run_config(run)
+
+
 def _update_targets(node: Any) -> None:
     if isinstance(node, DictConfig):
         target = node.get("_target_")

@@ -9,9 +9,11 @@ from typing import Any
 
 from procmem.algorithms.protocols import Explainer
 from procmem.app.build import build_component, build_run, logger_sinks
-from procmem.app.config import run_config
+from procmem.app.config import ConfigError, run_config
 from procmem.io import atomic_write_text
+from procmem.run.checkpoint import CheckpointError
 from procmem.run.compare import (
+    INTERVALS,
     GroupStat,
     RunRecord,
     aggregate,
@@ -25,7 +27,7 @@ from procmem.run.compare import (
     plot_group_curves,
     write_comparison,
 )
-from procmem.run.run_dir import RunDir, find_runs
+from procmem.run.run_dir import RunDir, RunDirError, find_runs
 from procmem.runtime import resolve_device, seed_everything, set_threads
 
 EXPLAINED_PER_STAGE = 3  # evaluate_run spells out this many episodes per stage
@@ -35,15 +37,25 @@ def evaluate_run(
     run_dir: str | Path, episodes: int, device: str = "auto", log: bool = True
 ) -> dict[str, Any]:
     """Evaluate a run's last checkpoint; write the result as the run's evaluation and return
-    it (algorithms that explain themselves add a few spelled-out ``samples``)."""
+    it (algorithms that explain themselves add a few spelled-out ``samples``). With ``log``,
+    a run that used W&B also gets a W&B run of the evaluation, kept in its own folder
+    (``evaluation/wandb``) so the training run stays the one its ``wandb/`` shows.
+
+    Bad arguments (no run dir, ``episodes`` below 1, a device it lacks) and a run without a
+    usable checkpoint raise before anything is written."""
+    if episodes < 1:
+        raise ConfigError("episodes", f"{episodes} is out of range: evaluate at least 1 episode")
     run = RunDir(run_dir)
+    run.require_run()
     cfg = run_config(run)
-    set_threads(cfg.torch_threads)
-    seed_everything(cfg.seed)
-    algorithm = build_run(cfg, resolve_device(device)).algorithm
+    torch_device = resolve_device(device)
     checkpoint = run.checkpoints().load_latest()
     if checkpoint is None:
-        raise FileNotFoundError(f"{run.path}: no checkpoint to evaluate")
+        raise CheckpointError(f"{run.path}: no checkpoint to evaluate (the run stopped before "
+                              "it saved one)")
+    set_threads(cfg.torch_threads)
+    seed_everything(cfg.seed)
+    algorithm = build_run(cfg, torch_device).algorithm
     algorithm.load_state_dict(checkpoint["algorithm"])
     metrics = algorithm.evaluate(episodes)
     result = {"iteration": checkpoint["iteration"], "episodes": episodes, **metrics}
@@ -66,14 +78,26 @@ def compare_runs(
 ) -> tuple[str, dict[str, Path]]:
     """Aggregate finished runs by their overrides over seeds (mean and 95% ``interval``);
     write ``comparison.csv``, ``comparison.md``, ``comparison.png`` (final values) and
-    ``curves.png`` (mean curves with shaded bootstrap intervals) into ``out_dir``. Failed and
-    unfinished runs are left out and listed. ``report`` also logs it all as a W&B run."""
+    ``curves.png`` (mean curves with shaded bootstrap intervals) into ``out_dir``. Failed,
+    stopped, running and unreadable runs are left out and listed. ``report`` also logs it
+    all as a W&B run.
+
+    Arguments that leave nothing to compare (no finished run, a metric no run logged, an
+    unknown interval) raise before anything is written, so earlier outputs stay."""
+    if interval not in INTERVALS:
+        raise ConfigError("interval", f"{interval!r} is not one of {', '.join(INTERVALS)}")
     loaded = [load_run(run) for path in paths for run in find_runs(path)]
     runs = [run for run in loaded if run.finished]
     left_out = [run for run in loaded if not run.finished]
     if not runs:
-        raise ValueError(f"no finished runs to compare in {', '.join(map(str, paths))} "
-                         f"({len(left_out)} failed or unfinished)")
+        raise RunDirError(f"no finished runs to compare in {', '.join(map(str, paths))} "
+                          f"({len(left_out)} left out: "
+                          f"{'; '.join(f'{r.path}: {left_out_reason(r)}' for r in left_out)})")
+    logged = {metric for run in runs for metric in run.summary}
+    unknown = [metric for metric in metrics or () if metric not in logged]
+    if unknown:
+        raise ConfigError("metrics", f"{', '.join(unknown)}: logged by none of the finished "
+                                     f"runs; they logged {', '.join(sorted(logged))}")
     stats = aggregate(runs, metrics, interval=interval)
     csv_path, png_path = write_comparison(stats, out_dir, metrics)
     plotted = list(metrics) if metrics is not None else default_plot_metrics(stats)
@@ -110,7 +134,7 @@ def _log_comparison(runs: Sequence[RunRecord], stats: Sequence[GroupStat],
     sink.log_table("compare/runs", [
         {"run": str(run.path), "group": group_of.get(run.path, "(left out)"),
          "overrides": " ".join(run.overrides),
-         "status": run.state, "error": run.error} for run in runs])
+         "status": run.state, "reason": run.reason} for run in runs])
     sink.log_image("compare/comparison", written["comparison.png"])
     sink.log_image("compare/curves", written["curves.png"])
     sink.finish(0)

@@ -17,7 +17,7 @@ from gymnasium import spaces
 from procmem.envs.batched import BatchedVectorEnv, check_actions
 from procmem.envs.keydoor import FIELD, FLAG_NAMES, NUM_DIRECTIONS, OBS_FIELDS
 from procmem.envs.protocols import SubgoalEnv
-from procmem.settings import AtLeast, StartsWith, configurable
+from procmem.settings import AtLeast, SettingError, StartsWith, configurable
 
 MISSING_EXTRA = "env=minigrid needs the 'minigrid' extra: pip install -e '.[minigrid]'"
 # Fields that change within an episode, in the order _dynamic_fields returns them.
@@ -39,7 +39,10 @@ def _make_envs(env_id: str, num_envs: int, max_steps: int | None) -> list[Any]:
     except ImportError as error:
         raise ImportError(MISSING_EXTRA) from error
     kwargs = {} if max_steps is None else {"max_steps": max_steps}
-    return [gymnasium.make(env_id, **kwargs) for _ in range(num_envs)]
+    try:
+        return [gymnasium.make(env_id, **kwargs) for _ in range(num_envs)]
+    except gymnasium.error.Error as error:
+        raise SettingError("env_id", f"{env_id!r}: {str(error).splitlines()[0]}") from None
 
 
 def _blocked(grid: Any, x: int, y: int) -> bool:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from procmem.envs.keydoor import SUBGOALS
-from procmem.runtime import check_finite
+from procmem.runtime import check_finite, step_checked
 from procmem.skills.features import POLICY_FEATURES, policy_features
 from procmem.skills.segments import Segment
 
@@ -94,7 +94,7 @@ class SubgoalPolicies:
             check_finite("the behaviour-cloning loss", total)
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
-            self.optimizer.step()
+            step_checked(self.optimizer, "behaviour-cloning")
             for index, loss in zip(fresh, losses, strict=True):
                 totals[index] += loss.item()
         self._fresh.clear()

@@ -19,7 +19,7 @@ from scipy import stats as scipy_stats
 from procmem.io import atomic_write_text
 from procmem.run.plots import figure_grid, mark_no_data, save_figure
 from procmem.run.run_dir import RunDir
-from procmem.run.status import FAILED, FINISHED, RunStatus
+from procmem.run.status import FINISHED, RunStatus
 
 MAX_PLOTTED_METRICS = 6
 BOOTSTRAP_SAMPLES = 10_000
@@ -29,22 +29,28 @@ BOOTSTRAP_SEED = 0
 @dataclass
 class RunRecord:
     """One run: its overrides, logged metric rows, per-metric summary and ``status.json``
-    (``None`` for runs that predate it, taken as finished)."""
+    (``None`` for runs that predate it, taken as finished); ``problem`` says why its files
+    could not be read (it is then left out)."""
 
     path: Path
     overrides: list[str]
     metrics: list[dict]
     summary: dict[str, float]
     status: RunStatus | None = None
+    problem: str | None = None
 
     @property
     def state(self) -> str:
-        """``running``, ``finished`` or ``failed``."""
+        """``running``, ``finished``, ``failed`` or ``stopped``; ``unreadable`` with a
+        problem."""
+        if self.problem is not None:
+            return "unreadable"
         return self.status.status if self.status is not None else FINISHED
 
     @property
-    def error(self) -> str | None:
-        return self.status.error if self.status is not None else None
+    def reason(self) -> str | None:
+        """Why the run failed or stopped, or what makes it unreadable."""
+        return self.problem or (self.status.reason if self.status is not None else None)
 
     @property
     def finished(self) -> bool:
@@ -86,11 +92,16 @@ def load_run(run: RunDir, window: float = 0.1) -> RunRecord:
     logged values, and numeric entries of its evaluation replace same-named summaries."""
     if not 0 < window <= 1:
         raise ValueError(f"window must be in (0, 1], got {window}")
-    status = run.status()
-    stopped_before_logging = status is not None and not run.metrics_file.is_file()
-    rows = [] if stopped_before_logging else run.metrics()
-    summary = _summarize(rows, window)
-    summary.update(_numeric_items(run.evaluation() or {}))
+    try:
+        status = run.status()
+        stopped_before_logging = status is not None and not run.metrics_file.is_file()
+        finished = status is None or status.status == FINISHED
+        rows = [] if stopped_before_logging else run.metrics(complete=finished)
+        summary = _summarize(rows, window)
+        summary.update(_numeric_items(run.evaluation() or {}))
+    except ValueError as error:  # a damaged status.json, metrics.jsonl or eval.json
+        return RunRecord(path=run.path, overrides=run.overrides(), metrics=[], summary={},
+                         problem=str(error))
     return RunRecord(path=run.path, overrides=run.overrides(), metrics=rows, summary=summary,
                      status=status)
 
@@ -280,10 +291,12 @@ def add_group_legend(fig: Figure, colours: dict[str, str]) -> None:
 
 
 def left_out_reason(run: RunRecord) -> str:
-    """Why an unfinished run is not compared: ``failed (<error>)`` or still ``running``."""
-    if run.state == FAILED:
-        return f"failed ({run.error})"
-    return "running, or killed before it could finish"
+    """Why a run is not compared: ``failed (<error>)``, ``stopped (<signal>...)``, ``running
+    (pid ... on ...)``, ``died (...)`` or ``unreadable (<problem>)``."""
+    if run.problem is not None:
+        return f"unreadable ({run.problem})"
+    assert run.status is not None  # a run without a status counts as finished
+    return run.status.describe()
 
 
 def format_markdown(stats: Sequence[GroupStat], interval: str = "bootstrap",

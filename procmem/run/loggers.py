@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 import math
+import netrc
 import os
+import subprocess
+import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Protocol
+from urllib.parse import urlparse
 
 from procmem.io import atomic_write_text
 from procmem.run.metrics import UnknownMetricWarning, metric_of
-from procmem.settings import NonEmpty, OneOf, configurable
+from procmem.settings import NonEmpty, OneOf, SettingError, configurable
 
 
 class Sink(Protocol):
@@ -20,13 +24,17 @@ class Sink(Protocol):
 
     def log(self, row: Mapping[str, Any]) -> None: ...
 
+    def logged(self) -> Sequence[Mapping[str, Any]]:
+        """The rows earlier starts of this run already hold (none for a new run)."""
+
     def log_table(self, key: str, records: Sequence[Mapping[str, Any]]) -> None: ...
 
     def log_image(self, key: str, path: Path) -> None: ...
 
     def log_video(self, key: str, path: Path) -> None: ...
 
-    def finish(self, exit_code: int) -> None: ...
+    def finish(self, exit_code: int, stopped: bool = False) -> None:
+        """End the run with ``exit_code``; ``stopped``: by a signal, to be resumed."""
 
 
 def _plain(value: Any) -> Any:
@@ -39,13 +47,17 @@ def _plain(value: Any) -> Any:
 
 
 class MetricLogger:
-    """Appends one JSON object per logged point to the JSON-lines file ``path`` and fans out
-    to sinks.
+    """Appends one JSON object per logged point to the JSON-lines file ``path`` at once, and
+    sends the rows on to the sinks when :meth:`commit` is called after a checkpoint.
 
     Every row carries ``iteration``. When a run resumes from the checkpoint of iteration
     ``k``, rows after ``k`` (written after that checkpoint by the stopped process) are
-    dropped, so the file ends up as if the run had never stopped. A key outside the metric
-    vocabulary (:mod:`procmem.run.metrics`) is logged with a warning, once.
+    dropped, so the file ends up as if the run had never stopped. The sinks get each row
+    once across a kill and a resume: a row reaches them only once the checkpoint that covers
+    it is saved, so they never hold a row the resumed run logs again, and a resumed logger
+    first sends each sink the kept rows it does not hold (those a killed process sent but the
+    sink never stored). A key outside the metric vocabulary (:mod:`procmem.run.metrics`) is
+    logged with a warning, once.
     """
 
     def __init__(
@@ -58,6 +70,12 @@ class MetricLogger:
         self.rows: list[dict[str, Any]] = []
         if resume_iteration is not None and self.path.exists():
             self.rows = [r for r in read_metrics(self.path) if r["iteration"] <= resume_iteration]
+            for sink in self.sinks:
+                held = {_identity(row) for row in sink.logged()}
+                for row in self.rows:
+                    if _identity(row) not in held:
+                        sink.log(row)
+        self.unsent: list[dict[str, Any]] = []
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
 
     def log(self, iteration: int, metrics: Mapping[str, Any]) -> None:
@@ -68,16 +86,20 @@ class MetricLogger:
         self.rows.append(row)
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        for sink in self.sinks:
-            sink.log(row)
+        if self.sinks:
+            self.unsent.append(row)
+
+    def commit(self, iteration: int) -> None:
+        """Send the sinks the rows up to ``iteration``, whose checkpoint is saved."""
+        due = [row for row in self.unsent if row["iteration"] <= iteration]
+        for row in due:
+            for sink in self.sinks:
+                sink.log(row)
+        self.unsent = self.unsent[len(due):]
 
     def last_values(self) -> dict[str, Any]:
         """The last logged value of every metric, rows kept from before a resume included."""
-        last: dict[str, Any] = {}
-        for row in self.rows:
-            last.update(row)
-        last.pop("iteration", None)
-        return last
+        return last_values(self.rows)
 
     def _warn_unknown(self, keys: Mapping[str, Any] | Sequence[str]) -> None:
         for key in keys:
@@ -101,30 +123,52 @@ class MetricLogger:
         for sink in self.sinks:
             sink.log_video(key, path)
 
-    def finish(self, exit_code: int = 0) -> None:
+    def finish(self, exit_code: int = 0, stopped: bool = False) -> None:
         for sink in self.sinks:
-            sink.finish(exit_code)
+            sink.finish(exit_code, stopped)
 
 
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a ``metrics.jsonl`` file; a bad line raises ``ValueError`` naming the file.
+def _identity(row: Mapping[str, Any]) -> tuple[Any, frozenset[str]]:
+    """A logged row's iteration and keys: what tells it from the run's other rows."""
+    return row.get("iteration"), frozenset(row)
+
+
+def last_values(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The last value of every metric in ``rows``."""
+    last: dict[str, Any] = {}
+    for row in rows:
+        last.update(row)
+    last.pop("iteration", None)
+    return last
+
+
+class MetricsFileError(ValueError):
+    """A ``metrics.jsonl`` that cannot be read; the message names the file and line."""
+
+
+def read_metrics(path: str | Path, complete: bool = False) -> list[dict[str, Any]]:
+    """Rows of a ``metrics.jsonl`` file; a bad line raises :class:`MetricsFileError`.
 
     Every row ends with a newline, so text after the last newline is a write the process
-    was killed in the middle of; it is left out."""
+    was killed in the middle of; it is left out. With ``complete`` (the file of a finished
+    run, which has no such write) it is an error too."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"missing metrics file: {path}")
+    lines = path.read_text(errors="replace").split("\n")
+    if complete and lines[-1]:
+        raise MetricsFileError(f"{path}:{len(lines)}: the last line is cut off")
     rows = []
-    complete = path.read_text().split("\n")[:-1]
-    for number, line in enumerate(complete, start=1):
+    for number, line in enumerate(lines[:-1], start=1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as error:
-            raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}:{number}: expected a JSON object")
+            raise MetricsFileError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("iteration"), int):
+            raise MetricsFileError(f"{path}:{number}: expected a JSON object with an "
+                                   "iteration")
         rows.append(row)
     return rows
 
@@ -136,7 +180,9 @@ class WandbSink:
     ``WANDB_MODE``, else offline.
 
     ``run_id`` names the run: a resumed training run passes the id it had, so it continues
-    the same W&B run. Metrics are plotted against ``iteration``.
+    the same W&B run. Metrics are plotted against ``iteration``. Online mode without W&B
+    credentials is a :class:`~procmem.settings.SettingError` of ``mode``, raised before
+    anything is written.
     """
 
     def __init__(
@@ -156,13 +202,17 @@ class WandbSink:
         import wandb
 
         self._wandb = wandb
-        directory = Path(directory)
+        self.directory = directory = Path(directory)
+        mode = mode or os.environ.get("WANDB_MODE") or "offline"
+        if mode == "online" and not _has_credentials():
+            raise SettingError("mode", "online needs W&B credentials: run `wandb login` or set "
+                                       "WANDB_API_KEY, or log offline (WANDB_MODE=offline)")
         (directory / "wandb").mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(
             project=project,
             entity=entity,
             dir=str(directory),
-            mode=mode or os.environ.get("WANDB_MODE") or "offline",
+            mode=mode,
             config=dict(run_config or {}),
             tags=list(tags),
             group=group,
@@ -179,6 +229,16 @@ class WandbSink:
     def log(self, row: Mapping[str, Any]) -> None:
         self.run.log(dict(row))
 
+    def logged(self) -> list[dict[str, Any]]:
+        """The rows the earlier starts of this run stored: read back from their folders
+        (``offline-run-*``, ``run-*``) with ``wandb leet inspect``."""
+        current = Path(self.run.dir).parent
+        rows: list[dict[str, Any]] = []
+        for segment in sorted((self.directory / "wandb").glob(f"*run-*-{self.run.id}")):
+            if segment.resolve() != current.resolve():
+                rows += read_wandb_history(segment)
+        return rows
+
     def log_table(self, key: str, records: Sequence[Mapping[str, Any]]) -> None:
         columns = list(records[0]) if records else ["empty"]
         data = [[json.dumps(v) if isinstance(v, list | dict) else v for v in r.values()]
@@ -192,5 +252,36 @@ class WandbSink:
         """Log a video file (GIF, MP4, WebM, OGG); a file path needs no encoder."""
         self.run.log({key: self._wandb.Video(str(path))})
 
-    def finish(self, exit_code: int) -> None:
+    def finish(self, exit_code: int, stopped: bool = False) -> None:
+        """End the run; a stopped one is marked preempted (to be resumed), then ends with
+        the signal's exit code."""
+        if stopped:
+            self.run.mark_preempting()
         self.run.finish(exit_code=exit_code)
+
+
+def read_wandb_history(segment: str | Path) -> list[dict[str, Any]]:
+    """The history rows one W&B run folder stored, without W&B's own ``_`` keys (read with
+    ``wandb leet inspect``; a folder it cannot read holds none, with a warning)."""
+    result = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--json",
+                             str(segment)], capture_output=True, text=True)
+    if result.returncode != 0:
+        warnings.warn(f"could not read the W&B run in {segment}: {result.stderr.strip()}",
+                      stacklevel=2)
+        return []
+    records = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    return [{key: value for key, value in record["history"]["item"].items()
+             if not key.startswith("_")}
+            for record in records if record.get("type") == "history"]
+
+
+def _has_credentials() -> bool:
+    """Whether W&B can log in: an API key or identity token in the environment, or a
+    ``wandb login`` entry in the netrc file for its host."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host or "") is not None
+    except (OSError, netrc.NetrcParseError):
+        return False

@@ -10,6 +10,8 @@ from pathlib import Path
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+FEW_POINTS = 30  # a curve of this many points or fewer is drawn with a marker at each
+
 
 def figure_grid(n_panels: int, ncols: int) -> tuple[Figure, list[Axes]]:
     """A figure with ``n_panels`` axes laid out row by row, ``ncols`` to a row at most."""
@@ -46,17 +48,29 @@ def plot_curves(
     title: str | None = None,
     ncols: int = 2,
 ) -> Path:
-    """Draw each ``(metric, panel title)`` against ``iteration`` and save the grid as a PNG."""
+    """Draw :func:`curves_figure` and save it as a PNG at ``path``."""
+    return save_figure(curves_figure(rows, panels, title, ncols), path)
+
+
+def curves_figure(
+    rows: Sequence[dict],
+    panels: Sequence[tuple[str, str]],
+    title: str | None = None,
+    ncols: int = 2,
+) -> Figure:
+    """Each ``(metric, panel title)`` against ``iteration``, one panel each; a metric logged
+    at few points (a final evaluation: one) gets a marker at each."""
     fig, axes = figure_grid(len(panels), ncols)
     for ax, (key, panel_title) in zip(axes, panels, strict=True):
         points = [(r["iteration"], r[key]) for r in rows if r.get(key) is not None]
         ax.set_title(panel_title)
         if points:
             iterations, values = zip(*points, strict=True)
-            ax.plot(iterations, values)
+            ax.plot(iterations, values, marker="o" if len(points) <= FEW_POINTS else None,
+                    markersize=4)
             ax.set_xlabel("iteration")
         else:
             mark_no_data(ax)
     if title:
         fig.suptitle(title)
-    return save_figure(fig, path)
+    return fig

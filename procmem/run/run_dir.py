@@ -4,18 +4,22 @@
 
     <run dir>/
       .hydra/config.yaml     the resolved config the run started with
-      .hydra/overrides.yaml  its command-line overrides
-      status.json            running | finished | failed, with the error
+      .hydra/overrides.yaml  its command-line overrides (and hydra.yaml, Hydra's settings)
+      status.json            running (pid, host, heartbeat) | finished | failed | stopped
+      train.log              what the console showed: config, evaluations, checkpoints, result
       metrics.jsonl          one JSON object per logged point
       checkpoints/           ckpt_<iteration>.pt, the newest few
       plots/                 training.png, and episode.gif, imagination.png, ...
-      wandb/                 the W&B run, and train_run_id: the id a resumed run keeps
+      wandb/                 the W&B run (a folder per start), and train_run_id: the id a
+                             resumed run keeps
       eval.json              what ``evaluate.py run=`` measured
+      evaluation/wandb/      the W&B runs of those evaluations
       skills.json            the skill library at the end (skill-library agent)
       env_model.pt           the trained environment model (``agent=env_model``)
 
 The jobs of a multirun are run dirs ``0``, ``1``, ... of one sweep dir, which holds
-``multirun.yaml``. Everything a resume or a report reads is written atomically.
+``multirun.yaml``. Everything a resume or a report reads is written atomically, and nothing
+is written before a run is accepted (``procmem.app.training``).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shlex
 import shutil
 from pathlib import Path
 from typing import Any
@@ -39,16 +44,24 @@ from procmem.skills.library import SkillLibrary
 
 CONFIG_FILE = Path(".hydra") / "config.yaml"
 OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
+HYDRA_FILE = Path(".hydra") / "hydra.yaml"
 STATUS_FILE = "status.json"
+LOG_FILE = "train.log"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
 PLOTS_DIR = "plots"
 WANDB_DIR = "wandb"
 TRAIN_RUN_ID_FILE = Path(WANDB_DIR) / "train_run_id"
 EVAL_FILE = "eval.json"
+EVALUATION_DIR = "evaluation"
 SKILLS_FILE = "skills.json"
 ENV_MODEL_FILE = "env_model.pt"
 SWEEP_MARKER = "multirun.yaml"
+
+
+class RunDirError(Exception):
+    """A dir that cannot be used as asked: missing, not a run, holding a run already, or
+    the dir of a run that is still alive."""
 
 
 class RunDir:
@@ -77,6 +90,15 @@ class RunDir:
         return self.path / METRICS_FILE
 
     @property
+    def log_file(self) -> Path:
+        return self.path / LOG_FILE
+
+    @property
+    def evaluation_dir(self) -> Path:
+        """Where the W&B runs of evaluations go, apart from the training run's."""
+        return self.path / EVALUATION_DIR
+
+    @property
     def plots_dir(self) -> Path:
         return self.path / PLOTS_DIR
 
@@ -92,17 +114,30 @@ class RunDir:
     def env_model_file(self) -> Path:
         return self.path / ENV_MODEL_FILE
 
-    def discard_if_unused(self) -> bool:
-        """Delete the run dir when it holds nothing but the bookkeeping of a run that never
-        started (its config, an empty log, its status); return whether it did."""
-        bookkeeping = {CONFIG_FILE.parts[0], "train.log", STATUS_FILE}
-        entries = list(self.path.iterdir()) if self.path.is_dir() else []
-        log = self.path / "train.log"
-        if any(entry.name not in bookkeeping for entry in entries) or (
-                log.is_file() and log.stat().st_size > 0):
-            return False
+    def is_empty(self) -> bool:
+        """Whether the dir is missing or empty (a run may start here)."""
+        return not self.path.is_dir() or not any(self.path.iterdir())
+
+    def remove(self) -> None:
+        """Delete the dir (what a refused new run had written there)."""
         shutil.rmtree(self.path, ignore_errors=True)
-        return True
+
+    def holds_run(self) -> bool:
+        """Whether a run has started here: it has a status, metrics or checkpoints."""
+        return self.is_run() or bool(self.checkpoints().paths())
+
+    def require_run(self) -> None:
+        """Raise :class:`RunDirError` unless this is the dir of a run (one line saying what
+        the dir is instead)."""
+        if self.is_empty():
+            raise RunDirError(f"{self.path}: no run here (the dir is missing or empty)")
+        if not self.config_file.is_file():
+            raise RunDirError(f"{self.path}: not a run dir (it has no {CONFIG_FILE}); give "
+                              "a dir train.py made")
+
+    def resume_command(self) -> str:
+        """The command that continues this run."""
+        return f"python train.py resume={shlex.quote(str(self.path.resolve()))}"
 
     def is_run(self) -> bool:
         """Whether a run has started here (it logged metrics or recorded a status)."""
@@ -129,8 +164,14 @@ class RunDir:
                                     "run dir?")
         return OmegaConf.load(self.config_file)
 
-    def write_config(self, cfg: DictConfig) -> Path:
-        """Keep ``cfg`` as the config the run was started with."""
+    def write_config(self, cfg: DictConfig, overrides: list[str] | None = None,
+                     hydra: DictConfig | None = None) -> Path:
+        """Keep ``cfg`` as the config the run was started with, and its command-line
+        ``overrides`` and ``hydra`` settings where it had them."""
+        if overrides is not None:
+            atomic_write_text(self.path / OVERRIDES_FILE, OmegaConf.to_yaml(overrides))
+        if hydra is not None:
+            atomic_write_text(self.path / HYDRA_FILE, OmegaConf.to_yaml(hydra))
         return atomic_write_text(self.config_file, OmegaConf.to_yaml(cfg))
 
     def overrides(self) -> list[str]:
@@ -144,21 +185,21 @@ class RunDir:
         if not path.is_file():
             return None
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            return RunStatus(data["status"], data.get("error"))
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            return RunStatus.from_json(json.loads(path.read_text(encoding="utf-8")))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
             raise ValueError(f"{path}: not a run status file ({error})") from error
         except ValueError as error:
             raise ValueError(f"{path}: {error}") from error
 
-    def write_status(self, status: str, error: str | None = None) -> Path:
-        """Record ``status`` (and for a failure its ``error``)."""
-        RunStatus(status, error)  # refuses an unknown status before anything is written
-        return atomic_write_json(self.path / STATUS_FILE, {"status": status, "error": error})
+    def write_status(self, status: RunStatus | str, reason: str | None = None) -> Path:
+        """Record ``status`` (a :class:`RunStatus`, or a status name with its ``reason``)."""
+        if isinstance(status, str):
+            status = RunStatus(status, reason)
+        return atomic_write_json(self.path / STATUS_FILE, status.to_json())
 
-    def metrics(self) -> list[dict[str, Any]]:
+    def metrics(self, complete: bool = False) -> list[dict[str, Any]]:
         """The logged rows (see :func:`~procmem.run.loggers.read_metrics`)."""
-        return read_metrics(self.metrics_file)
+        return read_metrics(self.metrics_file, complete)
 
     def checkpoints(self) -> CheckpointManager:
         return CheckpointManager(self.path / CHECKPOINT_DIR)
@@ -208,8 +249,8 @@ def find_runs(path: str | os.PathLike) -> list[RunDir]:
     jobs = [RunDir(d) for d in run.path.iterdir()] if run.path.is_dir() else []
     jobs = [job for job in jobs if job.is_run()]
     if not jobs:
-        raise ValueError(f"no runs (folders with {METRICS_FILE} or {STATUS_FILE}) found in "
-                         f"{run.path}")
+        raise RunDirError(f"no runs (folders with {METRICS_FILE} or {STATUS_FILE}) found in "
+                          f"{run.path}")
     return sorted(jobs, key=lambda j: (0, int(j.path.name), "") if j.path.name.isdigit()
                   else (1, 0, j.path.name))
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,8 +16,16 @@ from procmem.curricula import Curriculum
 from procmem.run.checkpoint import CheckpointManager
 from procmem.run.loggers import MetricLogger
 from procmem.run.reporters import Reporter
-from procmem.runtime import NonFiniteLossError, rng_state, set_rng_state
+from procmem.run.signals import RunStopped, StopSignals
+from procmem.runtime import (
+    NonFiniteLossError,
+    NonFiniteParametersError,
+    rng_state,
+    set_rng_state,
+)
 from procmem.settings import AtLeast, configurable
+
+log = logging.getLogger(__name__)
 
 
 def _is_due(iteration: int, every: int, last: int) -> bool:
@@ -37,6 +47,10 @@ class Runner:
     the latest value of ``objective``, the metric a run reports as its result (what a
     sweeper optimises). ``curriculum`` may be ``None``; ``reporters`` draw and save what the
     algorithm offers when training ends.
+
+    After each checkpoint the logger sends its rows on to the sinks (W&B). With ``stop``, a
+    stop signal ends the run after the current iteration: it saves a checkpoint there and
+    raises :class:`~procmem.run.signals.RunStopped`.
     """
 
     def __init__(
@@ -46,6 +60,7 @@ class Runner:
         logger: MetricLogger,
         checkpoints: CheckpointManager,
         reporters: Sequence[Reporter] = (),
+        stop: StopSignals | None = None,
         *,
         iterations: Annotated[int, AtLeast(1)] = 200,
         env_steps: Annotated[int, AtLeast(0)] = 0,
@@ -62,6 +77,7 @@ class Runner:
         self.logger = logger
         self.checkpoints = checkpoints
         self.reporters = list(reporters)
+        self.stop = stop
         self.iterations = iterations
         self.env_steps = env_steps
         self.eval_every = eval_every
@@ -82,7 +98,8 @@ class Runner:
         self.iteration = int(checkpoint["iteration"])
 
     def save_checkpoint(self) -> Path:
-        return self.checkpoints.save(
+        """Save the state after the current iteration, then send its rows to the sinks."""
+        path = self.checkpoints.save(
             self.iteration,
             {
                 "algorithm": self.algorithm.state_dict(),
@@ -91,11 +108,16 @@ class Runner:
             },
             keep=self.keep_checkpoints,
         )
+        self.logger.commit(self.iteration)
+        log.info("checkpoint %d: %s", self.iteration, path)
+        return path
 
     def _train_iteration(self) -> dict[str, float]:
         """One training iteration. A NaN or inf loss (raised by the algorithm before it
         updates any parameter) stops the run: the state it had, still good, is saved as the
-        checkpoint of the last finished iteration and the error names the file."""
+        checkpoint of the last finished iteration and the error names the file. Parameters
+        an optimizer step made NaN or inf stop it without saving that state: the error names
+        the latest checkpoint, the last good state."""
         try:
             return self.algorithm.train_iteration()
         except NonFiniteLossError as error:
@@ -104,6 +126,12 @@ class Runner:
             raise NonFiniteLossError(
                 f"iteration {self.iteration + 1}: {error}; training stopped, the last good "
                 f"state is saved in {path}") from error
+        except NonFiniteParametersError as error:
+            latest = self.checkpoints.latest()
+            raise NonFiniteParametersError(
+                f"iteration {self.iteration}: {error}; training stopped, the last good state "
+                f"is " + (f"the checkpoint {latest}" if latest else "the start: no checkpoint "
+                          "was saved")) from error
 
     def run(self) -> dict[str, float]:
         """Train up to ``iterations`` (or ``env_steps``); return the last logged value of
@@ -112,7 +140,8 @@ class Runner:
         bar = tqdm(total=self.iterations, initial=self.iteration, disable=not self.progress,
                    desc="train", unit="it", dynamic_ncols=True)
         window_start, window_iteration = time.perf_counter(), self.iteration
-        with bar:
+        deferred = self.stop.deferred() if self.stop is not None else nullcontext()
+        with bar, deferred:
             while self.iteration < self.iterations and not self._budget_spent(final):
                 self.iteration += 1
                 if self.curriculum is not None:
@@ -133,10 +162,17 @@ class Runner:
                         evaluation = {**evaluation, **self.curriculum.metrics()}
                     self.logger.log(self.iteration, evaluation)
                     final.update(evaluation)
-                if _is_due(self.iteration, self.checkpoint_every, last):
+                    log.info("iteration %d: %s", self.iteration, format_values(evaluation))
+                saved = _is_due(self.iteration, self.checkpoint_every, last)
+                if saved:
                     self.save_checkpoint()
                 bar.update(1)
                 bar.set_postfix(_short(final, self.objective), refresh=False)
+                signum = None if self.stop is None else self.stop.requested
+                if signum is not None and self.iteration < last:  # stop here, saved
+                    if not saved:
+                        self.save_checkpoint()
+                    raise RunStopped(signum, self.iteration)
         for reporter in self.reporters:
             reporter.on_train_end(self.algorithm, self.logger)
         return final
@@ -144,6 +180,12 @@ class Runner:
     def _budget_spent(self, metrics: Mapping[str, float]) -> bool:
         """Whether ``metrics`` show the env-step budget reached."""
         return self.env_steps > 0 and metrics.get("train/env_steps", 0) >= self.env_steps
+
+
+def format_values(metrics: Mapping[str, Any]) -> str:
+    """``key=value`` pairs on one line, numbers to 4 significant digits."""
+    return " ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
+                    for key, value in metrics.items())
 
 
 def _short(metrics: Mapping[str, float], objective: str, limit: int = 3) -> dict[str, str]:
