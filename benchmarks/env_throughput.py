@@ -1,35 +1,40 @@
 """Batched env throughput on CPU: env steps per second by env and batch size.
 
 Steps each env with uniform random actions (drawn ahead of the timed loop) and its full
-observations (MiniPacman renders RGB frames), for each batch size, and prints steps/s. For
-MiniPacman it also prints the ratio to the reference single-env rate (pure Python, one
-object per env, about 2,750 steps/s with rendering on this machine class).
+observations (MiniPacman renders RGB frames), for each batch size, and prints steps/s.
+MiniPacman is timed with each of ``--threads``, and side by side with its single-env
+reference: the same rules stepped one env at a time in plain Python, rendering each frame
+(:class:`procmem.envs.minipacman_oracle.OracleMiniPacman`, like the reference's PillEater).
+Each MiniPacman rate is printed with its ratio to the reference's rate of the same run.
 
     python benchmarks/env_throughput.py
-    python benchmarks/env_throughput.py --envs minipacman --batch-sizes 1 4096 --seconds 5
+    python benchmarks/env_throughput.py --envs minipacman --batch-sizes 4096 8192 --threads 2
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import time
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 
 from procmem.envs.expressions import ExpressionEnv
 from procmem.envs.gridworld import GridWorld
 from procmem.envs.minipacman import MiniPacman
+from procmem.envs.minipacman_oracle import OracleMiniPacman
 from procmem.envs.toolenv import ToolEnv
 
-REFERENCE_STEPS_PER_S = 2750.0  # MiniPacman's reference single env
 ACTION_BLOCK = 64
-ENVS: dict[str, Callable[[int], object]] = {
-    "gridworld": lambda n: GridWorld(num_envs=n),  # random 8x8 layouts
-    "toolenv": lambda n: ToolEnv(num_envs=n),
-    "expressions": lambda n: ExpressionEnv(num_envs=n),
-    "minipacman": lambda n: MiniPacman(num_envs=n),
+ENVS: dict[str, Callable[[int, int], object]] = {
+    "gridworld": lambda n, threads: GridWorld(num_envs=n),  # random 8x8 layouts
+    "toolenv": lambda n, threads: ToolEnv(num_envs=n),
+    "expressions": lambda n, threads: ExpressionEnv(num_envs=n),
+    "minipacman": lambda n, threads: MiniPacman(num_envs=n, threads=threads),
 }
+THREADED = {"minipacman"}
 
 
 def throughput(make: Callable[[int], object], num_envs: int, seconds: float,
@@ -48,25 +53,49 @@ def throughput(make: Callable[[int], object], num_envs: int, seconds: float,
         calls += len(actions)
         elapsed = time.perf_counter() - start
         if elapsed >= seconds:
+            env.close()
             return calls * num_envs / elapsed
+
+
+def reference_throughput(seconds: float, seed: int = 0) -> float:
+    """Steps per second of one :class:`OracleMiniPacman` under random actions."""
+    env = OracleMiniPacman(seed=seed)
+    actions = random.Random(seed)
+    steps = 0
+    start = time.perf_counter()
+    while True:
+        for _ in range(ACTION_BLOCK):
+            _, _, terminated, truncated, _ = env.step(actions.randrange(5))
+            if terminated or truncated:
+                env.reset()
+        steps += ACTION_BLOCK
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return steps / elapsed
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--envs", nargs="+", choices=ENVS, default=list(ENVS))
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16, 256, 4096])
+    parser.add_argument("--batch-sizes", type=int, nargs="+",
+                        default=[1, 16, 256, 2048, 4096, 8192])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2],
+                        help="MiniPacman's threads (env.threads) to time")
     parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per size")
     args = parser.parse_args()
 
+    reference = reference_throughput(args.seconds) if "minipacman" in args.envs else None
     print("random actions, full observations, CPU; env steps per second")
-    print(f"{'env':<12} {'batch':>6} {'steps/s':>12}")
+    print(f"{'env':<12} {'threads':>7} {'batch':>6} {'steps/s':>12}")
     for name in args.envs:
-        for size in args.batch_sizes:
-            rate = throughput(ENVS[name], size, args.seconds)
-            ratio = (f"  {rate / REFERENCE_STEPS_PER_S:.1f}x reference"
-                     if name == "minipacman" else "")
-            print(f"{name:<12} {size:>6} {rate:>12,.0f}{ratio}")
-    print(f"MiniPacman reference: {REFERENCE_STEPS_PER_S:,.0f} steps/s (single env, pure Python)")
+        for threads in args.threads if name in THREADED else [1]:
+            for size in args.batch_sizes:
+                rate = throughput(partial(ENVS[name], threads=threads), size, args.seconds)
+                ratio = f"  {rate / reference:7.1f}x reference" if name == "minipacman" else ""
+                print(f"{name:<12} {threads:>7} {size:>6} {rate:>12,.0f}{ratio}")
+    if reference is not None:
+        print(f"MiniPacman reference (one env, plain Python, rendering each frame): "
+              f"{reference:,.0f} steps/s")
 
 
 if __name__ == "__main__":

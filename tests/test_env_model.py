@@ -46,6 +46,7 @@ def test_round_trip_on_env_frames():
     for step in range(40):
         if step % 10 == 5:  # force the pill timer on some envs and render again
             env.power[:] = rng.integers(0, PILL_POWER + 1, env.num_envs)
+            env.load_state_dict(env.state_dict())  # redraws the frames
             obs = env.observe()
         frames = torch.as_tensor(obs)
         classes = frame_classes(frames)

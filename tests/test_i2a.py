@@ -157,6 +157,8 @@ def test_imagined_vs_real_frames_are_drawn_and_logged(tmp_path: Path):
     start, _ = agent.eval_env.reset(seed=agent.seed + 104729)
     assert 1 <= len(real) == len(imagined) <= 3 and real.shape[1:] == (3, 15, 19)
     assert (imagined == start[0]).all()  # the copy model imagines the start frame again
+    pacman = (real[:, 0] == 0) & (real[:, 1] == 1) & (real[:, 2] == 0)
+    assert (pacman.sum(axis=(1, 2)) == 1).all()  # each real frame is a drawn frame
     sink = ImageSink()
     logger = MetricLogger(tmp_path / "metrics.jsonl", [sink])
     logger.log(1, agent.train_iteration())

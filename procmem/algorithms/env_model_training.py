@@ -9,7 +9,7 @@ data.
 
 **Transitions.** Each step stores ``(frame, action, next_frame, events, mask)``. The env
 resets ended episodes within the step, so the returned observation of an env that ended is
-the first frame of its next episode; ``next_frame`` is read from ``info["final_obs"]``
+the first frame of its next episode; its ``next_frame`` is read from ``info["final_obs"]``
 instead, the true frame the action led to. Every transition is then real and ``mask`` is
 true; it is false only for ended envs of an env that reports no ``final_obs`` (their next
 frame is unknown). The first frame of the next episode is the ``frame`` of the following
@@ -324,10 +324,14 @@ class EnvModelTrainer:
 
 def next_frames_of(obs: np.ndarray, done: np.ndarray, info: Mapping[str, Any]
                    ) -> tuple[np.ndarray, np.ndarray]:
-    """The frames each action led to, and which of them are known (see the module docstring)."""
-    if "final_obs" in info:
-        return np.asarray(info["final_obs"]), np.ones(len(done), dtype=bool)
-    return np.asarray(obs), ~np.asarray(done)
+    """The frames each action led to, and which of them are known (see the module docstring):
+    ``obs``, with the ``final_obs`` rows of the envs that ended."""
+    obs, done = np.asarray(obs), np.asarray(done)
+    if "final_obs" not in info:
+        return obs, ~done
+    frames = obs.copy()
+    frames[done] = np.asarray(info["final_obs"])[done]
+    return frames, np.ones(len(done), dtype=bool)
 
 
 def _reset_state(state: Tensor | None, done: np.ndarray) -> Tensor | None:

@@ -199,8 +199,9 @@ class I2A(A2C):
             action = logits.argmax(1)
             obs, _, terminated, truncated, info = env.step(action.cpu().numpy())
             imagined_frame, _ = self.net.model.predict(imagined_frame, action[:1])
-            real.append(info.get("final_obs", obs)[0])
+            ended = terminated[0] or truncated[0]
+            real.append(info["final_obs"][0] if ended else obs[0])
             imagined.append(imagined_frame[0].cpu().numpy())
-            if terminated[0] or truncated[0]:
+            if ended:
                 break
         return np.stack(real), np.stack(imagined)

@@ -17,8 +17,9 @@ class BatchedVectorEnv(VectorEnv):
 
     Episodes that end are reset within the same ``step`` (Gymnasium's same-step autoreset,
     declared in ``metadata``): the returned observation starts the next episode and
-    ``info["final_obs"]`` holds the observation each episode ended on, for every env of the
-    batch (``info["_final_obs"]`` marks those that ended this step). Actions are discrete.
+    ``info["final_obs"]`` holds, in the rows ``info["_final_obs"]`` marks (the envs that
+    ended this step), the observation each episode ended on; other rows are unspecified.
+    Actions are discrete.
     Subclasses call :meth:`_set_spaces` once their sizes are known.
     """
 
