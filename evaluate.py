@@ -1,6 +1,7 @@
 """Evaluate a run, or compare the runs of multiruns.
 
-``python evaluate.py run=<run dir> [episodes=N]`` writes ``eval.json`` in the run dir;
+``python evaluate.py run=<run dir> [episodes=N] [eval_policy=greedy|sample]`` writes
+``eval.json`` in the run dir;
 ``python evaluate.py compare=<multirun dir>`` (or ``compare=[dir1,dir2]``) writes
 ``comparison.csv``, ``comparison.md``, ``comparison.png`` and ``curves.png`` into the first
 dir (or ``out=<dir>``). Bad arguments are one line and exit code 2, and change no file.
@@ -28,7 +29,7 @@ def main(cfg: DictConfig) -> None:
     try:
         if cfg.run is not None:
             result = evaluate_run(cfg.run, episodes=cfg.episodes, device=cfg.device,
-                                  log=cfg.log)
+                                  log=cfg.log, eval_policy=cfg.eval_policy)
             print(format_metrics(result))
             print(f"eval.json: {RunDir(cfg.run).eval_file}")
             return

@@ -1,28 +1,51 @@
 """Training speed of I2A and its baselines on MiniPacman: frames per second and ratios.
 
-Builds ``agent=i2a`` with ``imagination=learned`` (an env model of the default
-``agent=env_model`` size; its weights do not change the cost), ``copy`` and ``none`` on
+Builds ``agent=i2a`` with ``imagination=learned`` (the env model of ``--env-model-run``, or
+an untrained one of the default ``agent=env_model`` size: its weights change the cost only
+through how often rollouts coincide), ``copy`` and ``none`` on
 the ``i2a_minipacman`` settings (16 envs x 5 steps per update, depth 5) and times A2C
-updates of each, side by side in one process, on the given device and thread count.
+updates of each, side by side in one process, on the given device, for each thread count;
+the runs are repeated ``--repeats`` times, interleaved, and each figure is the best of its
+repeats (this machine's speed drifts by a quarter from minute to minute).
+Each agent runs on today's code (``after``) and on the code before imagination was made
+faster (``before``: the env model run as its plain layers, :meth:`EnvModel.forward_unfused`,
+and every rollout predicted even where rollouts coincide, :meth:`EnvModel.predict_each`), so
+the speed-up is measured in one run.
 
     python benchmarks/i2a_speed.py
+    python benchmarks/i2a_speed.py --env-model-run outputs/runs/envmodel_minipacman/<run>
     python benchmarks/i2a_speed.py --updates 40 --threads 2 --depth 3 --device cuda
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 import torch
 
 from procmem import app
 from procmem.app.build import build_run
-from procmem.models.env_model import save_env_model
+from procmem.models.env_model import EnvModel, save_env_model
 
 IMAGINATION = ("learned", "copy", "none")
+CODE = ("before", "after")
+
+
+@contextlib.contextmanager
+def code(version: str) -> Iterator[None]:
+    """Run the imagination code as it is (``after``) or as it was (``before``)."""
+    if version == "after":
+        yield
+        return
+    with (mock.patch.object(EnvModel, "forward", EnvModel.forward_unfused),
+          mock.patch.object(EnvModel, "predict", EnvModel.predict_each)):
+        yield
 
 
 def frames_per_second(imagination: str, model_path: Path, updates: int, depth: int,
@@ -45,23 +68,39 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--updates", type=int, default=20)
     parser.add_argument("--depth", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--code", nargs="+", choices=CODE, default=list(CODE))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--env-model-run", type=Path, help="a trained env model's run dir")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    cfg = app.compose_config(["experiment=envmodel_minipacman", "env.num_envs=1"])
-    model = build_run(cfg, device).algorithm.env_model  # untrained: speed does not care
+    speeds = {}
     with tempfile.TemporaryDirectory() as folder:
-        path = save_env_model(model, Path(folder) / "env_model.pt")
-        speeds = {name: frames_per_second(name, path, args.updates, args.depth, device)
-                  for name in IMAGINATION}
-    print(f"device {device}, {args.threads} thread(s), depth {args.depth}, "
-          f"{args.updates} updates of 16 envs x 5 steps")
-    print("| imagination | frames/s | x I2A (learned) |")
-    print("|---|---|---|")
-    for name, speed in speeds.items():
-        print(f"| {name} | {speed:,.0f} | {speed / speeds['learned']:.1f} |")
+        path = args.env_model_run
+        if path is None:
+            cfg = app.compose_config(["experiment=envmodel_minipacman", "env.num_envs=1"])
+            model = build_run(cfg, device).algorithm.env_model
+            path = save_env_model(model, Path(folder) / "env_model.pt")
+        for _ in range(args.repeats):
+            for threads in args.threads:
+                torch.set_num_threads(threads)
+                for version in args.code:
+                    with code(version):
+                        for name in IMAGINATION:
+                            speed = frames_per_second(name, path, args.updates, args.depth,
+                                                      device)
+                            key = (threads, version, name)
+                            speeds[key] = max(speed, speeds.get(key, 0.0))
+                            print(f"  {version} code, {threads} thread(s), {name}: "
+                                  f"{speed:,.0f} frames/s", flush=True)
+    slowest = speeds[args.threads[0], args.code[0], "learned"]
+    print(f"device {device}, depth {args.depth}, {args.updates} updates of 16 envs x 5 steps")
+    print(f"| code | threads | imagination | frames/s | x {args.code[0]} learned, "
+          f"{args.threads[0]} thread(s) |")
+    print("|---|---|---|---|---|")
+    for (threads, version, name), speed in speeds.items():
+        print(f"| {version} | {threads} | {name} | {speed:,.0f} | {speed / slowest:.2f} |")
 
 
 if __name__ == "__main__":

@@ -112,6 +112,40 @@ def test_explain_spells_out_greedy_episodes_per_stage():
         assert set(record["program"].split()) <= {"MUL", "ADD", "SUB", "STO", "RCL", "ANS"}
 
 
+def eval_actions(agent: A2C, episodes: int) -> tuple[dict[str, float], np.ndarray]:
+    """The metrics of ``agent.evaluate(episodes)`` and every action its eval env was sent."""
+    sent, step = [], agent.eval_env.step
+    agent.eval_env.step = lambda actions: sent.append(np.array(actions)) or step(actions)
+    metrics = agent.evaluate(episodes)
+    agent.eval_env.step = step
+    return metrics, np.concatenate(sent)
+
+
+def test_eval_policy_greedy_takes_the_argmax_and_sample_draws_repeatably():
+    """With a policy whose logits all tie, greedy evaluation always takes action 0, sampled
+    evaluation takes them all; a sampled evaluation repeats exactly and leaves training's
+    draws alone."""
+    def agent(eval_policy: str) -> A2C:
+        a2c = A2C(GridWorld(num_envs=4, max_steps=30), GridWorld(num_envs=4, max_steps=30),
+                  CPU, 0, partial(KeyDoorMLPPolicy, hidden=8), eval_policy=eval_policy)
+        torch.nn.init.zeros_(a2c.net.policy.weight)
+        torch.nn.init.zeros_(a2c.net.policy.bias)
+        return a2c
+
+    _, greedy = eval_actions(agent("greedy"), 4)
+    assert (greedy == 0).all()
+    sampled = agent("sample")
+    before = sampled.generator.get_state()
+    first, actions = eval_actions(sampled, 4)
+    assert set(actions.tolist()) == set(range(sampled.eval_env.num_actions))
+    again, repeated = eval_actions(sampled, 4)
+    assert again == first and np.array_equal(repeated, actions)
+    assert torch.equal(sampled.generator.get_state(), before)
+    with pytest.raises(SettingError) as info:
+        agent("softmax")
+    assert info.value.key == "eval_policy"
+
+
 def test_stages_only_evaluated_are_reported_but_left_out_of_the_mean():
     agent = A2C(ToolEnv(num_envs=8, stages=(0, 1)),
                 ToolEnv(num_envs=8, stages=(0, 1), eval_stages=(0, 1, 2)), CPU, 0,

@@ -10,9 +10,11 @@ from procmem.models.env_model import (
     GHOST,
     PIXEL_CLASSES,
     EnvModel,
+    PoolAndInject,
     class_frames,
     frame_classes,
     rollout_accuracy,
+    tap_sums,
 )
 
 METRICS = ("pixel_accuracy", "frame_accuracy", "event_accuracy", "reward_accuracy")
@@ -118,6 +120,63 @@ def test_masked_transitions_change_nothing(one_torch_thread):
     empty, metrics = model.loss(frames, actions, next_frames, events, torch.zeros(6, dtype=bool))
     empty.backward()
     assert empty.item() == 0.0 and metrics == {}
+
+
+def test_tap_sums_give_the_convolution_of_a_tiled_vector():
+    torch.manual_seed(0)
+    for size, padding in ((3, 1), (5, 2)):
+        weight = torch.randn(4, 6, size, size)
+        vector = torch.randn(2, 6)
+        tiled = vector[:, :, None, None].expand(2, 6, 15, 19)
+        convolved = torch.nn.functional.conv2d(tiled, weight, padding=padding)
+        sums = tap_sums(weight, 15, 19, padding)  # [C, H, W, O]
+        by_sums = torch.einsum("bc,cijo->boij", vector, sums)
+        torch.testing.assert_close(by_sums, convolved, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_forward_is_the_layers_of_the_docstring(one_torch_thread):
+    """``forward`` (channels-last, lookups for the one-hot planes, the pooled planes never
+    built) computes what ``forward_unfused`` writes out layer by layer: the same logits, the
+    same predictions on real frames, the same gradients."""
+    torch.manual_seed(0)
+    frames, actions, next_frames, events, _ = collect(num_envs=16, steps=6)
+    model = EnvModel(5, channels=16, blocks=2, event_coef=1.0)
+    fused, unfused = model(frames, actions), model.forward_unfused(frames, actions)
+    for a, b in zip(fused, unfused, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert torch.equal(fused[0].argmax(1), unfused[0].argmax(1))
+    assert torch.equal(fused[1].argmax(2), unfused[1].argmax(2))
+    grads = []
+    for forward in (model.forward, model.forward_unfused):
+        model.zero_grad()
+        pixel_logits, event_logits = forward(frames, actions)
+        (pixel_logits.square().mean() + event_logits.square().mean()).backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+    block = PoolAndInject(4)
+    x = torch.randn(3, 4, 15, 19)
+    torch.testing.assert_close(block(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2),
+                               block.forward_unfused(x), rtol=1e-4, atol=1e-5)
+
+
+def test_equal_rows_are_predicted_once(one_torch_thread, monkeypatch):
+    """``predict`` runs the model once per distinct (frame, action) pair and gives every row
+    what ``predict_each`` gives it."""
+    torch.manual_seed(0)
+    frames, actions, *_ = collect(num_envs=3, steps=1)
+    rows = torch.tensor([0, 0, 1, 2, 2, 2, 1])
+    frames, actions = frames[rows], actions[rows]
+    actions[1] = (actions[0] + 1) % 5  # rows 0 and 1: same frame, another action
+    model = EnvModel(5, channels=8, blocks=2, event_coef=1.0)
+    expected = model.predict_each(frames, actions)
+    batches = []
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda f, a: batches.append(len(f)) or forward(f, a))
+    predicted = model.predict(frames, actions)
+    for a, b in zip(predicted, expected, strict=True):
+        torch.testing.assert_close(a, b)
+    assert batches == [4]  # (0, a), (0, a'), (1, .), (2, .)
 
 
 @pytest.mark.slow

@@ -160,3 +160,20 @@ def test_files_are_written_with_the_mode_the_umask_gives(tmp_path: Path) -> None
 ])
 def test_a_multi_line_message_is_put_on_one_line(text: str, line: str) -> None:
     assert one_line(text) == line
+
+
+def test_evaluate_with_another_eval_policy_notes_it_and_refuses_agents_without_one(
+    stopped_run: Path, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "a2c"
+    app.train(app.compose_config([*TINY, "logger=none", "agent=a2c"]), run_dir)
+    greedy = app.evaluate_run(run_dir, episodes=4, log=False)
+    sampled = app.evaluate_run(run_dir, episodes=4, log=False, eval_policy="sample")
+    assert "eval_policy" not in greedy and sampled["eval_policy"] == "sample"
+    assert RunDir(run_dir).evaluation() == sampled
+    before = snapshot(stopped_run)  # the skill-library agent picks no action from a policy
+    with pytest.raises(ConfigError, match="^agent.eval_policy"):
+        app.evaluate_run(stopped_run, episodes=3, eval_policy="sample")
+    with pytest.raises(ConfigError, match="^agent.eval_policy: 'softmax' is not one of"):
+        app.evaluate_run(run_dir, episodes=3, eval_policy="softmax")
+    assert snapshot(stopped_run) == before

@@ -18,7 +18,8 @@ from procmem.runtime import check_finite, step_checked
 from procmem.settings import Above, AtLeast, AtMost, Component, OneOf, configurable
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop}
-EVAL_SEED_STRIDE = 7919  # greedy evaluations of stage k start from seed + stride * (k + 1)
+EVAL_POLICIES = ("greedy", "sample")
+EVAL_SEED_STRIDE = 7919  # evaluations of stage k start from seed + stride * (k + 1)
 RECORD_SEED_OFFSET = 104729  # the recorded episode's seed, after the run's own
 
 # Settings A2C shares with the algorithms built on it (I2A), each declared once here.
@@ -27,6 +28,7 @@ Discount = Annotated[float, AtLeast(0.0), AtMost(1.0)]
 LearningRate = Annotated[float, Above(0.0)]
 OptimizerName = Annotated[str, OneOf(tuple(OPTIMIZERS))]
 GradNorm = Annotated[float, Above(0.0)]
+EvalPolicy = Annotated[str, OneOf(EVAL_POLICIES)]
 NetworkFactory = Callable[[Any], nn.Module]
 
 
@@ -59,7 +61,12 @@ class A2C:
     ``network(env)`` builds the actor-critic; ``train/episode_return`` and
     ``train/success_rate`` are means over the last ``stats_window`` episodes.
 
-    Evaluation acts greedily on the eval env. Envs with stages
+    Evaluation runs on the eval env from fixed seeds, taking the policy's most likely
+    action (``eval_policy="greedy"``) or an action sampled from it (``"sample"``, from a
+    generator seeded with the episode seed, so evaluations repeat and training's draws are
+    untouched). A greedy policy that reads only the current frame repeats itself wherever
+    its choice leaves the frame as it was (staying, walking into a wall), so it can stall
+    until the episode ends; the I2A paper reports the stochastic policy's scores. Envs with stages
     (:class:`~procmem.envs.protocols.StagedEnv`) report the share of exact answers of every
     eval stage, ``eval/success_rate_stage{k}``, and ``eval/success_rate``, the mean over the
     stages the env trains on (stages only evaluated, never trained, stay out of it). Other
@@ -88,6 +95,7 @@ class A2C:
         normalize_advantages: bool = False,
         bootstrap_truncated: bool = True,
         stats_window: Annotated[int, AtLeast(1)] = 100,
+        eval_policy: EvalPolicy = "greedy",
     ) -> None:
         self.env, self.eval_env = env, eval_env
         self.device, self.seed = device, seed
@@ -97,6 +105,7 @@ class A2C:
         self.normalize_advantages = normalize_advantages
         self.bootstrap_truncated = bootstrap_truncated
         self.stats_window = stats_window
+        self.eval_policy = eval_policy
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.net = network(env).to(device)
@@ -184,9 +193,10 @@ class A2C:
 
     @torch.no_grad()
     def evaluate(self, episodes: int) -> dict[str, float]:
-        """Greedy episodes: the success rate per eval stage, or return, steps and success."""
+        """Episodes of the ``eval_policy``: the success rate per eval stage, or return, steps
+        and success."""
         if not isinstance(self.eval_env, StagedEnv):
-            records = self._greedy_episodes(episodes)
+            records = self._eval_episodes(episodes)
             metrics = {
                 "eval/episode_return": float(np.mean([r["reward"] for r in records])),
                 "eval/episode_steps": float(np.mean([r["steps"] for r in records])),
@@ -199,7 +209,7 @@ class A2C:
             return metrics
         metrics = {}
         for stage in self.eval_env.eval_stages:
-            records = self._greedy_episodes(episodes, stage)
+            records = self._eval_episodes(episodes, stage)
             metrics[f"eval/success_rate_stage{stage}"] = float(
                 np.mean([r["correct"] for r in records]))
         trained = [metrics[f"eval/success_rate_stage{stage}"] for stage in self.eval_env.stages]
@@ -208,12 +218,12 @@ class A2C:
 
     @torch.no_grad()
     def explain(self, per_stage: int) -> list[dict[str, Any]]:
-        """A few greedy episodes per eval stage, spelled out (problem, program, answer,
+        """A few evaluation episodes per eval stage, spelled out (problem, program, answer,
         reward); nothing for envs without stages."""
         if not isinstance(self.eval_env, StagedEnv):
             return []
         return [record for stage in self.eval_env.eval_stages
-                for record in self._greedy_episodes(per_stage, stage)]
+                for record in self._eval_episodes(per_stage, stage)]
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -287,10 +297,10 @@ class A2C:
             values[index] = value.cpu().numpy()
         return values
 
-    def _greedy_episodes(self, episodes: int, stage: int | None = None) -> list[dict[str, Any]]:
-        """``episodes`` greedy episodes (started at ``stage`` for envs with stages): their
-        return, steps and success, and for staged envs what was asked, the program the agent
-        emitted and its answer. Fixed seeds make evaluations comparable."""
+    def _eval_episodes(self, episodes: int, stage: int | None = None) -> list[dict[str, Any]]:
+        """``episodes`` episodes of the ``eval_policy`` (started at ``stage`` for envs with
+        stages): their return, steps and success, and for staged envs what was asked, the
+        program the agent emitted and its answer. Fixed seeds make evaluations comparable."""
         env, records, round_ = self.eval_env, [], 0
         while len(records) < episodes:
             seed = self.seed + EVAL_SEED_STRIDE * (0 if stage is None else stage + 1) + round_
@@ -300,13 +310,18 @@ class A2C:
                 obs, _ = env.reset(seed=seed, options={"stages": stage})
                 problems = env.describe()
             state = self.net.initial_state(env.num_envs)
+            sampler = torch.Generator(device=self.device).manual_seed(seed)
             running = np.ones(env.num_envs, dtype=bool)
             returns, solved = np.zeros(env.num_envs), np.zeros(env.num_envs, dtype=bool)
             answers = np.zeros(env.num_envs, dtype=np.int64)
             actions = []
             while running.any():
                 logits, _, state = self.net(as_tensors(obs, self.device), state)
-                action = logits.argmax(1).cpu().numpy()
+                if self.eval_policy == "greedy":
+                    action = logits.argmax(1).cpu().numpy()
+                else:
+                    probs = torch.softmax(logits, dim=1)
+                    action = torch.multinomial(probs, 1, generator=sampler)[:, 0].cpu().numpy()
                 obs, reward, terminated, truncated, info = env.step(action)
                 actions.append(np.where(running, action, -1))
                 returns += np.where(running, reward, 0.0)

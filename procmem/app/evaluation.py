@@ -7,9 +7,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from omegaconf import open_dict
+
 from procmem.algorithms.protocols import Explainer
 from procmem.app.build import build_component, build_run, logger_sinks
-from procmem.app.config import ConfigError, run_config
+from procmem.app.config import ConfigError, check_component, run_config
 from procmem.io import atomic_write_text
 from procmem.run.checkpoint import CheckpointError
 from procmem.run.compare import (
@@ -34,10 +36,13 @@ EXPLAINED_PER_STAGE = 3  # evaluate_run spells out this many episodes per stage
 
 
 def evaluate_run(
-    run_dir: str | Path, episodes: int, device: str = "auto", log: bool = True
+    run_dir: str | Path, episodes: int, device: str = "auto", log: bool = True,
+    eval_policy: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run's last checkpoint; write the result as the run's evaluation and return
-    it (algorithms that explain themselves add a few spelled-out ``samples``). With ``log``,
+    it (algorithms that explain themselves add a few spelled-out ``samples``). An
+    ``eval_policy`` replaces the run's ``agent.eval_policy`` (``greedy`` or ``sample``, for
+    the agents that act from a policy) and is noted in the result. With ``log``,
     a run that used W&B also gets a W&B run of the evaluation, kept in its own folder
     (``evaluation/wandb``) so the training run stays the one its ``wandb/`` shows.
 
@@ -48,6 +53,10 @@ def evaluate_run(
     run = RunDir(run_dir)
     run.require_run()
     cfg = run_config(run)
+    if eval_policy is not None:
+        with open_dict(cfg):
+            cfg.agent.eval_policy = eval_policy
+        check_component(cfg.agent, "agent")
     torch_device = resolve_device(device)
     checkpoint = run.checkpoints().load_latest()
     if checkpoint is None:
@@ -58,7 +67,8 @@ def evaluate_run(
     algorithm = build_run(cfg, torch_device).algorithm
     algorithm.load_state_dict(checkpoint["algorithm"])
     metrics = algorithm.evaluate(episodes)
-    result = {"iteration": checkpoint["iteration"], "episodes": episodes, **metrics}
+    result = {"iteration": checkpoint["iteration"], "episodes": episodes,
+              **({} if eval_policy is None else {"eval_policy": eval_policy}), **metrics}
     if isinstance(algorithm, Explainer):
         result["samples"] = algorithm.explain(EXPLAINED_PER_STAGE)
     run.write_evaluation(result)
