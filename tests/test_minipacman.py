@@ -27,6 +27,7 @@ from procmem.envs.minipacman import (
     MiniPacman,
     ghost_count,
     ghost_speed,
+    untouched_zeros,
 )
 from procmem.envs.minipacman_oracle import Ghost, OracleMiniPacman
 from procmem.settings import SettingError
@@ -884,6 +885,15 @@ def test_batch_equals_loop_of_single_envs(mode):
             if done[row]:
                 np.testing.assert_array_equal(s_info["final_obs"][0], info["final_obs"][row])
     assert dones > 0  # auto-resets were compared too
+
+
+@pytest.mark.parametrize("rows", [16, 1024])  # below and above UNTOUCHED_MIN_BYTES
+def test_untouched_zeros_are_writable_zeros(rows):
+    array = untouched_zeros((rows, 3, 15, 19))
+    assert array.shape == (rows, 3, 15, 19) and array.dtype == np.float32
+    assert not array.any()
+    array[rows - 1] = 1.0
+    assert array.sum() == 3 * 15 * 19
 
 
 @pytest.mark.parametrize("mode", ["regular", "hunt", "rush"])

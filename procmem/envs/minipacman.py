@@ -131,6 +131,7 @@ PILL_POWER = 20
 SPAWN_BOX = 5
 AVOID_LEVEL_STEPS = 128
 RANDOM_TURN = 0.05
+UNTOUCHED_MIN_BYTES = 1 << 20  # see untouched_zeros
 
 # Headings: the move codes 1..4, and two codes that name no direction, whose reverses are
 # right (5) and up (6). A new ghost's heading is one of NEW_GHOST_HEADINGS.
@@ -231,11 +232,16 @@ def _mix(x: np.ndarray) -> np.ndarray:
 
 
 def untouched_zeros(shape: tuple[int, ...]) -> np.ndarray:
-    """A float32 array of zeros in fresh anonymous memory: the kernel supplies its zero pages
-    on first touch, so an array written only in a few rows costs no pass over the whole."""
-    size = int(np.prod(shape)) * np.dtype(np.float32).itemsize
-    return np.frombuffer(mmap.mmap(-1, max(size, 1)), dtype=np.float32,
-                         count=size // 4).reshape(shape)
+    """A float32 array of zeros. A large one lies in fresh anonymous memory: the kernel
+    supplies its zero pages on first touch, so an array written only in a few rows costs no
+    pass over the whole. Below :data:`UNTOUCHED_MIN_BYTES` plain ``np.zeros`` is cheaper
+    than the mapping."""
+    itemsize = np.dtype(np.float32).itemsize
+    count = int(np.prod(shape))
+    if count * itemsize < UNTOUCHED_MIN_BYTES:
+        return np.zeros(shape, dtype=np.float32)
+    memory = mmap.mmap(-1, count * itemsize)
+    return np.frombuffer(memory, dtype=np.float32, count=count).reshape(shape)
 
 
 def ghost_count(level: np.ndarray) -> np.ndarray:
