@@ -9,8 +9,9 @@ the runs are repeated ``--repeats`` times, interleaved, and each figure is the b
 repeats (this machine's speed drifts by a quarter from minute to minute).
 Each agent runs on today's code (``after``) and on the code before imagination was made
 faster (``before``: the env model run as its plain layers, :meth:`EnvModel.forward_unfused`,
-and every rollout predicted even where rollouts coincide, :meth:`EnvModel.predict_each`), so
-the speed-up is measured in one run.
+and the env model, the rollout policy and the encoder applied to every rollout even where
+rollouts coincide, instead of :func:`~procmem.models.distinct.per_distinct_row`), so the
+speed-up is measured in one run.
 
     python benchmarks/i2a_speed.py
     python benchmarks/i2a_speed.py --env-model-run outputs/runs/envmodel_minipacman/<run>
@@ -23,14 +24,16 @@ import argparse
 import contextlib
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import torch
 
 from procmem import app
 from procmem.app.build import build_run
+from procmem.models import env_model, imagination
 from procmem.models.env_model import EnvModel, save_env_model
 
 IMAGINATION = ("learned", "copy", "none")
@@ -44,8 +47,16 @@ def code(version: str) -> Iterator[None]:
         yield
         return
     with (mock.patch.object(EnvModel, "forward", EnvModel.forward_unfused),
-          mock.patch.object(EnvModel, "predict", EnvModel.predict_each)):
+          mock.patch.object(env_model, "per_distinct_row", every_row),
+          mock.patch.object(imagination, "per_distinct_row", every_row)):
         yield
+
+
+def every_row(function: Callable[..., Any], keys: torch.Tensor, *inputs: torch.Tensor,
+              dim: int = 0) -> Any:
+    """:func:`~procmem.models.distinct.per_distinct_row` as it was: ``function`` on every
+    row, equal ones included."""
+    return function(*inputs)
 
 
 def frames_per_second(imagination: str, model_path: Path, updates: int, depth: int,

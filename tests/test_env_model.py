@@ -160,6 +160,32 @@ def test_fused_forward_is_the_layers_of_the_docstring(one_torch_thread):
                                block.forward_unfused(x), rtol=1e-4, atol=1e-5)
 
 
+def test_a_frozen_model_follows_changes_to_its_weights(one_torch_thread):
+    """A frozen model keeps its pooled-plane tap sums between calls; an optimizer step or a
+    ``load_state_dict`` still reaches the next prediction."""
+    torch.manual_seed(0)
+    frames, actions, *_ = collect(num_envs=8, steps=2)
+    model = EnvModel(5, channels=8, blocks=2, event_coef=1.0).requires_grad_(False)
+    other = EnvModel(5, channels=8, blocks=2, event_coef=1.0)
+
+    def logits_match_layers() -> None:
+        with torch.no_grad():
+            fused, unfused = model(frames, actions), model.forward_unfused(frames, actions)
+        for a, b in zip(fused, unfused, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+    logits_match_layers()
+    with torch.no_grad():
+        for block in model.blocks:
+            block.large.weight.mul_(-2.0)  # an in-place step, as an optimizer takes
+    logits_match_layers()
+    model.load_state_dict(other.state_dict())
+    logits_match_layers()
+    model.requires_grad_(True)  # fine-tuning: the sums carry gradients again
+    model(frames, actions)[0].sum().backward()
+    assert all(block.large.weight.grad.abs().sum() > 0 for block in model.blocks)
+
+
 def test_equal_rows_are_predicted_once(one_torch_thread, monkeypatch):
     """``predict`` runs the model once per distinct (frame, action) pair and gives every row
     what ``predict_each`` gives it."""

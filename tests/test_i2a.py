@@ -108,6 +108,45 @@ def test_rollout_encoder_reads_the_steps_last_first():
     assert not torch.allclose(code, encoder(frames.flip(0), rewards.flip(0)), atol=1e-4)
 
 
+def test_coinciding_rollouts_are_encoded_once_with_the_same_codes_and_gradients():
+    torch.manual_seed(0)
+    encoder = RolloutEncoder((3, 15, 19), channels=4, hidden=8)
+    frames, rewards = torch.rand(3, 4, 3, 15, 19), torch.randn(3, 4)
+    columns = torch.tensor([0, 1, 0, 2, 1, 3, 3])  # 7 rollouts, 4 distinct ...
+    frames, rewards = frames[:, columns].clone(), rewards[:, columns].clone()
+    rewards[1, 6] += 1.0  # ... and 5 once a reward tells the last two apart
+    gradients = []
+    for forward in (encoder.forward_each, encoder.forward):
+        encoder.zero_grad()
+        codes = forward(frames, rewards)
+        (codes * torch.arange(1.0, 8.0)[:, None]).sum().backward()
+        gradients.append([p.grad.clone() for p in encoder.parameters()])
+        if forward == encoder.forward_each:
+            expected = codes.detach()
+    torch.testing.assert_close(codes, expected, rtol=1e-5, atol=1e-6)
+    for each, once in zip(*gradients, strict=True):
+        torch.testing.assert_close(once, each, rtol=1e-4, atol=1e-6)
+    rows = []
+    encoder.body.register_forward_hook(lambda module, inputs, output: rows.append(len(output)))
+    encoder(frames, rewards)
+    assert rows == [3 * 5]
+
+
+def test_the_rollout_policy_reads_each_distinct_imagined_frame_once():
+    frames = torch.rand(2, 3, 15, 19)
+    seen = []
+
+    class CountingPolicy(FixedPolicy):
+        def forward(self, frames: Tensor) -> Tensor:
+            seen.append(len(frames))
+            return super().forward(frames)
+
+    reward_vector = torch.zeros(len(EVENTS))
+    imagined, _ = imagine(CopyModel(5), CountingPolicy(action=1), frames, 3, reward_vector)
+    assert seen == [2, 2]  # the copy model imagines the same frame for all 5 actions
+    assert torch.equal(imagined, frames[None, :, None].expand(3, 2, 5, 3, 15, 19))
+
+
 def test_copy_model_imagines_the_input_frame_and_no_reward():
     env = MiniPacman(num_envs=3)
     obs, _ = env.reset(seed=1)

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from procmem.envs.minipacman import EVENTS
+from procmem.models.distinct import per_distinct_row
 from procmem.models.networks import flat_size, pixel_body
 
 
@@ -66,7 +67,7 @@ def imagine(model: nn.Module, rollout_policy: nn.Module, frames: Tensor, depth: 
         imagined.append(frame)
         rewards.append(events @ reward_vector.to(events))
         if step + 1 < depth:
-            action = rollout_policy(frame).argmax(1)
+            action = per_distinct_row(rollout_policy, frame, frame).argmax(1)
     shape = (depth, batch, num_actions)
     return torch.stack(imagined).view(*shape, *frames.shape[1:]), torch.stack(rewards).view(shape)
 
@@ -83,6 +84,13 @@ class RolloutEncoder(nn.Module):
         self.hidden = hidden
 
     def forward(self, frames: Tensor, rewards: Tensor) -> Tensor:
+        """The codes of the rollouts, each distinct rollout (frames and rewards) encoded
+        once (:func:`~procmem.models.distinct.per_distinct_row`)."""
+        keys = torch.cat([frames.transpose(0, 1).flatten(1), rewards.T], dim=1)
+        return per_distinct_row(self.forward_each, keys, frames, rewards, dim=1)
+
+    def forward_each(self, frames: Tensor, rewards: Tensor) -> Tensor:
+        """:meth:`forward`, computed for every rollout (equal ones included)."""
         steps, rows = rewards.shape
         features = self.body(frames.flatten(0, 1)).view(steps, rows, -1)
         inputs = torch.cat([features, rewards.unsqueeze(-1)], dim=-1).flip(0)
