@@ -1,7 +1,8 @@
 """Evaluate a run, or compare the runs of multiruns.
 
 ``python evaluate.py run=<run dir> [episodes=N] [eval_policy=greedy|sample]`` writes
-``eval.json`` in the run dir;
+``eval.json`` in the run dir (``eval_<policy>.json``, its metrics named ``eval_<policy>/...``,
+for a policy other than the run's own);
 ``python evaluate.py compare=<multirun dir>`` (or ``compare=[dir1,dir2]``) writes
 ``comparison.csv``, ``comparison.md``, ``comparison.png`` and ``curves.png`` into the first
 dir (or ``out=<dir>``). Bad arguments are one line and exit code 2, and change no file.
@@ -17,7 +18,6 @@ from omegaconf import DictConfig, ListConfig
 from procmem.app import compare_runs, evaluate_run, format_metrics
 from procmem.app.cli import known_failure, run_hydra_main
 from procmem.app.config import CONFIG_DIR
-from procmem.run.run_dir import RunDir
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="evaluate")
@@ -28,10 +28,10 @@ def main(cfg: DictConfig) -> None:
         sys.exit(2)
     try:
         if cfg.run is not None:
-            result = evaluate_run(cfg.run, episodes=cfg.episodes, device=cfg.device,
-                                  log=cfg.log, eval_policy=cfg.eval_policy)
+            result, written = evaluate_run(cfg.run, episodes=cfg.episodes, device=cfg.device,
+                                           log=cfg.log, eval_policy=cfg.eval_policy)
             print(format_metrics(result))
-            print(f"eval.json: {RunDir(cfg.run).eval_file}")
+            print(f"{written.name}: {written}")
             return
         paths = list(cfg.compare) if isinstance(cfg.compare, ListConfig) else [cfg.compare]
         metrics = list(cfg.metrics) if cfg.metrics else None

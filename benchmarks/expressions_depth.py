@@ -38,7 +38,7 @@ def run(seed: int, overrides: list[str], episodes: int) -> dict:
         OmegaConf.save(cfg, saved)
         app.train(cfg, run_dir)
         wall = time.perf_counter() - start
-        result = app.evaluate_run(run_dir, episodes, device="cpu", log=False)
+        result, _ = app.evaluate_run(run_dir, episodes, device="cpu", log=False)
         rows = read_metrics(Path(run_dir) / "metrics.jsonl")
     accuracy = {int(key.removeprefix("eval/success_rate_stage")) + 1: value
                 for key, value in result.items() if key.startswith("eval/success_rate_stage")}

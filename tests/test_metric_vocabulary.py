@@ -64,5 +64,6 @@ def test_the_readme_publishes_the_vocabulary():
 def test_the_vocabulary_has_no_duplicates_and_known_namespaces():
     keys = [metric.key for metric in VOCABULARY]
     assert len(keys) == len(set(keys))
-    namespaces = {"train", "eval", "memory", "curriculum", "envmodel", "perf", "media", "compare"}
+    namespaces = {"train", "eval", "eval_{policy}", "memory", "curriculum", "envmodel", "perf",
+                  "media", "compare"}
     assert {key.split("/", 1)[0] for key in keys} == namespaces

@@ -15,6 +15,7 @@ from procmem.app.cli import one_line
 from procmem.app.config import ConfigError
 from procmem.io import atomic_write_text
 from procmem.run.checkpoint import CheckpointError
+from procmem.run.compare import load_run
 from procmem.run.loggers import MetricsFileError, WandbSink
 from procmem.run.run_dir import RunDir, RunDirError
 from procmem.run.status import STOPPED, RunStatus
@@ -167,10 +168,21 @@ def test_evaluate_with_another_eval_policy_notes_it_and_refuses_agents_without_o
 ) -> None:
     run_dir = tmp_path / "a2c"
     app.train(app.compose_config([*TINY, "logger=none", "agent=a2c"]), run_dir)
-    greedy = app.evaluate_run(run_dir, episodes=4, log=False)
-    sampled = app.evaluate_run(run_dir, episodes=4, log=False, eval_policy="sample")
+    greedy, greedy_file = app.evaluate_run(run_dir, episodes=4, log=False)
+    sampled, sampled_file = app.evaluate_run(run_dir, episodes=4, log=False,
+                                             eval_policy="sample")
     assert "eval_policy" not in greedy and sampled["eval_policy"] == "sample"
-    assert RunDir(run_dir).evaluation() == sampled
+    # The run evaluates greedily: the sampled evaluation is kept apart, under its own names.
+    assert greedy_file == run_dir / "eval.json" and sampled_file == run_dir / "eval_sample.json"
+    assert RunDir(run_dir).evaluation() == greedy
+    assert RunDir(run_dir).evaluation("sample") == sampled
+    assert "eval/episode_return" in greedy and "eval/episode_return" not in sampled
+    assert "eval_sample/episode_return" in sampled
+    summary = load_run(RunDir(run_dir)).summary  # a comparison reads both
+    assert summary["eval/episode_return"] == greedy["eval/episode_return"]
+    assert summary["eval_sample/episode_return"] == sampled["eval_sample/episode_return"]
+    own, _ = app.evaluate_run(run_dir, episodes=4, log=False, eval_policy="greedy")
+    assert own["eval_policy"] == "greedy" and "eval/episode_return" in own  # its own policy
     before = snapshot(stopped_run)  # the skill-library agent picks no action from a policy
     with pytest.raises(ConfigError, match="^agent.eval_policy"):
         app.evaluate_run(stopped_run, episodes=3, eval_policy="sample")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -38,13 +39,16 @@ EXPLAINED_PER_STAGE = 3  # evaluate_run spells out this many episodes per stage
 def evaluate_run(
     run_dir: str | Path, episodes: int, device: str = "auto", log: bool = True,
     eval_policy: str | None = None,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], Path]:
     """Evaluate a run's last checkpoint; write the result as the run's evaluation and return
-    it (algorithms that explain themselves add a few spelled-out ``samples``). An
-    ``eval_policy`` replaces the run's ``agent.eval_policy`` (``greedy`` or ``sample``, for
-    the agents that act from a policy) and is noted in the result. With ``log``,
-    a run that used W&B also gets a W&B run of the evaluation, kept in its own folder
-    (``evaluation/wandb``) so the training run stays the one its ``wandb/`` shows.
+    it and the file it went to (algorithms that explain themselves add a few spelled-out
+    ``samples``). An ``eval_policy`` replaces the run's ``agent.eval_policy`` (``greedy`` or
+    ``sample``, for the agents that act from a policy) and is noted in the result; where it
+    is not the run's own, the metrics are named ``eval_<policy>/...`` and kept apart
+    (:meth:`~procmem.run.run_dir.RunDir.eval_file` of the policy), so a comparison shows
+    both. With ``log``, a run that used W&B also gets a W&B run of the evaluation, kept in
+    its own folder (``evaluation/wandb``) so the training run stays the one its ``wandb/``
+    shows.
 
     Bad arguments (no run dir, ``episodes`` below 1, a device it lacks) and a run without a
     usable checkpoint raise before anything is written."""
@@ -53,7 +57,10 @@ def evaluate_run(
     run = RunDir(run_dir)
     run.require_run()
     cfg = run_config(run)
+    other_policy = None
     if eval_policy is not None:
+        if eval_policy != cfg.agent.get("eval_policy", eval_policy):
+            other_policy = eval_policy
         with open_dict(cfg):
             cfg.agent.eval_policy = eval_policy
         check_component(cfg.agent, "agent")
@@ -67,16 +74,19 @@ def evaluate_run(
     algorithm = build_run(cfg, torch_device).algorithm
     algorithm.load_state_dict(checkpoint["algorithm"])
     metrics = algorithm.evaluate(episodes)
+    if other_policy is not None:
+        metrics = {re.sub("^eval/", f"eval_{other_policy}/", key): value
+                   for key, value in metrics.items()}
     result = {"iteration": checkpoint["iteration"], "episodes": episodes,
               **({} if eval_policy is None else {"eval_policy": eval_policy}), **metrics}
     if isinstance(algorithm, Explainer):
         result["samples"] = algorithm.explain(EXPLAINED_PER_STAGE)
-    run.write_evaluation(result)
+    written = run.write_evaluation(result, other_policy)
     if log:
         for sink in logger_sinks(cfg, run, "eval"):
             sink.log({"iteration": checkpoint["iteration"], **metrics})
             sink.finish(0)
-    return result
+    return result, written
 
 
 def compare_runs(

@@ -98,8 +98,8 @@ def load_run(run: RunDir, window: float = 0.1) -> RunRecord:
         finished = status is None or status.status == FINISHED
         rows = [] if stopped_before_logging else run.metrics(complete=finished)
         summary = _summarize(rows, window)
-        summary.update(_numeric_items(run.evaluation() or {}))
-    except ValueError as error:  # a damaged status.json, metrics.jsonl or eval.json
+        summary.update(_numeric_items(run.evaluations()))
+    except ValueError as error:  # a damaged status.json, metrics.jsonl or eval*.json
         return RunRecord(path=run.path, overrides=run.overrides(), metrics=[], summary={},
                          problem=str(error))
     return RunRecord(path=run.path, overrides=run.overrides(), metrics=rows, summary=summary,

@@ -2,7 +2,8 @@
 
 Every family uses the same name for the same quantity (``train/episode_return`` is a mean
 episode return whichever agent logged it). Scalars sit in fixed namespaces (``train/``,
-``eval/``, ``memory/``, ``curriculum/``, ``envmodel/``, ``perf/``); images, videos and tables
+``eval/``, ``memory/``, ``curriculum/``, ``envmodel/``, ``perf/``, and ``eval_<policy>/``
+for an evaluation by a policy other than the run's own); images, videos and tables
 logged to W&B sit under ``media/`` (runs) and ``compare/`` (comparisons). A key with a
 ``{placeholder}`` stands for a family of keys (``eval/success_rate_stage{k}``). The README's
 metric table is :func:`markdown_table`; ``plots/training.png`` draws the metrics that have a
@@ -68,6 +69,8 @@ VOCABULARY: tuple[Metric, ...] = (
     Metric("eval/episode_steps", "mean length of evaluation episodes"),
     Metric("eval/solved_steps", "mean length of solved evaluation episodes"),
     Metric("eval/reuse_rate", "share of evaluation steps taken by skills"),
+    Metric("eval_{policy}/{name}", "`evaluate.py run= eval_policy=<policy>` with a policy other "
+           "than the run's own (`agent.eval_policy`): the `eval/{name}` of that policy"),
     Metric("eval/envmodel/rollout_pixel_accuracy_{k}", "pixels right after k open-loop steps"),
     Metric("eval/envmodel/rollout_frame_accuracy_{k}", "whole frames right after k open-loop "
            "steps"),

@@ -12,7 +12,8 @@
       plots/                 training.png, and episode.gif, imagination.png, ...
       wandb/                 the W&B run (a folder per start), and train_run_id: the id a
                              resumed run keeps
-      eval.json              what ``evaluate.py run=`` measured
+      eval.json              what ``evaluate.py run=`` measured (eval_<policy>.json: with
+                             a policy other than the run's own)
       evaluation/wandb/      the W&B runs of those evaluations
       skills.json            the skill library at the end (skill-library agent)
       env_model.pt           the trained environment model (``agent=env_model``)
@@ -102,9 +103,10 @@ class RunDir:
     def plots_dir(self) -> Path:
         return self.path / PLOTS_DIR
 
-    @property
-    def eval_file(self) -> Path:
-        return self.path / EVAL_FILE
+    def eval_file(self, policy: str | None = None) -> Path:
+        """``eval.json``, or ``eval_<policy>.json`` for an evaluation by a policy other than
+        the run's own."""
+        return self.path / (EVAL_FILE if policy is None else f"eval_{policy}.json")
 
     @property
     def skills_file(self) -> Path:
@@ -206,20 +208,30 @@ class RunDir:
 
     # --- results ----------------------------------------------------------------------------
 
-    def evaluation(self) -> dict[str, Any] | None:
-        """What ``evaluate.py run=`` wrote, or ``None``."""
-        if not self.eval_file.is_file():
+    def evaluation(self, policy: str | None = None) -> dict[str, Any] | None:
+        """What ``evaluate.py run=`` wrote (:meth:`eval_file` of ``policy``), or ``None``."""
+        path = self.eval_file(policy)
+        if not path.is_file():
             return None
         try:
-            evaluation = json.loads(self.eval_file.read_text(encoding="utf-8"))
+            evaluation = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as error:
-            raise ValueError(f"{self.eval_file}: not valid JSON ({error.msg})") from error
+            raise ValueError(f"{path}: not valid JSON ({error.msg})") from error
         if not isinstance(evaluation, dict):
-            raise ValueError(f"{self.eval_file}: expected a JSON object")
+            raise ValueError(f"{path}: expected a JSON object")
         return evaluation
 
-    def write_evaluation(self, result: dict[str, Any]) -> Path:
-        return atomic_write_json(self.eval_file, result)
+    def evaluations(self) -> dict[str, Any]:
+        """Every evaluation's entries in one dict: the run's own policy's, then those of
+        other policies (their metrics named ``eval_<policy>/...``)."""
+        merged: dict[str, Any] = {}
+        for path in sorted(self.path.glob("eval_*.json"), key=lambda p: p.name):
+            merged.update(self.evaluation(path.stem.removeprefix("eval_")) or {})
+        merged.update(self.evaluation() or {})
+        return merged
+
+    def write_evaluation(self, result: dict[str, Any], policy: str | None = None) -> Path:
+        return atomic_write_json(self.eval_file(policy), result)
 
     def save_skills(self, library: SkillLibrary) -> Path:
         return library.save(self.skills_file)
