@@ -9,9 +9,9 @@ the runs are repeated ``--repeats`` times, interleaved, and each figure is the b
 repeats (this machine's speed drifts by a quarter from minute to minute).
 Each agent runs on today's code (``after``) and on the code before imagination was made
 faster (``before``: the env model run as its plain layers, :meth:`EnvModel.forward_unfused`,
-and the env model, the rollout policy and the encoder applied to every rollout even where
-rollouts coincide, instead of :func:`~procmem.models.distinct.per_distinct_row`), so the
-speed-up is measured in one run.
+its pixel classes by ``argmax``, and the env model, the rollout policy and the encoder
+applied to every rollout even where rollouts coincide, instead of
+:func:`~procmem.models.distinct.per_distinct_row`), so the speed-up is measured in one run.
 
     python benchmarks/i2a_speed.py
     python benchmarks/i2a_speed.py --env-model-run outputs/runs/envmodel_minipacman/<run>
@@ -34,7 +34,7 @@ import torch
 from procmem import app
 from procmem.app.build import build_run
 from procmem.models import env_model, imagination
-from procmem.models.env_model import EnvModel, save_env_model
+from procmem.models.env_model import EnvModel, class_frames, save_env_model
 
 IMAGINATION = ("learned", "copy", "none")
 CODE = ("before", "after")
@@ -46,10 +46,19 @@ def code(version: str) -> Iterator[None]:
     if version == "after":
         yield
         return
-    with (mock.patch.object(EnvModel, "forward", EnvModel.forward_unfused),
+    with (mock.patch.object(EnvModel, "predict_each", plain_predict_each),
           mock.patch.object(env_model, "per_distinct_row", every_row),
           mock.patch.object(imagination, "per_distinct_row", every_row)):
         yield
+
+
+@torch.no_grad()
+def plain_predict_each(model: EnvModel, frames: torch.Tensor, actions: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:meth:`EnvModel.predict_each` as it was: the plain layers
+    (:meth:`EnvModel.forward_unfused`), then ``argmax``."""
+    pixel_logits, event_logits = model.forward_unfused(frames, actions)
+    return class_frames(pixel_logits.argmax(1)), event_logits.argmax(2).float()
 
 
 def every_row(function: Callable[..., Any], keys: torch.Tensor, *inputs: torch.Tensor,

@@ -12,6 +12,7 @@ from procmem.models.env_model import (
     EnvModel,
     PoolAndInject,
     class_frames,
+    first_argmax,
     frame_classes,
     rollout_accuracy,
     tap_sums,
@@ -160,6 +161,24 @@ def test_fused_forward_is_the_layers_of_the_docstring(one_torch_thread):
                                block.forward_unfused(x), rtol=1e-4, atol=1e-5)
 
 
+def test_first_argmax_is_argmax_ties_included():
+    torch.manual_seed(0)
+    scores = torch.randn(7, 40, 15, 19).round(decimals=1)  # many ties
+    scores[:, 0, 0, 0] = 0.5  # all equal: class 0
+    assert torch.equal(first_argmax(scores), scores.argmax(0))
+    assert first_argmax(scores)[0, 0, 0] == 0
+
+
+def test_predictions_are_the_most_likely_classes_of_forward(one_torch_thread):
+    torch.manual_seed(0)
+    frames, actions, *_ = collect(num_envs=8, steps=3)
+    model = EnvModel(5, channels=8, blocks=2, event_coef=1.0)
+    pixel_logits, event_logits = model(frames, actions)
+    predicted, counts = model.predict_each(frames, actions)
+    assert torch.equal(predicted, class_frames(pixel_logits.argmax(1)))
+    assert torch.equal(counts, event_logits.argmax(2).float())
+
+
 def test_a_frozen_model_follows_changes_to_its_weights(one_torch_thread):
     """A frozen model keeps its pooled-plane tap sums between calls; an optimizer step or a
     ``load_state_dict`` still reaches the next prediction."""
@@ -197,8 +216,8 @@ def test_equal_rows_are_predicted_once(one_torch_thread, monkeypatch):
     model = EnvModel(5, channels=8, blocks=2, event_coef=1.0)
     expected = model.predict_each(frames, actions)
     batches = []
-    forward = model.forward
-    monkeypatch.setattr(model, "forward", lambda f, a: batches.append(len(f)) or forward(f, a))
+    each = model.predict_each
+    monkeypatch.setattr(model, "predict_each", lambda f, a: batches.append(len(f)) or each(f, a))
     predicted = model.predict(frames, actions)
     for a, b in zip(predicted, expected, strict=True):
         torch.testing.assert_close(a, b)

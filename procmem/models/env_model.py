@@ -91,6 +91,19 @@ def tap_sums(weight: Tensor, height: int, width: int, padding: int) -> Tensor:
     return torch.einsum("iu,jv,ocuv->cijo", inside_rows, inside_cols, weight)
 
 
+def first_argmax(scores: Tensor) -> Tensor:
+    """``scores.argmax(0)`` of ``[K, ...]`` scores, as ``K - 1`` elementwise passes: the
+    first of equal maxima, as ``argmax``; for few classes several times faster than
+    ``argmax`` over a short innermost dimension (7 pixel classes: 0.2 ms against 1 ms per
+    80 frames on one core). Scores must be finite."""
+    best, index = scores[0], torch.zeros_like(scores[0])
+    for k in range(1, len(scores)):
+        higher = torch.sign(scores[k] - best).clamp_(min=0)  # 1 where strictly higher
+        index.addcmul_(higher, k - index)
+        best = torch.maximum(best, scores[k])
+    return index.long()
+
+
 def conv_nhwc(x: Tensor, weight: Tensor, bias: Tensor | None, padding: int) -> Tensor:
     """A stride-1 convolution of channels-last features ``x`` ``[B, H, W, C]``, returned
     channels-last ``[B, H, W, O]``."""
@@ -221,6 +234,13 @@ class EnvModel(nn.Module):
         Computed channels-last, the one-hot planes and 1x1 convolutions as lookups and
         matrix products; :meth:`forward_unfused` is the same function written as the layers
         of the class docstring."""
+        x, events = self.features_and_events(frames, actions)
+        pixels = F.linear(x, self.pixel_head.weight.flatten(1), self.pixel_head.bias)
+        return pixels.permute(0, 3, 1, 2), events
+
+    def features_and_events(self, frames: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`forward` up to the pixel head: the trunk's channels-last features ``[B, H,
+        W, C]`` and the event logits."""
         batch = len(frames)
         classes = frame_classes(frames)
         stem = self.stem.weight.flatten(1)  # [C, 3 + 7 + A]: RGB, class and action planes
@@ -235,9 +255,7 @@ class EnvModel(nn.Module):
         y = conv_nhwc(x, self.event_conv.weight, self.event_conv.bias, 1).relu_()
         at_pacman = torch.einsum("bhwc,bhw->bc", y, (classes == PACMAN).to(y.dtype))
         pooled = torch.cat([spatial_max(y), y.mean(dim=(1, 2)), at_pacman], dim=1)
-        events = self.event_head(pooled).view(batch, self.num_events, self.num_counts)
-        pixels = F.linear(x, self.pixel_head.weight.flatten(1), self.pixel_head.bias)
-        return pixels.permute(0, 3, 1, 2), events
+        return x, self.event_head(pooled).view(batch, self.num_events, self.num_counts)
 
     def forward_unfused(self, frames: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
         """:meth:`forward` written as the layers of the class docstring: one-hot planes
@@ -266,9 +284,14 @@ class EnvModel(nn.Module):
 
     @torch.no_grad()
     def predict_each(self, frames: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
-        """:meth:`predict`, computed for every row (equal rows included)."""
-        pixel_logits, event_logits = self(frames, actions)
-        return class_frames(pixel_logits.argmax(1)), event_logits.argmax(2).float()
+        """:meth:`predict`, computed for every row (equal rows included): :meth:`forward`'s
+        most likely classes, from pixel logits laid out class by class (``[7, B * H * W]``)
+        for :func:`first_argmax`."""
+        x, event_logits = self.features_and_events(frames, actions)
+        logits = torch.addmm(self.pixel_head.bias[:, None], self.pixel_head.weight.flatten(1),
+                             x.flatten(0, 2).T)
+        classes = first_argmax(logits).view(x.shape[:3])
+        return class_frames(classes), event_logits.argmax(2).float()
 
     def loss(
         self,
