@@ -14,6 +14,7 @@ from procmem.run.compare import (
     RunRecord,
     aggregate,
     bootstrap_interval,
+    curve_panels,
     curves,
     format_markdown,
     format_table,
@@ -165,6 +166,15 @@ def test_curves_average_the_iterations_every_run_logged():
     assert curve.group == "(defaults)" and curve.n == 2
     assert curve.iterations.tolist() == [1, 2] and curve.mean.tolist() == [2.0, 3.0]
     assert (curve.low <= curve.mean).all() and (curve.high >= curve.mean).all()
+
+
+def test_curves_show_the_metrics_that_have_curves():
+    runs = [record(["seed=0"], **{"eval_sample/episode_return": 5.0})]
+    runs[0].metrics = [{"iteration": i, "train/episode_return": float(i)} for i in (1, 2)]
+    metrics = ["train/episode_return", "eval_sample/episode_return"]
+    group_curves = curves(runs, metrics)
+    assert curve_panels(group_curves, metrics) == ["train/episode_return"]
+    assert curve_panels([], metrics) == metrics  # nothing to draw: the panels say so
 
 
 def test_aggregate_single_run_has_a_zero_width_interval():

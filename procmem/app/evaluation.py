@@ -20,6 +20,7 @@ from procmem.run.compare import (
     GroupStat,
     RunRecord,
     aggregate,
+    curve_panels,
     curves,
     default_plot_metrics,
     format_markdown,
@@ -123,7 +124,9 @@ def compare_runs(
     plotted = list(metrics) if metrics is not None else default_plot_metrics(stats)
     md_path = atomic_write_text(Path(out_dir) / "comparison.md",
                                 format_markdown(stats, interval, left_out))
-    curves_path = plot_group_curves(curves(runs, plotted), plotted, Path(out_dir) / "curves.png")
+    group_curves = curves(runs, plotted)
+    curves_path = plot_group_curves(group_curves, curve_panels(group_curves, plotted),
+                                    Path(out_dir) / "curves.png")
     written = {"comparison.csv": csv_path, "comparison.md": md_path,
                "comparison.png": png_path, "curves.png": curves_path}
     if report:

@@ -17,7 +17,7 @@ from matplotlib.patches import Patch
 from scipy import stats as scipy_stats
 
 from procmem.io import atomic_write_text
-from procmem.run.plots import figure_grid, mark_no_data, save_figure
+from procmem.run.plots import FEW_POINTS, figure_grid, mark_no_data, save_figure
 from procmem.run.run_dir import RunDir
 from procmem.run.status import FINISHED, RunStatus
 
@@ -217,6 +217,14 @@ def curves(runs: Sequence[RunRecord], metrics: Sequence[str],
     return out
 
 
+def curve_panels(group_curves: Sequence[GroupCurve], metrics: Sequence[str]) -> list[str]:
+    """The ``metrics`` that have a curve in some group: a value only an evaluation file holds
+    (``eval_sample/...``) has none and is shown in the final values alone. All of
+    ``metrics`` when none has a curve, so their panels say so."""
+    drawn = {curve.metric for curve in group_curves}
+    return [metric for metric in metrics if metric in drawn] or list(metrics)
+
+
 def format_table(stats: Sequence[GroupStat]) -> str:
     """An aligned text table of group, metric, n, mean and 95% interval."""
     header = ("group", "metric", "n", "mean", "95% interval")
@@ -327,7 +335,9 @@ def plot_group_curves(group_curves: Sequence[GroupCurve], metrics: Sequence[str]
             continue
         for curve in drawn:
             colour = colours[curve.group]
-            ax.plot(curve.iterations, curve.mean, color=colour, marker="o", markersize=3)
+            few = len(curve.iterations) <= FEW_POINTS
+            ax.plot(curve.iterations, curve.mean, color=colour, marker="o" if few else None,
+                    markersize=3)
             ax.fill_between(curve.iterations, curve.low, curve.high, color=colour, alpha=0.2,
                             linewidth=0)
         ax.set_xlabel("iteration")
