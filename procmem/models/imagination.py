@@ -5,7 +5,9 @@ step takes that action, later steps take the rollout policy's greedy action on t
 imagined frame. :class:`RolloutEncoder` reads each rollout's imagined frames and rewards
 with a convolutional encoder and an LSTM, last step first (the paper's order, so the
 code ends on the step nearest the present). :class:`CopyModel` is the baseline model that
-imagines nothing: it returns its input frame and no events.
+imagines nothing: it returns its input frame and no events. Rollouts often coincide, so the
+rollout policy reads each distinct imagined frame once and the encoder reads each distinct
+rollout once (:mod:`procmem.models.distinct`).
 """
 
 from __future__ import annotations
