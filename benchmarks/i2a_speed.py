@@ -35,6 +35,8 @@ from procmem import app
 from procmem.app.build import build_run
 from procmem.models import env_model, imagination
 from procmem.models.env_model import EnvModel, class_frames, save_env_model
+from procmem.run.checkpoint import CheckpointError
+from procmem.run.run_dir import read_env_model
 
 IMAGINATION = ("learned", "copy", "none")
 CODE = ("before", "after")
@@ -94,6 +96,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--env-model-run", type=Path, help="a trained env model's run dir")
     args = parser.parse_args()
+    if args.env_model_run is not None:
+        try:
+            read_env_model(args.env_model_run)
+        except (OSError, CheckpointError) as error:
+            parser.error(f"--env-model-run: {error}")
     device = torch.device(args.device)
     speeds = {}
     with tempfile.TemporaryDirectory() as folder:

@@ -3,6 +3,7 @@ sizes and tiny end-to-end runs (agent=i2a alone and after an env model run)."""
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from procmem.models.imagination import CopyModel, RolloutEncoder, imagine
 from procmem.run.loggers import MetricLogger, read_metrics
 from procmem.run.reporters import ImaginationStrip
 from procmem.settings import SettingError
+
+from helpers import ROOT, run_cli
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -310,3 +313,43 @@ def test_i2a_runs_on_its_own_with_a_warning(tmp_path: Path):
     with pytest.warns(UserWarning, match="no env_model_run: pretraining"):
         app.train(cfg, tmp_path)
     assert (tmp_path / "plots" / "imagination.png").exists()
+
+
+def speed_benchmark():
+    """``benchmarks/i2a_speed.py`` as a module."""
+    spec = importlib.util.spec_from_file_location("i2a_speed", ROOT / "benchmarks" / "i2a_speed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_speed_benchmarks_old_path_runs_every_row_and_its_new_path_distinct_rows():
+    seen = []
+
+    class CountingPolicy(FixedPolicy):
+        def forward(self, frames: Tensor) -> Tensor:
+            seen.append(len(frames))
+            return super().forward(frames)
+
+    frames, reward_vector = torch.rand(2, 3, 15, 19), torch.zeros(len(EVENTS))
+    model = EnvModel(5, channels=4, blocks=1, event_coef=1.0).eval()
+    for version, rows in (("before", [10, 10]), ("after", [2, 2])):
+        seen.clear()
+        with speed_benchmark().code(version):
+            imagined, _ = imagine(CopyModel(5), CountingPolicy(action=1), frames, 3,
+                                  reward_vector)
+            predicted = model.predict(frames, torch.arange(2))
+        assert seen == rows
+        assert torch.equal(imagined, frames[None, :, None].expand(3, 2, 5, 3, 15, 19))
+        assert torch.equal(predicted[0], model.predict_each(frames, torch.arange(2))[0])
+
+
+@pytest.mark.slow
+def test_the_speed_benchmark_times_every_agent_before_and_after():
+    out = run_cli("benchmarks/i2a_speed.py", "--updates", "1", "--repeats", "1", "--threads",
+                  "1", "--depth", "1").stdout
+    rows = [line.split("|")[1:4] for line in out.splitlines() if line.startswith("| ")][1:]
+    assert sorted((code.strip(), name.strip()) for code, _, name in rows) == sorted(
+        (code, name) for code in ("before", "after") for name in ("learned", "copy", "none"))
+    bad = run_cli("benchmarks/i2a_speed.py", "--env-model-run", "README.md", check=False)
+    assert bad.returncode == 2 and "--env-model-run: README.md: unreadable env model" in bad.stderr
