@@ -183,6 +183,11 @@ def test_evaluate_with_another_eval_policy_notes_it_and_refuses_agents_without_o
     assert summary["eval_sample/episode_return"] == sampled["eval_sample/episode_return"]
     own, _ = app.evaluate_run(run_dir, episodes=4, log=False, eval_policy="greedy")
     assert own["eval_policy"] == "greedy" and "eval/episode_return" in own  # its own policy
+    config = run_dir / ".hydra" / "config.yaml"  # a run from before agent.eval_policy ...
+    config.write_text("".join(line for line in config.read_text().splitlines(keepends=True)
+                              if "eval_policy" not in line))
+    _, written = app.evaluate_run(run_dir, episodes=4, log=False, eval_policy="sample")
+    assert written == sampled_file  # ... evaluated greedily: sampling is another policy
     before = snapshot(stopped_run)  # the skill-library agent picks no action from a policy
     with pytest.raises(ConfigError, match="^agent.eval_policy"):
         app.evaluate_run(stopped_run, episodes=3, eval_policy="sample")

@@ -60,7 +60,8 @@ def evaluate_run(
     cfg = run_config(run)
     other_policy = None
     if eval_policy is not None:
-        if eval_policy != cfg.agent.get("eval_policy", eval_policy):
+        own_policy = cfg.agent.get("eval_policy") or "greedy"  # runs from before the setting
+        if eval_policy != own_policy:
             other_policy = eval_policy
         with open_dict(cfg):
             cfg.agent.eval_policy = eval_policy
