@@ -191,6 +191,7 @@ def test_evaluate_with_another_eval_policy_notes_it_and_refuses_agents_without_o
     before = snapshot(stopped_run)  # the skill-library agent picks no action from a policy
     with pytest.raises(ConfigError, match="^agent.eval_policy"):
         app.evaluate_run(stopped_run, episodes=3, eval_policy="sample")
+    evaluated = snapshot(run_dir)
     with pytest.raises(ConfigError, match="^agent.eval_policy: 'softmax' is not one of"):
         app.evaluate_run(run_dir, episodes=3, eval_policy="softmax")
-    assert snapshot(stopped_run) == before
+    assert snapshot(stopped_run) == before and snapshot(run_dir) == evaluated

@@ -194,6 +194,7 @@ def test_evaluate_writes_eval_json_for_a_finished_run(tmp_path: Path) -> None:
     assert evaluation["eval/episode_steps"] == 10.0
     assert evaluation["memory/skills"] == 1.0
     assert "eval/episode_return" in result.stdout
+    assert f"eval.json: {run_dir / 'eval.json'}" in result.stdout
     # The evaluation's W&B run is kept apart: the run dir's wandb/ still shows the training.
     training, evaluated = wandb_summary(run_dir), wandb_summary(run_dir / "evaluation")
     assert training["name"] == "run" and "train/episode_steps" in training["summary"]

@@ -12,6 +12,7 @@ from omegaconf import open_dict
 
 from procmem.algorithms.protocols import Explainer
 from procmem.app.build import build_component, build_run, logger_sinks
+from procmem.app.catalogue import import_target
 from procmem.app.config import ConfigError, check_component, run_config
 from procmem.io import atomic_write_text
 from procmem.run.checkpoint import CheckpointError
@@ -33,6 +34,7 @@ from procmem.run.compare import (
 )
 from procmem.run.run_dir import RunDir, RunDirError, find_runs
 from procmem.runtime import resolve_device, seed_everything, set_threads
+from procmem.settings import settings_of
 
 EXPLAINED_PER_STAGE = 3  # evaluate_run spells out this many episodes per stage
 
@@ -60,12 +62,14 @@ def evaluate_run(
     cfg = run_config(run)
     other_policy = None
     if eval_policy is not None:
-        own_policy = cfg.agent.get("eval_policy") or "greedy"  # runs from before the setting
-        if eval_policy != own_policy:
-            other_policy = eval_policy
+        own_policy = cfg.agent.get("eval_policy")
         with open_dict(cfg):
             cfg.agent.eval_policy = eval_policy
         check_component(cfg.agent, "agent")
+        if own_policy is None:  # a run saved before the setting: it had the default
+            own_policy = settings_of(import_target(cfg.agent._target_))["eval_policy"].default
+        if eval_policy != own_policy:
+            other_policy = eval_policy
     torch_device = resolve_device(device)
     checkpoint = run.checkpoints().load_latest()
     if checkpoint is None:
