@@ -9,8 +9,8 @@ the runs are repeated ``--repeats`` times, interleaved, and each figure is the b
 repeats (this machine's speed drifts by a quarter from minute to minute).
 Each agent runs on today's code (``after``) and on the code before imagination was made
 faster (``before``: the env model run as its plain layers, :meth:`EnvModel.forward_unfused`,
-its pixel classes by ``argmax``, and the env model, the rollout policy and the encoder
-applied to every rollout even where rollouts coincide, instead of
+its pixel classes by ``argmax`` and masked writes, and the env model, the rollout policy
+and the encoder applied to every rollout even where rollouts coincide, instead of
 :func:`~procmem.models.distinct.per_distinct_row`), so the speed-up is measured in one run.
 
     python benchmarks/i2a_speed.py
@@ -34,7 +34,7 @@ import torch
 from procmem import app
 from procmem.app.build import build_run
 from procmem.models import env_model, imagination
-from procmem.models.env_model import EnvModel, class_frames, save_env_model
+from procmem.models.env_model import EnvModel, save_env_model
 from procmem.run.checkpoint import CheckpointError
 from procmem.run.run_dir import read_env_model
 
@@ -49,6 +49,7 @@ def code(version: str) -> Iterator[None]:
         yield
         return
     with (mock.patch.object(EnvModel, "predict_each", plain_predict_each),
+          mock.patch.object(env_model, "frame_classes", masked_frame_classes),
           mock.patch.object(env_model, "per_distinct_row", every_row),
           mock.patch.object(imagination, "per_distinct_row", every_row)):
         yield
@@ -58,9 +59,26 @@ def code(version: str) -> Iterator[None]:
 def plain_predict_each(model: EnvModel, frames: torch.Tensor, actions: torch.Tensor
                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """:meth:`EnvModel.predict_each` as it was: the plain layers
-    (:meth:`EnvModel.forward_unfused`), then ``argmax``."""
+    (:meth:`EnvModel.forward_unfused`), then ``argmax`` and RGB by indexing."""
     pixel_logits, event_logits = model.forward_unfused(frames, actions)
-    return class_frames(pixel_logits.argmax(1)), event_logits.argmax(2).float()
+    classes = pixel_logits.argmax(1)
+    rgb = env_model.PIXEL_COLOURS[classes].permute(0, 3, 1, 2).contiguous()
+    return rgb, event_logits.argmax(2).float()
+
+
+def masked_frame_classes(frames: torch.Tensor) -> torch.Tensor:
+    """:func:`~procmem.models.env_model.frame_classes` as it was: one masked write per
+    class, not a table lookup."""
+    red, green, blue = frames[:, 0] > 0.5, frames[:, 1], frames[:, 2] > 0.5
+    lit = green > 0.5
+    classes = torch.full(red.shape, env_model.EMPTY, dtype=torch.int64, device=frames.device)
+    classes[blue] = env_model.FOOD
+    classes[lit] = env_model.PACMAN
+    classes[lit & blue] = env_model.PILL
+    classes[red] = env_model.GHOST
+    classes[red & (green > 0)] = env_model.EDIBLE_GHOST
+    classes[red & blue] = env_model.WALL
+    return classes
 
 
 def every_row(function: Callable[..., Any], keys: torch.Tensor, *inputs: torch.Tensor,

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from procmem import app
 from procmem.algorithms.i2a import I2A, distillation_loss
 from procmem.envs.minipacman import EVENTS, MiniPacman
-from procmem.models.env_model import EnvModel
+from procmem.models.env_model import EnvModel, frame_classes
 from procmem.models.i2a import I2APolicy
 from procmem.models.imagination import CopyModel, RolloutEncoder, imagine
 from procmem.run.loggers import MetricLogger, read_metrics
@@ -342,6 +342,8 @@ def test_the_speed_benchmarks_old_path_runs_every_row_and_its_new_path_distinct_
         assert seen == rows
         assert torch.equal(imagined, frames[None, :, None].expand(3, 2, 5, 3, 15, 19))
         assert torch.equal(predicted[0], model.predict_each(frames, torch.arange(2))[0])
+    real = torch.as_tensor(MiniPacman(num_envs=4).reset(seed=0)[0])
+    assert torch.equal(speed_benchmark().masked_frame_classes(real), frame_classes(real))
 
 
 @pytest.mark.slow

@@ -137,7 +137,7 @@ class PoolAndInject(nn.Module):
         self.small = nn.Conv2d(2 * channels, channels, 3, padding=1)
         self.large = nn.Conv2d(2 * channels, channels, 5, padding=2)
         self.mix = nn.Conv2d(3 * channels, channels, 1)
-        self._frozen_sums: dict[int, tuple[tuple, Tensor]] = {}
+        self._frozen_sums: dict[nn.Conv2d, tuple[tuple, Tensor]] = {}  # per branch
 
     def forward(self, x: Tensor) -> Tensor:
         pooled = spatial_max(x)
@@ -166,10 +166,10 @@ class PoolAndInject(nn.Module):
         if weight.requires_grad and torch.is_grad_enabled():
             return tap_sums(weight[:, channels:], height, width, padding).flatten(1)
         key = (weight.data_ptr(), weight._version, weight.device, weight.dtype, height, width)
-        kept = self._frozen_sums.get(padding)
+        kept = self._frozen_sums.get(conv)
         if kept is None or kept[0] != key:
             sums = tap_sums(weight[:, channels:].detach(), height, width, padding).flatten(1)
-            kept = self._frozen_sums[padding] = (key, sums)
+            kept = self._frozen_sums[conv] = (key, sums)
         return kept[1]
 
     def forward_unfused(self, x: Tensor) -> Tensor:
