@@ -9,9 +9,11 @@ the runs are repeated ``--repeats`` times, interleaved, and each figure is the b
 repeats (this machine's speed drifts by a quarter from minute to minute).
 Each agent runs on today's code (``after``) and on the code before imagination was made
 faster (``before``: the env model run as its plain layers, :meth:`EnvModel.forward_unfused`,
-its pixel classes by ``argmax`` and masked writes, and the env model, the rollout policy
-and the encoder applied to every rollout even where rollouts coincide, instead of
-:func:`~procmem.models.distinct.per_distinct_row`), so the speed-up is measured in one run.
+its pixel classes by ``argmax`` and masked writes, on every row of every call, neither once
+per distinct row (:func:`~procmem.models.distinct.per_distinct_row`) nor remembered
+between calls (:class:`~procmem.models.row_memory.RowMemory`), and the rollout policy and
+the encoder applied to every rollout even where rollouts coincide), so the speed-up is
+measured in one run.
 
     python benchmarks/i2a_speed.py
     python benchmarks/i2a_speed.py --env-model-run outputs/runs/envmodel_minipacman/<run>
@@ -48,18 +50,17 @@ def code(version: str) -> Iterator[None]:
     if version == "after":
         yield
         return
-    with (mock.patch.object(EnvModel, "predict_each", plain_predict_each),
+    with (mock.patch.object(EnvModel, "predict", plain_predict),
           mock.patch.object(env_model, "frame_classes", masked_frame_classes),
-          mock.patch.object(env_model, "per_distinct_row", every_row),
           mock.patch.object(imagination, "per_distinct_row", every_row)):
         yield
 
 
 @torch.no_grad()
-def plain_predict_each(model: EnvModel, frames: torch.Tensor, actions: torch.Tensor
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:meth:`EnvModel.predict_each` as it was: the plain layers
-    (:meth:`EnvModel.forward_unfused`), then ``argmax`` and RGB by indexing."""
+def plain_predict(model: EnvModel, frames: torch.Tensor, actions: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:meth:`EnvModel.predict` as it was: the plain layers
+    (:meth:`EnvModel.forward_unfused`) on every row, then ``argmax`` and RGB by indexing."""
     pixel_logits, event_logits = model.forward_unfused(frames, actions)
     classes = pixel_logits.argmax(1)
     rgb = env_model.PIXEL_COLOURS[classes].permute(0, 3, 1, 2).contiguous()

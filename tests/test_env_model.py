@@ -224,6 +224,33 @@ def test_equal_rows_are_predicted_once(one_torch_thread, monkeypatch):
     assert batches == [4]  # (0, a), (0, a'), (1, .), (2, .)
 
 
+def test_predictions_are_remembered_until_the_weights_change(one_torch_thread, monkeypatch):
+    """A second ``predict`` of rows seen before computes only the new ones; after an
+    in-place weight change or a ``load_state_dict`` every row is predicted afresh."""
+    torch.manual_seed(0)
+    frames, actions, *_ = collect(num_envs=4, steps=2)
+    model = EnvModel(5, channels=8, blocks=2, event_coef=1.0).requires_grad_(False)
+    batches = []
+    each = model.predict_each
+    monkeypatch.setattr(model, "predict_each", lambda f, a: batches.append(len(f)) or each(f, a))
+
+    def predicts_as_each(rows: slice) -> None:
+        predicted = model.predict(frames[rows], actions[rows])
+        for a, b in zip(predicted, each(frames[rows], actions[rows]), strict=True):
+            assert torch.equal(a, b)
+
+    predicts_as_each(slice(0, 4))
+    predicts_as_each(slice(2, 8))
+    predicts_as_each(slice(0, 8))
+    assert batches == [4, 4]
+    with torch.no_grad():
+        model.pixel_head.bias.add_(1.0)  # an in-place step, as an optimizer takes
+    predicts_as_each(slice(0, 8))
+    model.load_state_dict(EnvModel(5, channels=8, blocks=2, event_coef=1.0).state_dict())
+    predicts_as_each(slice(0, 8))
+    assert batches == [4, 4, 8, 8]
+
+
 @pytest.mark.slow
 def test_overfits_a_batch_of_real_transitions(one_torch_thread):
     torch.manual_seed(0)

@@ -324,6 +324,8 @@ def speed_benchmark():
 
 
 def test_the_speed_benchmarks_old_path_runs_every_row_and_its_new_path_distinct_rows():
+    """``before`` runs the rollout policy and the env model on every row of every call;
+    ``after`` on each distinct row once, and the env model not on rows it remembers."""
     seen = []
 
     class CountingPolicy(FixedPolicy):
@@ -339,7 +341,9 @@ def test_the_speed_benchmarks_old_path_runs_every_row_and_its_new_path_distinct_
             imagined, _ = imagine(CopyModel(5), CountingPolicy(action=1), frames, 3,
                                   reward_vector)
             predicted = model.predict(frames, torch.arange(2))
+            model.predict(frames, torch.arange(2))
         assert seen == rows
+        assert model.memory.hits == {"before": 0, "after": 2}[version]
         assert torch.equal(imagined, frames[None, :, None].expand(3, 2, 5, 3, 15, 19))
         assert torch.equal(predicted[0], model.predict_each(frames, torch.arange(2))[0])
     real = torch.as_tensor(MiniPacman(num_envs=4).reset(seed=0)[0])

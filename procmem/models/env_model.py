@@ -25,9 +25,12 @@ from torch.nn import functional as F
 from procmem.envs.minipacman import EVENTS, PILL_POWER
 from procmem.io import atomic_torch_save
 from procmem.models.distinct import per_distinct_row
+from procmem.models.row_memory import RowMemory
 
 PIXEL_CLASSES = ("empty", "wall", "food", "pill", "pacman", "ghost", "edible_ghost")
 EMPTY, WALL, FOOD, PILL, PACMAN, GHOST, EDIBLE_GHOST = range(len(PIXEL_CLASSES))
+# Distinct (frame, action) rows whose predictions an EnvModel remembers between calls.
+MEMORY_ROWS = 4096
 # RGB of each class, in PIXEL_CLASSES order; edible ghosts at full power (green 1).
 PIXEL_COLOURS = torch.tensor(
     [[0, 0, 0], [1, 1, 1], [0, 0, 1], [0, 1, 1], [0, 1, 0], [1, 0, 0], [1, 1, 0]],
@@ -200,7 +203,9 @@ class EnvModel(nn.Module):
     :meth:`forward` computes these layers channels-last, with the one-hot planes and the
     tiled pooled planes folded into lookups and matrix products, about twice as fast on a
     CPU as :meth:`forward_unfused`, which runs them as written above (the reference the
-    tests hold it to).
+    tests hold it to). :meth:`predict` remembers its last :data:`MEMORY_ROWS` distinct
+    predictions in ``memory`` (a :class:`~procmem.models.row_memory.RowMemory`; assign one
+    of another size to change it) until the weights change.
     """
 
     def __init__(
@@ -226,6 +231,7 @@ class EnvModel(nn.Module):
             nn.Linear(3 * channels, channels), nn.ReLU(),
             nn.Linear(channels, self.num_events * self.num_counts),
         )
+        self.memory = RowMemory(MEMORY_ROWS)
 
     def forward(self, frames: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
         """Logits of the next frame's pixel classes ``[B, 7, H, W]`` and of each event's
@@ -276,10 +282,20 @@ class EnvModel(nn.Module):
     @torch.no_grad()
     def predict(self, frames: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
         """The most likely next frames, RGB float32 ``[B, 3, H, W]`` (edible ghosts with green
-        1), and event counts, float32 ``[B, 5]``; rows with equal frames and actions are
-        computed once (:func:`~procmem.models.distinct.per_distinct_row`)."""
+        1), and event counts, float32 ``[B, 5]``: :meth:`predict_each`, computed once per
+        distinct (frame, action) row (:func:`~procmem.models.distinct.per_distinct_row`)
+        and not again for the rows ``memory`` remembers from earlier calls with the same
+        weights."""
         keys = torch.cat([frames.flatten(1), actions[:, None].to(frames.dtype)], dim=1)
-        return per_distinct_row(self.predict_each, keys, frames, actions)
+        return per_distinct_row(self._predict_remembered, keys, keys, frames, actions)
+
+    def _predict_remembered(self, keys: Tensor, frames: Tensor, actions: Tensor
+                            ) -> tuple[Tensor, Tensor]:
+        """:meth:`predict_each` of the rows ``memory`` does not remember; the weights'
+        storage and version counters (in-place writes: optimizer steps, ``load_state_dict``)
+        tell it when to forget."""
+        weights = tuple((p.data_ptr(), p._version) for p in self.parameters())
+        return self.memory(self.predict_each, keys, frames, actions, version=weights)
 
     @torch.no_grad()
     def predict_each(self, frames: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:

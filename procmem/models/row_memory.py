@@ -1,0 +1,114 @@
+"""Remembering a deterministic row-wise function's outputs between calls.
+
+A frozen env model is asked about the same (frame, action) rows again and again: a real
+step often lands on a frame that the previous step's rollouts imagined, and the rollouts
+from it repeat theirs. In MiniPacman I2A training, about three of four distinct rows a call
+predicts were predicted earlier in the same or the previous update. :class:`RowMemory`
+keeps the outputs of the last ``rows`` distinct rows and computes only the others.
+
+Rows are matched exactly: a 64-bit hash of each row's bits finds a candidate and the whole
+row is compared, so a hash collision only costs a recomputation. The memory is a ring
+buffer on the rows' device, searched through its hashes in sorted order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+
+import torch
+from torch import Tensor
+
+HASH_SEED = 0x5EED
+
+
+class RowMemory:
+    """The outputs of a row-wise function for the last ``rows`` distinct input rows, kept
+    while its ``version`` stays the same (see the module docstring).
+
+    ``memory(function, keys, *inputs, version=...)`` returns ``function(*inputs)`` (a tuple
+    of tensors, row-wise in dim 0) for every row of ``keys`` ``[N, D]`` (float32, one per
+    input row), calling ``function`` only on the rows not remembered. A different
+    ``version`` (e.g. the model's weights changed) forgets everything first. ``hits`` and
+    ``misses`` count the rows looked up since the memory was made."""
+
+    def __init__(self, rows: int) -> None:
+        if rows < 1:
+            raise ValueError(f"rows must be >= 1, got {rows}")
+        self.rows = rows
+        self.hits = self.misses = 0
+        self.version: Hashable = None
+        self._weights: Tensor | None = None  # of the hash, [D] int64
+        self._clear()
+
+    def _clear(self) -> None:
+        self._keys: Tensor | None = None  # [rows, D]
+        self._hashes: Tensor | None = None  # [rows], of the filled slots
+        self._values: tuple[Tensor, ...] = ()  # each [rows, ...]
+        self._filled = 0  # slots written, all told (the ring's next slot is this mod rows)
+        self._order: Tensor | None = None  # slots sorted by hash
+
+    def __call__(self, function: Callable[..., tuple[Tensor, ...]], keys: Tensor,
+                 *inputs: Tensor, version: Hashable) -> tuple[Tensor, ...]:
+        if version != self.version:
+            self._clear()
+            self.version = version
+        hashes = self._hash(keys)
+        found, slots = self._find(keys, hashes)
+        missing = ~found
+        hits = int(found.sum())
+        self.hits += hits
+        self.misses += len(keys) - hits
+        if hits and hits == len(keys):
+            return tuple(kept[slots] for kept in self._values)
+        computed = function(*(x[missing] for x in inputs))
+        if hits:
+            outputs = tuple(new.new_empty((len(keys), *new.shape[1:])) for new in computed)
+            for output, new, kept in zip(outputs, computed, self._values, strict=True):
+                output[missing] = new
+                output[found] = kept[slots[found]]
+        else:
+            outputs = computed
+        self._remember(keys[missing], hashes[missing], computed)
+        return outputs
+
+    def _hash(self, keys: Tensor) -> Tensor:
+        """A 64-bit hash per row: the row's 32-bit words weighted by random 64-bit integers
+        and summed, wrapping around."""
+        width = keys.shape[1]
+        if self._weights is None or len(self._weights) != width:
+            generator = torch.Generator().manual_seed(HASH_SEED)
+            self._weights = torch.randint(-2**62, 2**62, (width,), generator=generator)
+        if self._weights.device != keys.device:
+            self._weights = self._weights.to(keys.device)
+        return (keys.contiguous().view(torch.int32).to(torch.int64) * self._weights).sum(1)
+
+    def _find(self, keys: Tensor, hashes: Tensor) -> tuple[Tensor, Tensor]:
+        """Which rows are remembered, and their slots (meaningless where not)."""
+        if not self._filled or self._keys.shape[1:] != keys.shape[1:]:
+            return torch.zeros(len(keys), dtype=torch.bool, device=keys.device), hashes
+        kept = self._hashes[self._order]
+        position = torch.searchsorted(kept, hashes).clamp_(max=len(kept) - 1)
+        slots = self._order[position]
+        found = kept[position] == hashes
+        found &= (self._keys[slots] == keys).all(1)
+        return found, slots
+
+    def _remember(self, keys: Tensor, hashes: Tensor, values: tuple[Tensor, ...]) -> None:
+        """Write new rows into the ring, over the oldest ones."""
+        if not len(keys):
+            return
+        if self._keys is None or self._keys.shape[1:] != keys.shape[1:]:
+            self._clear()
+            self._keys = keys.new_empty((self.rows, *keys.shape[1:]))
+            self._hashes = hashes.new_empty(self.rows)
+            self._values = tuple(v.new_empty((self.rows, *v.shape[1:])) for v in values)
+        keys, hashes = keys[-self.rows:], hashes[-self.rows:]
+        values = tuple(v[-self.rows:] for v in values)
+        slots = (self._filled + torch.arange(len(keys), device=keys.device)) % self.rows
+        self._keys[slots] = keys
+        self._hashes[slots] = hashes
+        for kept, new in zip(self._values, values, strict=True):
+            kept[slots] = new
+        self._filled += len(keys)
+        filled = min(self._filled, self.rows)
+        self._order = self._hashes[:filled].argsort()
