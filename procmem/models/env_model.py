@@ -282,20 +282,19 @@ class EnvModel(nn.Module):
     @torch.no_grad()
     def predict(self, frames: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
         """The most likely next frames, RGB float32 ``[B, 3, H, W]`` (edible ghosts with green
-        1), and event counts, float32 ``[B, 5]``: :meth:`predict_each`, computed once per
-        distinct (frame, action) row (:func:`~procmem.models.distinct.per_distinct_row`)
-        and not again for the rows ``memory`` remembers from earlier calls with the same
-        weights."""
+        1), and event counts, float32 ``[B, 5]``: :meth:`predict_each`, not computed again
+        for the rows ``memory`` remembers from earlier calls with the same weights, and
+        computed once per distinct (frame, action) row of the others
+        (:func:`~procmem.models.distinct.per_distinct_row`). The weights' storage and
+        version counters (in-place writes: optimizer steps, ``load_state_dict``) tell the
+        memory when to forget."""
         keys = torch.cat([frames.flatten(1), actions[:, None].to(frames.dtype)], dim=1)
-        return per_distinct_row(self._predict_remembered, keys, keys, frames, actions)
-
-    def _predict_remembered(self, keys: Tensor, frames: Tensor, actions: Tensor
-                            ) -> tuple[Tensor, Tensor]:
-        """:meth:`predict_each` of the rows ``memory`` does not remember; the weights'
-        storage and version counters (in-place writes: optimizer steps, ``load_state_dict``)
-        tell it when to forget."""
         weights = tuple((p.data_ptr(), p._version) for p in self.parameters())
-        return self.memory(self.predict_each, keys, frames, actions, version=weights)
+        return self.memory(self._predict_distinct, keys, keys, frames, actions, version=weights)
+
+    def _predict_distinct(self, keys: Tensor, frames: Tensor, actions: Tensor
+                          ) -> tuple[Tensor, Tensor]:
+        return per_distinct_row(self.predict_each, keys, frames, actions)
 
     @torch.no_grad()
     def predict_each(self, frames: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:

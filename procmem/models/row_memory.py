@@ -45,7 +45,8 @@ class RowMemory:
         self._hashes: Tensor | None = None  # [rows], of the filled slots
         self._values: tuple[Tensor, ...] = ()  # each [rows, ...]
         self._filled = 0  # slots written, all told (the ring's next slot is this mod rows)
-        self._order: Tensor | None = None  # slots sorted by hash
+        self._sorted: Tensor | None = None  # the kept hashes, sorted
+        self._order: Tensor | None = None  # their slots
 
     def __call__(self, function: Callable[..., tuple[Tensor, ...]], keys: Tensor,
                  *inputs: Tensor, version: Hashable) -> tuple[Tensor, ...]:
@@ -54,21 +55,19 @@ class RowMemory:
             self.version = version
         hashes = self._hash(keys)
         found, slots = self._find(keys, hashes)
-        missing = ~found
-        hits = int(found.sum())
-        self.hits += hits
-        self.misses += len(keys) - hits
-        if hits and hits == len(keys):
-            return tuple(kept[slots] for kept in self._values)
-        computed = function(*(x[missing] for x in inputs))
-        if hits:
+        hit_rows, missing_rows = found.nonzero().squeeze(1), (~found).nonzero().squeeze(1)
+        self.hits += len(hit_rows)
+        self.misses += len(missing_rows)
+        if len(hit_rows) and not len(missing_rows):
+            return tuple(kept.index_select(0, slots) for kept in self._values)
+        computed = function(*(x.index_select(0, missing_rows) for x in inputs))
+        outputs = computed
+        if len(hit_rows):
             outputs = tuple(new.new_empty((len(keys), *new.shape[1:])) for new in computed)
             for output, new, kept in zip(outputs, computed, self._values, strict=True):
-                output[missing] = new
-                output[found] = kept[slots[found]]
-        else:
-            outputs = computed
-        self._remember(keys[missing], hashes[missing], computed)
+                output.index_copy_(0, missing_rows, new)
+                output.index_copy_(0, hit_rows, kept.index_select(0, slots[hit_rows]))
+        self._remember(keys[missing_rows], hashes[missing_rows], computed)
         return outputs
 
     def _hash(self, keys: Tensor) -> Tensor:
@@ -86,11 +85,10 @@ class RowMemory:
         """Which rows are remembered, and their slots (meaningless where not)."""
         if not self._filled or self._keys.shape[1:] != keys.shape[1:]:
             return torch.zeros(len(keys), dtype=torch.bool, device=keys.device), hashes
-        kept = self._hashes[self._order]
-        position = torch.searchsorted(kept, hashes).clamp_(max=len(kept) - 1)
+        position = torch.searchsorted(self._sorted, hashes).clamp_(max=len(self._sorted) - 1)
         slots = self._order[position]
-        found = kept[position] == hashes
-        found &= (self._keys[slots] == keys).all(1)
+        found = self._sorted[position] == hashes
+        found &= (self._keys.index_select(0, slots) == keys).all(1)
         return found, slots
 
     def _remember(self, keys: Tensor, hashes: Tensor, values: tuple[Tensor, ...]) -> None:
@@ -105,10 +103,8 @@ class RowMemory:
         keys, hashes = keys[-self.rows:], hashes[-self.rows:]
         values = tuple(v[-self.rows:] for v in values)
         slots = (self._filled + torch.arange(len(keys), device=keys.device)) % self.rows
-        self._keys[slots] = keys
-        self._hashes[slots] = hashes
-        for kept, new in zip(self._values, values, strict=True):
-            kept[slots] = new
+        for kept, new in zip((self._keys, self._hashes, *self._values), (keys, hashes, *values),
+                             strict=True):
+            kept.index_copy_(0, slots, new)
         self._filled += len(keys)
-        filled = min(self._filled, self.rows)
-        self._order = self._hashes[:filled].argsort()
+        self._sorted, self._order = self._hashes[:min(self._filled, self.rows)].sort()
