@@ -12,7 +12,7 @@ faster (``before``: the env model run as its plain layers, :meth:`EnvModel.forwa
 its pixel classes by ``argmax`` and masked writes, on every row of every call, neither once
 per distinct row (:func:`~procmem.models.distinct.per_distinct_row`) nor remembered
 between calls (:class:`~procmem.models.row_memory.RowMemory`), and the rollout policy and
-the encoder applied to every rollout even where rollouts coincide), so the speed-up is
+the encoder likewise on every rollout even where rollouts coincide), so the speed-up is
 measured in one run.
 
     python benchmarks/i2a_speed.py
@@ -37,6 +37,7 @@ from procmem import app
 from procmem.app.build import build_run
 from procmem.models import env_model, imagination
 from procmem.models.env_model import EnvModel, save_env_model
+from procmem.models.imagination import RolloutPolicy
 from procmem.run.checkpoint import CheckpointError
 from procmem.run.run_dir import read_env_model
 
@@ -52,6 +53,7 @@ def code(version: str) -> Iterator[None]:
         return
     with (mock.patch.object(EnvModel, "predict", plain_predict),
           mock.patch.object(env_model, "frame_classes", masked_frame_classes),
+          mock.patch.object(RolloutPolicy, "greedy", plain_greedy),
           mock.patch.object(imagination, "per_distinct_row", every_row)):
         yield
 
@@ -65,6 +67,12 @@ def plain_predict(model: EnvModel, frames: torch.Tensor, actions: torch.Tensor
     classes = pixel_logits.argmax(1)
     rgb = env_model.PIXEL_COLOURS[classes].permute(0, 3, 1, 2).contiguous()
     return rgb, event_logits.argmax(2).float()
+
+
+@torch.no_grad()
+def plain_greedy(policy: RolloutPolicy, frames: torch.Tensor) -> torch.Tensor:
+    """:meth:`RolloutPolicy.greedy` as it was: the policy on every frame."""
+    return policy(frames).argmax(1)
 
 
 def masked_frame_classes(frames: torch.Tensor) -> torch.Tensor:

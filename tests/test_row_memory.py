@@ -2,6 +2,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from procmem.models import row_memory
 from procmem.models.row_memory import RowMemory
 
 
@@ -62,7 +63,8 @@ def test_a_new_version_forgets_everything():
 def test_rows_with_equal_hashes_are_told_apart(monkeypatch):
     """A hash only finds a candidate; the rows themselves decide."""
     memory, function = RowMemory(rows=8), Counted()
-    monkeypatch.setattr(memory, "_hash", lambda keys: torch.zeros(len(keys), dtype=torch.long))
+    monkeypatch.setattr(row_memory, "row_hashes",
+                        lambda keys: torch.zeros(len(keys), dtype=torch.long))
     check(memory, function, rows(1, 2, 3))
     check(memory, function, rows(3, 2, 1))
     check(memory, function, rows(7))

@@ -25,12 +25,10 @@ from torch.nn import functional as F
 from procmem.envs.minipacman import EVENTS, PILL_POWER
 from procmem.io import atomic_torch_save
 from procmem.models.distinct import per_distinct_row
-from procmem.models.row_memory import RowMemory
+from procmem.models.row_memory import RowMemory, weights_version
 
 PIXEL_CLASSES = ("empty", "wall", "food", "pill", "pacman", "ghost", "edible_ghost")
 EMPTY, WALL, FOOD, PILL, PACMAN, GHOST, EDIBLE_GHOST = range(len(PIXEL_CLASSES))
-# Distinct (frame, action) rows whose predictions an EnvModel remembers between calls.
-MEMORY_ROWS = 4096
 # RGB of each class, in PIXEL_CLASSES order; edible ghosts at full power (green 1).
 PIXEL_COLOURS = torch.tensor(
     [[0, 0, 0], [1, 1, 1], [0, 0, 1], [0, 1, 1], [0, 1, 0], [1, 0, 0], [1, 1, 0]],
@@ -203,9 +201,8 @@ class EnvModel(nn.Module):
     :meth:`forward` computes these layers channels-last, with the one-hot planes and the
     tiled pooled planes folded into lookups and matrix products, about twice as fast on a
     CPU as :meth:`forward_unfused`, which runs them as written above (the reference the
-    tests hold it to). :meth:`predict` remembers its last :data:`MEMORY_ROWS` distinct
-    predictions in ``memory`` (a :class:`~procmem.models.row_memory.RowMemory`; assign one
-    of another size to change it) until the weights change.
+    tests hold it to). :meth:`predict` remembers its last distinct predictions in ``memory``
+    (a :class:`~procmem.models.row_memory.RowMemory`) until the weights change.
     """
 
     def __init__(
@@ -231,7 +228,7 @@ class EnvModel(nn.Module):
             nn.Linear(3 * channels, channels), nn.ReLU(),
             nn.Linear(channels, self.num_events * self.num_counts),
         )
-        self.memory = RowMemory(MEMORY_ROWS)
+        self.memory = RowMemory()
 
     def forward(self, frames: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
         """Logits of the next frame's pixel classes ``[B, 7, H, W]`` and of each event's
@@ -289,8 +286,8 @@ class EnvModel(nn.Module):
         version counters (in-place writes: optimizer steps, ``load_state_dict``) tell the
         memory when to forget."""
         keys = torch.cat([frames.flatten(1), actions[:, None].to(frames.dtype)], dim=1)
-        weights = tuple((p.data_ptr(), p._version) for p in self.parameters())
-        return self.memory(self._predict_distinct, keys, keys, frames, actions, version=weights)
+        return self.memory(self._predict_distinct, keys, keys, frames, actions,
+                           version=weights_version(self))
 
     def _predict_distinct(self, keys: Tensor, frames: Tensor, actions: Tensor
                           ) -> tuple[Tensor, Tensor]:

@@ -6,9 +6,10 @@ from it repeat theirs. In MiniPacman I2A training, about three of four distinct 
 predicts were predicted earlier in the same or the previous update. :class:`RowMemory`
 keeps the outputs of the last ``rows`` distinct rows and computes only the others.
 
-Rows are matched exactly: a 64-bit hash of each row's bits finds a candidate and the whole
-row is compared, so a hash collision only costs a recomputation. The memory is a ring
-buffer on the rows' device, searched through its hashes in sorted order.
+Rows are matched exactly: a 64-bit hash of each row's bits (:func:`row_hashes`) finds a
+candidate and the whole row is compared, so a hash collision only costs a recomputation.
+The memory is a ring buffer on the rows' device, searched through its hashes in sorted
+order.
 """
 
 from __future__ import annotations
@@ -16,9 +17,30 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 HASH_SEED = 0x5EED
+_hash_weights: dict[tuple[int, torch.device], Tensor] = {}
+
+
+def row_hashes(keys: Tensor) -> Tensor:
+    """A 64-bit hash ``[N]`` of each row of float32 ``keys`` ``[N, D]``: the row's 32-bit
+    words weighted by fixed random 64-bit integers and summed, wrapping around (rows equal
+    bit for bit hash equally)."""
+    width, device = keys.shape[1], keys.device
+    weights = _hash_weights.get((width, device))
+    if weights is None:
+        generator = torch.Generator().manual_seed(HASH_SEED)
+        weights = torch.randint(-2**62, 2**62, (width,), generator=generator).to(device)
+        _hash_weights[width, device] = weights
+    return (keys.contiguous().view(torch.int32).to(torch.int64) * weights).sum(1)
+
+
+def weights_version(module: nn.Module) -> tuple[tuple[int, int], ...]:
+    """The storage and version counter of each of ``module``'s parameters: a
+    :class:`RowMemory` ``version`` that changes with every in-place write (an optimizer
+    step, ``load_state_dict``)."""
+    return tuple((p.data_ptr(), p._version) for p in module.parameters())
 
 
 class RowMemory:
@@ -31,13 +53,12 @@ class RowMemory:
     ``version`` (e.g. the model's weights changed) forgets everything first. ``hits`` and
     ``misses`` count the rows looked up since the memory was made."""
 
-    def __init__(self, rows: int) -> None:
+    def __init__(self, rows: int = 4096) -> None:
         if rows < 1:
             raise ValueError(f"rows must be >= 1, got {rows}")
         self.rows = rows
         self.hits = self.misses = 0
         self.version: Hashable = None
-        self._weights: Tensor | None = None  # of the hash, [D] int64
         self._clear()
 
     def _clear(self) -> None:
@@ -53,7 +74,7 @@ class RowMemory:
         if version != self.version:
             self._clear()
             self.version = version
-        hashes = self._hash(keys)
+        hashes = row_hashes(keys)
         found, slots = self._find(keys, hashes)
         hit_rows, missing_rows = found.nonzero().squeeze(1), (~found).nonzero().squeeze(1)
         self.hits += len(hit_rows)
@@ -69,17 +90,6 @@ class RowMemory:
                 output.index_copy_(0, hit_rows, kept.index_select(0, slots[hit_rows]))
         self._remember(keys[missing_rows], hashes[missing_rows], computed)
         return outputs
-
-    def _hash(self, keys: Tensor) -> Tensor:
-        """A 64-bit hash per row: the row's 32-bit words weighted by random 64-bit integers
-        and summed, wrapping around."""
-        width = keys.shape[1]
-        if self._weights is None or len(self._weights) != width:
-            generator = torch.Generator().manual_seed(HASH_SEED)
-            self._weights = torch.randint(-2**62, 2**62, (width,), generator=generator)
-        if self._weights.device != keys.device:
-            self._weights = self._weights.to(keys.device)
-        return (keys.contiguous().view(torch.int32).to(torch.int64) * self._weights).sum(1)
 
     def _find(self, keys: Tensor, hashes: Tensor) -> tuple[Tensor, Tensor]:
         """Which rows are remembered, and their slots (meaningless where not)."""
