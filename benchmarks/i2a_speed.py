@@ -37,7 +37,6 @@ from procmem import app
 from procmem.app.build import build_run
 from procmem.models import env_model, imagination
 from procmem.models.env_model import EnvModel, save_env_model
-from procmem.models.imagination import RolloutPolicy
 from procmem.run.checkpoint import CheckpointError
 from procmem.run.run_dir import read_env_model
 
@@ -53,7 +52,6 @@ def code(version: str) -> Iterator[None]:
         return
     with (mock.patch.object(EnvModel, "predict", plain_predict),
           mock.patch.object(env_model, "frame_classes", masked_frame_classes),
-          mock.patch.object(RolloutPolicy, "greedy", plain_greedy),
           mock.patch.object(imagination, "per_distinct_row", every_row)):
         yield
 
@@ -67,12 +65,6 @@ def plain_predict(model: EnvModel, frames: torch.Tensor, actions: torch.Tensor
     classes = pixel_logits.argmax(1)
     rgb = env_model.PIXEL_COLOURS[classes].permute(0, 3, 1, 2).contiguous()
     return rgb, event_logits.argmax(2).float()
-
-
-@torch.no_grad()
-def plain_greedy(policy: RolloutPolicy, frames: torch.Tensor) -> torch.Tensor:
-    """:meth:`RolloutPolicy.greedy` as it was: the policy on every frame."""
-    return policy(frames).argmax(1)
 
 
 def masked_frame_classes(frames: torch.Tensor) -> torch.Tensor:

@@ -7,8 +7,8 @@ with a convolutional encoder and an LSTM, last step first (the paper's order, so
 code ends on the step nearest the present). :class:`CopyModel` is the baseline model that
 imagines nothing: it returns its input frame and no events. Rollouts often coincide, so the
 rollout policy reads each distinct imagined frame once and the encoder reads each distinct
-rollout once (:mod:`procmem.models.distinct`); the rollout policy also remembers its actions
-between calls while its weights stay the same (:mod:`procmem.models.row_memory`).
+rollout once, each of its distinct frames through the body once
+(:mod:`procmem.models.distinct`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from torch import Tensor, nn
 from procmem.envs.minipacman import EVENTS
 from procmem.models.distinct import per_distinct_row
 from procmem.models.networks import flat_size, pixel_body
-from procmem.models.row_memory import RowMemory, weights_version
 
 
 class CopyModel(nn.Module):
@@ -39,43 +38,27 @@ class CopyModel(nn.Module):
 
 class RolloutPolicy(nn.Module):
     """The small policy that picks actions inside imagination (distilled from the agent's
-    policy): :func:`pixel_body` then a linear layer to action logits. :meth:`greedy` gives
-    its most likely actions, remembered in ``memory`` until the weights change."""
+    policy): :func:`pixel_body` then a linear layer to action logits."""
 
     def __init__(self, frame_shape: tuple[int, ...], num_actions: int, channels: int) -> None:
         super().__init__()
         self.body = pixel_body(frame_shape[0], channels)
         self.logits = nn.Linear(flat_size(self.body, frame_shape), num_actions)
-        self.memory = RowMemory()
 
     def forward(self, frames: Tensor) -> Tensor:
         return self.logits(self.body(frames))
 
-    @torch.no_grad()
-    def greedy(self, frames: Tensor) -> Tensor:
-        """The most likely action ``[B]`` on each frame ``[B, 3, H, W]``, computed once per
-        distinct frame and not again for frames remembered from earlier calls with the same
-        weights."""
-        keys = frames.flatten(1)
-        actions, = self.memory(self._greedy_distinct, keys, keys, frames,
-                               version=weights_version(self))
-        return actions
-
-    def _greedy_distinct(self, keys: Tensor, frames: Tensor) -> tuple[Tensor]:
-        return per_distinct_row(self, keys, frames).argmax(1),
-
 
 @torch.no_grad()
-def imagine(model: nn.Module, rollout_policy: RolloutPolicy, frames: Tensor, depth: int,
+def imagine(model: nn.Module, rollout_policy: nn.Module, frames: Tensor, depth: int,
             reward_vector: Tensor) -> tuple[Tensor, Tensor]:
     """One imagined rollout per action from each frame ``[B, 3, H, W]``, ``depth`` steps.
 
     Rollout ``a`` takes action ``a`` first, then the rollout policy's most likely action
-    on each imagined frame (:meth:`RolloutPolicy.greedy`). ``model.predict(frames,
+    on each imagined frame (read once per distinct frame). ``model.predict(frames,
     actions)`` gives the next frames and event counts; a step's reward is ``events @
-    reward_vector``. Returns the imagined frames
-    ``[depth, B, A, 3, H, W]`` and rewards ``[depth, B, A]``, in time order (step 0 is the
-    frame the first action leads to)."""
+    reward_vector``. Returns the imagined frames ``[depth, B, A, 3, H, W]`` and rewards
+    ``[depth, B, A]``, in time order (step 0 is the frame the first action leads to)."""
     if depth < 1:
         raise ValueError(f"depth must be >= 1, got {depth}")
     batch, num_actions = len(frames), model.num_actions
@@ -87,7 +70,7 @@ def imagine(model: nn.Module, rollout_policy: RolloutPolicy, frames: Tensor, dep
         imagined.append(frame)
         rewards.append(events @ reward_vector.to(events))
         if step + 1 < depth:
-            action = rollout_policy.greedy(frame)
+            action = per_distinct_row(rollout_policy, frame, frame).argmax(1)
     shape = (depth, batch, num_actions)
     return torch.stack(imagined).view(*shape, *frames.shape[1:]), torch.stack(rewards).view(shape)
 
