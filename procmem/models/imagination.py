@@ -6,9 +6,8 @@ imagined frame. :class:`RolloutEncoder` reads each rollout's imagined frames and
 with a convolutional encoder and an LSTM, last step first (the paper's order, so the
 code ends on the step nearest the present). :class:`CopyModel` is the baseline model that
 imagines nothing: it returns its input frame and no events. Rollouts often coincide, so the
-rollout policy reads each distinct imagined frame once and the encoder reads each distinct
-rollout once, each of its distinct frames through the body once
-(:mod:`procmem.models.distinct`).
+rollout policy reads each distinct imagined frame once, the encoder's body each distinct
+frame once and its LSTM each distinct rollout once (:mod:`procmem.models.distinct`).
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from procmem.envs.minipacman import EVENTS
-from procmem.models.distinct import per_distinct_row
+from procmem.models.distinct import distinct_rows, per_distinct_row
 from procmem.models.networks import flat_size, pixel_body
 
 
@@ -87,24 +86,29 @@ class RolloutEncoder(nn.Module):
         self.hidden = hidden
 
     def forward(self, frames: Tensor, rewards: Tensor) -> Tensor:
-        """The codes of the rollouts, each distinct rollout (frames and rewards) encoded
-        once and each distinct frame of those read by the body once
-        (:func:`~procmem.models.distinct.per_distinct_row`)."""
-        keys = torch.cat([frames.transpose(0, 1).flatten(1), rewards.T], dim=1)
-        return per_distinct_row(self._encode_distinct_frames, keys, frames, rewards, dim=1)
+        """The codes of the rollouts: the body reads each distinct frame once and the LSTM
+        each distinct rollout (the same frames and rewards) once
+        (:mod:`~procmem.models.distinct`)."""
+        steps, rows = rewards.shape
+        flat = frames.flatten(0, 1)
+        groups = distinct_rows(flat)
+        if groups is None:
+            features, frame_ids = self.body(flat), torch.arange(len(flat), device=flat.device)
+        else:
+            first, frame_ids = groups
+            features = self.body(flat.index_select(0, first))[frame_ids]
+        keys = torch.cat([frame_ids.view(steps, rows).T.to(rewards.dtype), rewards.T], dim=1)
+        return per_distinct_row(self._encode, keys, features.view(steps, rows, -1), rewards,
+                                dim=1)
 
     def forward_each(self, frames: Tensor, rewards: Tensor) -> Tensor:
         """:meth:`forward`, computed for every rollout and frame (equal ones included)."""
-        return self._encode(self.body(frames.flatten(0, 1)), rewards)
-
-    def _encode_distinct_frames(self, frames: Tensor, rewards: Tensor) -> Tensor:
-        flat = frames.flatten(0, 1)
-        return self._encode(per_distinct_row(self.body, flat, flat), rewards)
+        steps, rows = rewards.shape
+        return self._encode(self.body(frames.flatten(0, 1)).view(steps, rows, -1), rewards)
 
     def _encode(self, features: Tensor, rewards: Tensor) -> Tensor:
-        """The LSTM over the body's features of the frames ``[T * N, F]`` (step-major) and
-        the rewards ``[T, N]``, last step first; its last output ``[N, hidden]``."""
-        steps, rows = rewards.shape
-        inputs = torch.cat([features.view(steps, rows, -1), rewards.unsqueeze(-1)], dim=-1)
+        """The LSTM over the body's features of the frames ``[T, N, F]`` and the rewards
+        ``[T, N]``, last step first; its last output ``[N, hidden]``."""
+        inputs = torch.cat([features, rewards.unsqueeze(-1)], dim=-1)
         outputs, _ = self.lstm(inputs.flip(0))
         return outputs[-1]

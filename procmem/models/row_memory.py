@@ -6,10 +6,10 @@ from it repeat theirs. In MiniPacman I2A training, about three of four distinct 
 predicts were predicted earlier in the same or the previous update. :class:`RowMemory`
 keeps the outputs of the last ``rows`` distinct rows and computes only the others.
 
-Rows are matched exactly: a 64-bit hash of each row's bits (:func:`row_hashes`) finds a
-candidate and the whole row is compared, so a hash collision only costs a recomputation.
-The memory is a ring buffer on the rows' device, searched through its hashes in sorted
-order.
+Rows are matched exactly: a 64-bit hash of each row's bits
+(:func:`~procmem.models.distinct.row_hashes`) finds a candidate and the whole row is
+compared, so a hash collision only costs a recomputation. The memory is a ring buffer on
+the rows' device, searched through its hashes in sorted order.
 """
 
 from __future__ import annotations
@@ -19,21 +19,7 @@ from collections.abc import Callable, Hashable
 import torch
 from torch import Tensor, nn
 
-HASH_SEED = 0x5EED
-_hash_weights: dict[tuple[int, torch.device], Tensor] = {}
-
-
-def row_hashes(keys: Tensor) -> Tensor:
-    """A 64-bit hash ``[N]`` of each row of float32 ``keys`` ``[N, D]``: the row's 32-bit
-    words weighted by fixed random 64-bit integers and summed, wrapping around (rows equal
-    bit for bit hash equally)."""
-    width, device = keys.shape[1], keys.device
-    weights = _hash_weights.get((width, device))
-    if weights is None:
-        generator = torch.Generator().manual_seed(HASH_SEED)
-        weights = torch.randint(-2**62, 2**62, (width,), generator=generator).to(device)
-        _hash_weights[width, device] = weights
-    return (keys.contiguous().view(torch.int32).to(torch.int64) * weights).sum(1)
+from procmem.models.distinct import row_hashes
 
 
 def weights_version(module: nn.Module) -> tuple[tuple[int, int], ...]:
