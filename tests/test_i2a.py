@@ -325,8 +325,9 @@ def speed_benchmark():
 
 
 def test_the_speed_benchmarks_old_path_runs_every_row_and_its_new_path_distinct_rows():
-    """``before`` runs the rollout policy and the env model on every row of every call;
-    ``after`` on each distinct row once, and the env model not on rows it remembers."""
+    """``before`` runs the rollout policy, the encoder and the env model on every row of
+    every call; ``after`` on each distinct row once, and the env model not on rows it
+    remembers."""
     seen = []
 
     class CountingPolicy(FixedPolicy):
@@ -336,14 +337,19 @@ def test_the_speed_benchmarks_old_path_runs_every_row_and_its_new_path_distinct_
 
     frames, reward_vector = torch.rand(2, 3, 15, 19), torch.zeros(len(EVENTS))
     model = EnvModel(5, channels=4, blocks=1, event_coef=1.0).eval()
-    for version, rows in (("before", [10, 10]), ("after", [2, 2])):
+    encoder = RolloutEncoder((3, 15, 19), channels=4, hidden=8)
+    read = []
+    encoder.body.register_forward_hook(lambda module, inputs, output: read.append(len(output)))
+    for version, rows, encoded in (("before", [10, 10], [30]), ("after", [2, 2], [2])):
         seen.clear()
+        read.clear()
         with speed_benchmark().code(version):
-            imagined, _ = imagine(CopyModel(5), CountingPolicy(action=1), frames, 3,
-                                  reward_vector)
+            imagined, rewards = imagine(CopyModel(5), CountingPolicy(action=1), frames, 3,
+                                        reward_vector)
+            encoder(imagined.flatten(1, 2), rewards.flatten(1, 2))
             predicted = model.predict(frames, torch.arange(2))
             model.predict(frames, torch.arange(2))
-        assert seen == rows
+        assert seen == rows and read == encoded
         assert model.memory.hits == {"before": 0, "after": 2}[version]
         assert torch.equal(imagined, frames[None, :, None].expand(3, 2, 5, 3, 15, 19))
         assert torch.equal(predicted[0], model.predict_each(frames, torch.arange(2))[0])
