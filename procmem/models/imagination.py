@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from procmem.envs.minipacman import EVENTS
 from procmem.models.distinct import distinct_rows, per_distinct_row
@@ -86,29 +87,49 @@ class RolloutEncoder(nn.Module):
         self.hidden = hidden
 
     def forward(self, frames: Tensor, rewards: Tensor) -> Tensor:
-        """The codes of the rollouts: the body reads each distinct frame once and the LSTM
-        each distinct rollout (the same frames and rewards) once
-        (:mod:`~procmem.models.distinct`)."""
+        """The codes of the rollouts, as :meth:`forward_each` computes them, with less work:
+        the body and the LSTM's input weights read each distinct frame once, and the LSTM
+        runs once per distinct rollout (the same frames and rewards;
+        :mod:`~procmem.models.distinct`), its steps written out so that it starts from
+        those per-frame input terms."""
         steps, rows = rewards.shape
         flat = frames.flatten(0, 1)
         groups = distinct_rows(flat)
         if groups is None:
-            features, frame_ids = self.body(flat), torch.arange(len(flat), device=flat.device)
+            frame_ids = torch.arange(len(flat), device=flat.device)
         else:
             first, frame_ids = groups
-            features = self.body(flat.index_select(0, first))[frame_ids]
-        keys = torch.cat([frame_ids.view(steps, rows).T.to(rewards.dtype), rewards.T], dim=1)
-        return per_distinct_row(self._encode, keys, features.view(steps, rows, -1), rewards,
-                                dim=1)
+            flat = flat.index_select(0, first)
+        frame_ids = frame_ids.view(steps, rows)
+        from_frames = F.linear(self.body(flat), self.lstm.weight_ih_l0[:, :-1])  # [K, 4H]
+
+        def encode(ids: Tensor, rewards: Tensor) -> Tensor:
+            return self._recur(from_frames[ids], rewards)
+
+        keys = torch.cat([frame_ids.T.to(rewards.dtype), rewards.T], dim=1)
+        return per_distinct_row(encode, keys, frame_ids, rewards, dim=1)
 
     def forward_each(self, frames: Tensor, rewards: Tensor) -> Tensor:
-        """:meth:`forward`, computed for every rollout and frame (equal ones included)."""
+        """The codes of the rollouts by the layers as written: the body on every frame,
+        the ``nn.LSTM`` on every rollout."""
         steps, rows = rewards.shape
-        return self._encode(self.body(frames.flatten(0, 1)).view(steps, rows, -1), rewards)
-
-    def _encode(self, features: Tensor, rewards: Tensor) -> Tensor:
-        """The LSTM over the body's features of the frames ``[T, N, F]`` and the rewards
-        ``[T, N]``, last step first; its last output ``[N, hidden]``."""
+        features = self.body(frames.flatten(0, 1)).view(steps, rows, -1)
         inputs = torch.cat([features, rewards.unsqueeze(-1)], dim=-1)
         outputs, _ = self.lstm(inputs.flip(0))
         return outputs[-1]
+
+    def _recur(self, from_frames: Tensor, rewards: Tensor) -> Tensor:
+        """The LSTM's last output ``[N, hidden]`` over steps ``T-1`` down to 0, given the
+        input weights' terms of the frames ``[T, N, 4 hidden]`` and the rewards ``[T, N]``
+        (the input's last feature); gates in ``nn.LSTM``'s order: input, forget, cell,
+        output."""
+        lstm = self.lstm
+        inputs = torch.addcmul(from_frames + (lstm.bias_ih_l0 + lstm.bias_hh_l0),
+                               rewards.unsqueeze(-1), lstm.weight_ih_l0[:, -1])
+        hidden = cell = inputs.new_zeros(inputs.shape[1], self.hidden)
+        for step in reversed(range(len(inputs))):
+            gates = torch.addmm(inputs[step], hidden, lstm.weight_hh_l0.T)
+            entry, forget, candidate, exit_ = gates.chunk(4, dim=1)
+            cell = forget.sigmoid() * cell + entry.sigmoid() * candidate.tanh()
+            hidden = exit_.sigmoid() * cell.tanh()
+        return hidden
