@@ -4,7 +4,7 @@ A frozen env model is asked about the same (frame, action) rows again and again:
 step often lands on a frame that the previous step's rollouts imagined, and the rollouts
 from it repeat theirs. In MiniPacman I2A training, about three of four distinct rows a call
 predicts were predicted earlier in the same or the previous update. :class:`RowMemory`
-keeps the outputs of the last ``rows`` distinct rows and computes only the others.
+keeps the outputs of the last ``rows`` rows it computed and computes only the others.
 
 Rows are matched exactly: a 64-bit hash of each row's bits
 (:func:`~procmem.models.distinct.row_hashes`) finds a candidate and the whole row is
@@ -30,8 +30,8 @@ def weights_version(module: nn.Module) -> tuple[tuple[int, int], ...]:
 
 
 class RowMemory:
-    """The outputs of a row-wise function for the last ``rows`` distinct input rows, kept
-    while its ``version`` stays the same (see the module docstring).
+    """The outputs of a row-wise function for the last ``rows`` input rows it computed,
+    kept while its ``version`` stays the same (see the module docstring).
 
     ``memory(function, keys, *inputs, version=...)`` returns ``function(*inputs)`` (a tuple
     of tensors, row-wise in dim 0) for every row of ``keys`` ``[N, D]`` (float32, one per
