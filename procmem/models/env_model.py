@@ -160,13 +160,13 @@ class PoolAndInject(nn.Module):
 
     def _tap_sums(self, conv: nn.Conv2d, height: int, width: int) -> Tensor:
         """:func:`tap_sums` of ``conv``'s pooled-plane weights, ``[C, H * W * O]``; kept
-        while the weights are frozen and unchanged (their version counts in-place writes:
-        optimizer steps, ``load_state_dict``)."""
+        while the weights are frozen and unchanged
+        (:func:`~procmem.models.row_memory.weights_version`)."""
         weight, padding = conv.weight, conv.padding[0]
         channels = weight.shape[1] // 2
         if weight.requires_grad and torch.is_grad_enabled():
             return tap_sums(weight[:, channels:], height, width, padding).flatten(1)
-        key = (weight.data_ptr(), weight._version, weight.device, weight.dtype, height, width)
+        key = (weights_version(conv), height, width)
         kept = self._frozen_sums.get(conv)
         if kept is None or kept[0] != key:
             sums = tap_sums(weight[:, channels:].detach(), height, width, padding).flatten(1)

@@ -22,11 +22,11 @@ from torch import Tensor, nn
 from procmem.models.distinct import row_hashes
 
 
-def weights_version(module: nn.Module) -> tuple[tuple[int, int], ...]:
-    """The storage and version counter of each of ``module``'s parameters: a
-    :class:`RowMemory` ``version`` that changes with every in-place write (an optimizer
-    step, ``load_state_dict``)."""
-    return tuple((p.data_ptr(), p._version) for p in module.parameters())
+def weights_version(module: nn.Module) -> tuple[tuple, ...]:
+    """The storage, version counter, device and dtype of each of ``module``'s parameters:
+    a key (a :class:`RowMemory` ``version``) that changes with every in-place write (an
+    optimizer step, ``load_state_dict``) and every move (``.to()``)."""
+    return tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in module.parameters())
 
 
 class RowMemory:
