@@ -97,7 +97,9 @@ def no_groups(keys: torch.Tensor) -> None:
 
 def frames_per_second(imagination: str, model_path: Path, updates: int, depth: int,
                       device: torch.device) -> float:
-    """Env frames per second of ``updates`` A2C updates (after one warm-up update)."""
+    """Env frames per second of ``updates`` A2C updates (after one warm-up update); for a
+    learned env model that remembers predictions, it also prints the share of rows its
+    memory answered."""
     cfg = app.compose_config(["experiment=i2a_minipacman", f"agent.imagination={imagination}",
                               f"agent.env_model_run={model_path}", f"agent.depth={depth}"])
     agent = build_run(cfg, device).algorithm
@@ -108,7 +110,12 @@ def frames_per_second(imagination: str, model_path: Path, updates: int, depth: i
         agent.train_iteration()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return frames / (time.perf_counter() - start)
+    speed = frames / (time.perf_counter() - start)
+    memory = agent.net.model.memory if isinstance(agent.net.model, EnvModel) else None
+    if memory is not None and memory.hits:
+        print(f"  env model: {memory.hits / (memory.hits + memory.misses):.0%} of the rows "
+              f"it was asked for answered from memory", flush=True)
+    return speed
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ sizes and tiny end-to-end runs (agent=i2a alone and after an env model run)."""
 from __future__ import annotations
 
 import importlib.util
+import re
 import warnings
 from pathlib import Path
 
@@ -361,6 +362,7 @@ def test_the_speed_benchmarks_old_path_runs_every_row_and_its_new_path_distinct_
 def test_the_speed_benchmark_times_every_agent_before_and_after():
     out = run_cli("benchmarks/i2a_speed.py", "--updates", "1", "--repeats", "1", "--threads",
                   "1", "--depth", "1").stdout
+    assert re.search(r"env model: \d+% of the rows it was asked for answered from memory", out)
     rows = [line.split("|")[1:4] for line in out.splitlines() if line.startswith("| ")][1:]
     assert sorted((code.strip(), name.strip()) for code, _, name in rows) == sorted(
         (code, name) for code in ("before", "after") for name in ("learned", "copy", "none"))
