@@ -81,6 +81,8 @@ def test_skill_below_threshold_is_added() -> None:
     ("actions", "preconditions", "embedding", "message"),
     [
         ([], NO_KEY, [1.0, 0.0], "no actions"),
+        ([2, -1], NO_KEY, [1.0, 0.0], r"actions\[1\]: -1 is out of range: must be >= 0"),
+        ([1.5], NO_KEY, [1.0, 0.0], r"actions\[0\]: 1.5 is not an integer"),
         ([1], NO_KEY, [0.0, 0.0], "non-zero"),
         ([1], NO_KEY, [1.0, 0.0, 0.0], "shape"),
         ([1], {"has_key": True}, [1.0, 0.0], "missing keys \\['door_open'\\]"),
@@ -305,7 +307,8 @@ def test_state_dict_round_trip() -> None:
         ({"format_version": 99}, "format_version"),
         ({"embedding_dim": 4}, "embedding_dim"),
         ({"precondition_keys": ["door_open", "has_key"]}, "precondition_keys"),
-        ({"uses": torch.zeros(12, dtype=torch.long)}, "successes <= uses"),
+        ({"uses": torch.zeros(12, dtype=torch.long)},
+         r"^successes\[\d+\]: \d+ is out of range: must be <= uses \(0\)$"),
     ],
 )
 def test_load_state_dict_rejects_incompatible_state(change, message) -> None:
@@ -680,3 +683,202 @@ def test_scale_benchmark_quick_run() -> None:
     for backend in ("python-loop", "exact", "hnsw", "raw-topk"):
         assert backend in result.stdout
     assert "recall@5" in result.stdout
+
+
+# --- checks of saved libraries ------------------------------------------------------------------
+
+
+def known_library() -> SkillLibrary:
+    """4 skills: uses [2, 1, 0, 1], successes [1, 1, 0, 1], clock 8, 1 retrieval and 1 hit."""
+    library = SkillLibrary(embedding_dim=4, merge_threshold=1.0)
+    for i in range(4):
+        library.add(f"skill_{i}", [i, 1], HAS_KEY if i % 2 else NO_KEY, np.eye(4)[i])
+    library.record_use([0, 0, 1, 3], [True, False, True, True])
+    library.retrieve(torch.tensor([False, False]), record=True)
+    return library
+
+
+def skill_edit(row: int, **fields):
+    return lambda data: data["skills"][row].update(fields)
+
+
+def counter_edit(**fields):
+    return lambda data: data["counters"].update(fields)
+
+
+BIG = 10**30
+BAD_FILES = {
+    # counts: not integers (NaN, inf, 1e30, 1.5, a bool) or out of range
+    "nan_count": (skill_edit(1, uses=math.nan), "skills[1].uses: nan is not an integer"),
+    "inf_counter": (counter_edit(merges=math.inf), "counters.merges: inf is not an integer"),
+    "1e30_counter": (counter_edit(clock=1e30), "counters.clock: 1e+30 is not an integer"),
+    "1e12_next_index": (counter_edit(next_index=1e12),
+                        "counters.next_index: 1000000000000.0 is not an integer"),
+    "fractional_count": (skill_edit(0, support=1.5), "skills[0].support: 1.5 is not an integer"),
+    "bool_count": (skill_edit(2, last_active=True),
+                   "skills[2].last_active: True is not an integer"),
+    "huge_counter": (counter_edit(adds=BIG),
+                     f"counters.adds: {BIG} is out of range: must be <= {2**53}"),
+    "huge_count": (skill_edit(0, uses=BIG),
+                   f"skills[0].uses: {BIG} is out of range: must be <= {2**53}"),
+    "negative_uses": (skill_edit(3, uses=-2), "skills[3].uses: -2 is out of range: must be >= 0"),
+    "negative_successes": (skill_edit(1, successes=-1),
+                           "skills[1].successes: -1 is out of range: must be >= 0"),
+    "negative_hits": (counter_edit(hits=-1), "counters.hits: -1 is out of range: must be >= 0"),
+    "zero_support": (skill_edit(2, support=0),
+                     "skills[2].support: 0 is out of range: must be >= 1"),
+    # counts inconsistent with each other
+    "successes_above_uses": (skill_edit(0, successes=3),
+                             "skills[0].successes: 3 is out of range: must be <= uses (2)"),
+    "hits_above_retrievals": (counter_edit(hits=2),
+                              "counters.hits: 2 is out of range: must be <= retrievals (1)"),
+    "active_after_clock": (skill_edit(1, last_active=9),
+                           "skills[1].last_active: 9 is out of range: must be <= clock (8)"),
+    # indices
+    "next_index_not_above_indices": (
+        counter_edit(next_index=3),
+        "counters.next_index: 3 is out of range: must be > the largest skill index (3)"),
+    "indices_not_increasing": (
+        skill_edit(2, index=1),
+        "skills[2].index: 1 is out of range: must be > the previous skill's index (1)"),
+    "negative_index": (skill_edit(0, index=-1),
+                       "skills[0].index: -1 is out of range: must be >= 0"),
+    # actions
+    "negative_action": (skill_edit(1, actions=[1, -3]),
+                        "skills[1].actions[1]: -3 is out of range: must be >= 0"),
+    "float_action": (skill_edit(1, actions=[2.0]), "skills[1].actions[0]: 2.0 is not an integer"),
+    "huge_action": (skill_edit(1, actions=[10**9]),
+                    "skills[1].actions[0]: 1000000000 is out of range: must be <= 65535"),
+    "no_actions": (skill_edit(1, actions=[]),
+                   "skills[1].actions: no actions: a skill needs at least one"),
+    "actions_not_a_list": (skill_edit(1, actions="left"),
+                           "skills[1].actions: 'left' is not a list"),
+    # embeddings, preconditions, names
+    "short_embedding": (skill_edit(2, embedding=[1.0, 0.0]),
+                        "skills[2].embedding: [1.0, 0.0] is not a list of 4 numbers"),
+    "text_in_embedding": (skill_edit(2, embedding=[1.0, 0.0, "0", 0.0]),
+                          "skills[2].embedding: [1.0, 0.0, '0', 0.0] is not a list of 4 numbers"),
+    "nan_embedding": (skill_edit(2, embedding=[0.0, math.nan, 1.0, 0.0]),
+                      "skills[2].embedding: nan is not finite"),
+    "long_embedding": (skill_edit(2, embedding=[2.0, 0.0, 0.0, 0.0]),
+                       "skills[2].embedding: norm 2 is out of range: must be 1 (within 0.001)"),
+    "number_precondition": (
+        skill_edit(0, preconditions={"has_key": 1, "door_open": False}),
+        "skills[0].preconditions: {'has_key': 1, 'door_open': False} is not 2 true/false flags"),
+    "missing_precondition": (
+        skill_edit(0, preconditions={"has_key": True}),
+        "skills[0].preconditions: keys ['has_key'] do not match ['has_key', 'door_open']"),
+    "number_name": (skill_edit(0, name=7), "skills[0].name: 7 is not a string"),
+    # structure and settings
+    "skill_not_an_object": (lambda data: data["skills"].__setitem__(2, 5),
+                            "skills[2]: 5 is not an object"),
+    "missing_counter": (lambda data: data["counters"].pop("clock"),
+                        "missing field 'counters.clock'"),
+    "huge_embedding_dim": (lambda data: data["settings"].update(embedding_dim=10**9),
+                           "settings.embedding_dim: 1000000000 is out of range: must be <= 65536"),
+    "fractional_top_k": (lambda data: data["settings"].update(top_k=1.5),
+                         "settings.top_k: 1.5 is not an int"),
+}
+
+
+@pytest.mark.parametrize(("edit", "message"), BAD_FILES.values(), ids=BAD_FILES.keys())
+def test_load_refuses_a_bad_value_naming_the_file_and_field(tmp_path, edit, message) -> None:
+    path = known_library().save(tmp_path / "skills.json")
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+    with pytest.raises(SkillLibraryError) as info:
+        SkillLibrary.load(path)
+    assert str(info.value) == f"{path}: {message}"
+
+
+BAD_STATES = {
+    "float_counts": ({"uses": torch.tensor([2.0, 1.0, 0.0, 1.0])},
+                     "uses: torch.float32 values are not integers"),
+    "negative_count": ({"uses": torch.tensor([2, 1, 0, -2])},
+                       "uses[3]: -2 is out of range: must be >= 0"),
+    "nan_counter": ({"next_index": math.nan}, "next_index: nan is not an integer"),
+    "hits_above_retrievals": ({"hits": 5}, "hits: 5 is out of range: must be <= retrievals (1)"),
+    "negative_action": ({"actions": [[0, 1], [-1], [2, 1], [3, 1]]},
+                        "actions[1][0]: -1 is out of range: must be >= 0"),
+    "nan_embedding": ({"embeddings": torch.eye(4).index_fill(1, torch.tensor([3]), math.nan)},
+                      "embeddings[0]: nan is not finite"),
+    "embedding_size": ({"embeddings": torch.eye(4)[:, :3]},
+                       "embeddings: shape [4, 3], expected [4, 4]"),
+    "fewer_names": ({"names": ["a", "b", "c"]}, "indices: shape [4], expected [3]"),
+    "number_flags": ({"preconditions": torch.zeros(4, 2, dtype=torch.long)},
+                     "preconditions: torch.int64 values are not booleans"),
+    "fractional_top_k": ({"top_k": 2.5}, "top_k: 2.5 is not an int"),
+}
+
+
+@pytest.mark.parametrize(("change", "message"), BAD_STATES.values(), ids=BAD_STATES.keys())
+def test_load_state_dict_refuses_a_bad_value_naming_the_field(change, message) -> None:
+    library = random_library(seed=3, dim=4)
+
+    with pytest.raises(SkillLibraryError) as info:
+        library.load_state_dict({**known_library().state_dict(), **change})
+    assert str(info.value) == message
+    assert_same_library(library, random_library(seed=3, dim=4))  # nothing changed
+
+
+def tensor_rows(library: SkillLibrary) -> int:
+    """The most rows of any tensor the library or its vector index holds."""
+    tensors = [t for owner in (library, library._vector_index) for t in vars(owner).values()
+               if isinstance(t, torch.Tensor)]
+    return max(t.shape[0] for t in tensors)
+
+
+def test_a_far_next_index_allocates_by_the_skills_held(tmp_path) -> None:
+    far = 600_000_000
+    path = known_library().save(tmp_path / "skills.json")
+    data = json.loads(path.read_text())
+    data["counters"]["next_index"] = far
+    for skill, index in zip(data["skills"], [7, 5_000, 9_000_000, far - 1], strict=True):
+        skill["index"] = index
+    path.write_text(json.dumps(data))
+
+    loaded = SkillLibrary.load(path)
+
+    assert tensor_rows(loaded) <= 16  # the initial capacity, not next_index
+    assert loaded.indices.tolist() == [7, 5_000, 9_000_000, far - 1]
+    assert loaded.is_alive([7, 8, far - 1, far]).tolist() == [True, False, True, False]
+    assert loaded[far - 1].name == "skill_3" and loaded[-1].name == "skill_3"
+    indices, _ = loaded.retrieve(torch.tensor([True, False]), torch.tensor([0.0, 0.0, 0.0, 1.0]))
+    assert indices.tolist() == [[far - 1, 5_000, -1]]
+    loaded.record_use([far - 1, 8], [True, True])  # the dead index 8 is ignored
+    assert (loaded[far - 1].uses, loaded[far - 1].successes) == (2, 2)
+    assert loaded.add("new", [1], NO_KEY, [1.0, 1.0, 0.0, 0.0]) == (far, False)
+    assert loaded.next_index == far + 1 and tensor_rows(loaded) <= 16
+    restored = SkillLibrary(embedding_dim=4)
+    restored.load_state_dict(loaded.state_dict())
+    assert_same_library(loaded, restored)
+
+
+def test_file_round_trip_is_exact(tmp_path) -> None:
+    library = filled("exact", n=40, capacity=24, merge_every=7)
+    first = library.save(tmp_path / "first.json")
+    second = SkillLibrary.load(first).save(tmp_path / "second.json")
+
+    assert first.read_text() == second.read_text()
+    assert_same_library(library, SkillLibrary.load(second))
+
+
+def test_indices_map_to_skills_through_adds_evictions_and_sweeps() -> None:
+    library = SkillLibrary(embedding_dim=8, capacity=6, merge_threshold=0.97)
+    rng = np.random.default_rng(11)
+    for i in range(60):
+        if i % 10 == 9:  # a sweep at a lower threshold merges several skills away at once
+            library.merge_threshold = 0.3
+            library.merge_duplicates()
+            library.merge_threshold = 0.97
+        library.add(f"s{i}", [i % 7], NO_KEY, rng.normal(size=8))
+        alive = library.indices.tolist()
+        assert library.is_alive(range(-1, library.next_index + 1)).tolist() == [
+            j in alive for j in range(-1, library.next_index + 1)]
+        assert [library[j].index for j in alive] == alive
+        assert [record["name"] for record in library.to_records()] == [f"s{j}" for j in alive]
+    stats = library.stats()
+    assert stats["evictions"] > 10 and stats["merges"] > 5
+    assert tensor_rows(library) <= 16  # sized by the 6 skills held, not by 60 indices

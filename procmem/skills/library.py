@@ -13,6 +13,11 @@ and ``is_alive`` says ``False``. Callers that keep per-skill data by index (arra
 ``next_index``) must check ``is_alive`` rather than cache a skill past its removal. With
 ``capacity=None`` and ``merge_every=0`` no skill ever leaves and the indices are exactly
 ``0 .. len(lib) - 1``.
+
+Storage is sized by the stored skills, never by ``next_index``: skill ``i`` is found through
+the ascending indices of the stored skills (a binary search), so a long-lived library whose
+indices run far ahead of its size costs no more than a new one. Loading a state or a file
+checks every field first (:mod:`procmem.skills.library_checks`).
 """
 
 from __future__ import annotations
@@ -38,23 +43,34 @@ from procmem.settings import (
     NonEmpty,
     OneOf,
     SettingError,
+    check_settings,
     configurable,
     settings_of,
 )
 from procmem.skills.dedup import duplicate_targets
 from procmem.skills.eviction import EVICTION_POLICIES, eviction_scores
 from procmem.skills.index import INDEX_KINDS, LabelFilter, empty_results, make_index
+from procmem.skills.library_checks import (
+    COUNTERS,
+    CheckedState,
+    FieldName,
+    SkillLibraryError,
+    check_actions,
+    check_state,
+    shown,
+    state_field,
+)
 
 SKILL_LIBRARY_FORMAT_VERSION = 2
 
 _INITIAL_CAPACITY = 16
 _MAX_PRECONDITION_KEYS = 63  # preconditions are packed into one int64 code per skill
-_COUNTERS = ("next_index", "clock", "adds", "merges", "evictions", "retrievals", "hits",
-             "skill_uses")
-
-
-class SkillLibraryError(ValueError):
-    """A skill library file or state that is corrupt or of an unsupported format."""
+MAX_EMBEDDING_DIM = 1 << 16  # bounds what even an empty library file makes the index allocate
+# Where each skill column of a state lives in a skill of a library file
+_SKILL_FIELDS = {"indices": "index", "names": "name", "actions": "actions",
+                 "embeddings": "embedding", "preconditions": "preconditions",
+                 "successes": "successes", "uses": "uses", "support": "support",
+                 "last_active": "last_active"}
 
 
 @dataclass(frozen=True)
@@ -102,7 +118,7 @@ class SkillLibrary:
         self,
         device: str | torch.device = "cpu",
         *,
-        embedding_dim: Annotated[int, AtLeast(1)] = 64,
+        embedding_dim: Annotated[int, AtLeast(1), AtMost(MAX_EMBEDDING_DIM)] = 64,
         top_k: Annotated[int, AtLeast(1)] = 3,
         merge_threshold: Annotated[float, AtLeast(-1.0), AtMost(1.0)] = 0.9,
         precondition_keys: Annotated[Sequence[str], NonEmpty()] = ("has_key", "door_open"),
@@ -140,7 +156,7 @@ class SkillLibrary:
         if not -self._next_index <= index < self._next_index:
             raise IndexError(f"skill index {index} out of range for {self._next_index} indices")
         index %= self._next_index
-        slot = self._index_slot[index : index + 1]
+        slot = self._slots_of(torch.tensor([index], device=self.device))
         if slot.item() < 0:
             raise IndexError(f"skill {index} was evicted or merged away")
         return self._snapshots(slot)[0]
@@ -162,10 +178,7 @@ class SkillLibrary:
 
     def is_alive(self, indices: Tensor | np.ndarray | Sequence[int]) -> Tensor:
         """Which ``indices`` name a stored skill (-1, dead and unknown indices are ``False``)."""
-        indices = torch.as_tensor(indices, dtype=torch.long, device=self.device)
-        known = (indices >= 0) & (indices < self._next_index)
-        slots = self._index_slot[indices.clamp(0, max(self._next_index - 1, 0))]
-        return known & (slots >= 0)
+        return self._slots_of(torch.as_tensor(indices, dtype=torch.long, device=self.device)) >= 0
 
     def add(
         self,
@@ -179,9 +192,7 @@ class SkillLibrary:
         The returned index is alive: a due sweep runs before the skill is added, and an
         eviction only removes other skills.
         """
-        actions = tuple(int(a) for a in actions)
-        if not actions:
-            raise ValueError(f"skill {name!r} has no actions")
+        actions = check_actions(actions, "actions")
         code = self._precondition_code(preconditions)
         vector = self._unit_embedding(embedding)
 
@@ -202,14 +213,13 @@ class SkillLibrary:
             self._evict()
         slot, index = self._free_slot(), self._next_index
         self._next_index += 1
-        self._reserve_indices(self._next_index)
         self._vector_index.add(torch.tensor([slot]), vector.unsqueeze(0))
         self._codes[slot] = code
         self._successes[slot] = self._uses[slot] = 0
         self._support[slot] = 1
         self._last_active[slot] = self._clock
         self._slot_index[slot] = index
-        self._index_slot[index] = slot
+        self._append_entry(index, slot)
         self._names[slot], self._actions[slot] = name, actions
         self._size += 1
         return index, False
@@ -239,9 +249,10 @@ class SkillLibrary:
         """Which skills apply in each state: ``[B, P]`` (or ``[P]``) flags -> ``[B, next_index]``
         bool, indexed by skill index (dead indices are ``False``)."""
         wanted = self._state_codes(state)
-        slots = self._index_slot[: self._next_index]
-        stored = self._codes[slots.clamp(min=0)].unsqueeze(0) == wanted.unsqueeze(1)
-        return stored & (slots >= 0)
+        slots = self._live_slots()
+        codes = torch.full((self._next_index,), -1, dtype=torch.long, device=self.device)
+        codes[self._slot_index[slots]] = self._codes[slots]  # -1 matches no state
+        return codes.unsqueeze(0) == wanted.unsqueeze(1)
 
     def retrieve(
         self,
@@ -296,7 +307,7 @@ class SkillLibrary:
         indices, outcomes = indices[used], outcomes[used]
         if ((indices < 0) | (indices >= self._next_index)).any():
             raise IndexError(f"skill indices out of range for {self._next_index} indices")
-        slots = self._index_slot[indices]
+        slots = self._slots_of(indices)
         alive = slots >= 0
         slots, outcomes = slots[alive], outcomes[alive]
         self._uses.index_add_(0, slots, torch.ones_like(slots))
@@ -352,54 +363,12 @@ class SkillLibrary:
         """Replace all skills, counters and search settings with those of ``state``.
 
         The index backend, capacity, eviction policy, recency half-life and sweep interval
-        stay as constructed. Raises :class:`SkillLibraryError` for an unsupported format
-        version, a different embedding size or precondition keys, more skills than the
-        capacity, and missing or inconsistent fields.
+        stay as constructed. Every field is checked before anything changes: an unsupported
+        format version, a different embedding size or precondition keys, more skills than
+        the capacity, and missing, mistyped, out-of-range or inconsistent fields raise
+        :class:`SkillLibraryError` naming the field.
         """
-        try:
-            _check_format_version(state.get("format_version"))
-            if state["embedding_dim"] != self.embedding_dim:
-                raise SkillLibraryError(
-                    f"embedding_dim {state['embedding_dim']} does not match {self.embedding_dim}"
-                )
-            if tuple(state["precondition_keys"]) != self.precondition_keys:
-                raise SkillLibraryError(
-                    f"precondition_keys {list(state['precondition_keys'])} do not match "
-                    f"{list(self.precondition_keys)}"
-                )
-            top_k, merge_threshold = int(state["top_k"]), float(state["merge_threshold"])
-            _check_search_settings(top_k, merge_threshold)
-            names = [str(name) for name in state["names"]]
-            actions = [tuple(int(a) for a in seq) for seq in state["actions"]]
-            if len(actions) != len(names) or not all(actions):
-                raise SkillLibraryError("every skill needs a non-empty action list")
-            counters = {name: int(state[name]) for name in _COUNTERS}
-            tensors = self._checked_tensors(state, len(names), counters["next_index"])
-        except SkillLibraryError:
-            raise
-        except (KeyError, TypeError, ValueError) as err:
-            raise SkillLibraryError(_describe(err)) from err
-        n = len(names)
-        if self.capacity is not None and n > self.capacity:
-            raise SkillLibraryError(f"{n} skills do not fit the capacity of {self.capacity}")
-
-        self.top_k, self.merge_threshold = top_k, merge_threshold
-        self._clear()
-        for name, value in counters.items():
-            setattr(self, f"_{name}", value)
-        slots = torch.arange(n, device=self.device)
-        self._reserve_slots(n)
-        self._reserve_indices(self._next_index)
-        self._slots_used = self._size = n
-        self._names[:n], self._actions[:n] = names, actions
-        self._codes[:n] = self._pack(tensors["preconditions"])
-        self._successes[:n] = tensors["successes"]
-        self._uses[:n] = tensors["uses"]
-        self._support[:n] = tensors["support"]
-        self._last_active[:n] = tensors["last_active"]
-        self._slot_index[:n] = tensors["indices"]
-        self._index_slot[tensors["indices"]] = slots
-        self._vector_index.add(slots, tensors["embeddings"])
+        self._load(state, state_field)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the library as human-readable JSON, atomically."""
@@ -422,40 +391,81 @@ class SkillLibrary:
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> SkillLibrary:
         """Read a library written by :meth:`save`, with the settings it was saved with.
 
-        A missing file raises ``FileNotFoundError``; unreadable JSON, an unsupported format
-        version or missing fields raise :class:`SkillLibraryError` naming the file.
+        A missing file raises ``FileNotFoundError``. Every field is checked before anything
+        is allocated, and what is allocated is sized by the skills the file holds; unreadable
+        JSON, an unsupported format version and missing, mistyped, out-of-range or
+        inconsistent fields raise a one-line :class:`SkillLibraryError` naming the file and
+        the field, e.g. ``skills.json: skills[3].uses: -2 is out of range: must be >= 0``.
         """
         path = Path(path)
         try:
             return cls._from_json(json.loads(path.read_text(encoding="utf-8")), device)
         except json.JSONDecodeError as err:
             raise SkillLibraryError(f"{path}: not valid JSON ({err})") from err
+        except RecursionError as err:
+            raise SkillLibraryError(f"{path}: not valid JSON (nested too deeply)") from err
         except (KeyError, TypeError, ValueError) as err:
             raise SkillLibraryError(f"{path}: {_describe(err)}") from err
 
     @classmethod
     def _from_json(cls, data: Any, device: str | torch.device) -> SkillLibrary:
+        """The library of a parsed library file, every field checked first."""
         if not isinstance(data, dict):
             raise SkillLibraryError("expected a JSON object at the top level")
         _check_format_version(data.get("format_version"))
-        settings, counters, skills = data["settings"], data["counters"], data["skills"]
-        keys = settings["precondition_keys"]
+        settings = _file_settings(data["settings"])
+        counters = _json_object(data["counters"], "counters")
         library = cls(**settings, device=device)
-        columns = ("indices", "names", "actions", "embeddings", "successes", "uses", "support",
-                   "last_active")
-        fields = ("index", "name", "actions", "embedding", "successes", "uses", "support",
-                  "last_active")
-        library.load_state_dict(
-            {
-                "format_version": data["format_version"],
-                **settings,
-                **counters,
-                **{column: [skill[field] for skill in skills]
-                   for column, field in zip(columns, fields, strict=True)},
-                "preconditions": [[skill["preconditions"][k] for k in keys] for skill in skills],
-            }
-        )
+        library._load({"format_version": data["format_version"], **settings, **counters,
+                       **_skill_columns(data["skills"])}, _file_field)
         return library
+
+    def _load(self, state: Mapping[str, Any], field: FieldName) -> None:
+        """Check every field of ``state`` (named by ``field``), then replace the contents."""
+        try:
+            _check_format_version(state.get("format_version"))
+            if state["embedding_dim"] != self.embedding_dim:
+                raise SkillLibraryError(
+                    f"embedding_dim {state['embedding_dim']} does not match {self.embedding_dim}"
+                )
+            if tuple(state["precondition_keys"]) != self.precondition_keys:
+                raise SkillLibraryError(
+                    f"precondition_keys {list(state['precondition_keys'])} do not match "
+                    f"{list(self.precondition_keys)}"
+                )
+            top_k, merge_threshold = state["top_k"], state["merge_threshold"]
+            _check_search_settings(top_k, merge_threshold)
+            checked = check_state(state, self.embedding_dim, self.precondition_keys, field)
+        except SkillLibraryError:
+            raise
+        except (KeyError, TypeError, ValueError) as err:
+            raise SkillLibraryError(_describe(err)) from err
+        n = len(checked.names)
+        if self.capacity is not None and n > self.capacity:
+            raise SkillLibraryError(f"{n} skills do not fit the capacity of {self.capacity}")
+        self.top_k, self.merge_threshold = top_k, float(merge_threshold)
+        self._restore(checked)
+
+    def _restore(self, state: CheckedState) -> None:
+        """Replace all skills and counters with those of a checked state."""
+        self._clear()
+        for name, value in state.counters.items():
+            setattr(self, f"_{name}", value)
+        n = len(state.names)
+        slots = torch.arange(n, device=self.device)
+        self._reserve_slots(n)
+        self._slots_used = self._size = n
+        self._names[:n], self._actions[:n] = state.names, state.actions
+        self._codes[:n] = self._pack(state.preconditions.to(self.device))
+        self._successes[:n] = state.successes
+        self._uses[:n] = state.uses
+        self._support[:n] = state.support
+        self._last_active[:n] = state.last_active
+        self._slot_index[:n] = state.indices
+        self._sorted_indices = state.indices.to(self.device, copy=True)
+        self._sorted_slots = slots.clone()
+        self._entries = n
+        self._vector_index.add(slots, state.embeddings)
 
     # --- storage ------------------------------------------------------------------------------
 
@@ -471,16 +481,41 @@ class SkillLibrary:
         self._support = torch.zeros(_INITIAL_CAPACITY, **long)
         self._last_active = torch.zeros(_INITIAL_CAPACITY, **long)
         self._slot_index = torch.full((_INITIAL_CAPACITY,), -1, **long)  # -1: free slot
-        self._index_slot = torch.full((_INITIAL_CAPACITY,), -1, **long)  # -1: dead index
+        # Entries in index order: ascending skill indices and their slots (-1: removed since
+        # the last compaction); _entries of each are in use
+        self._sorted_indices = torch.zeros(_INITIAL_CAPACITY, **long)
+        self._sorted_slots = torch.zeros(_INITIAL_CAPACITY, **long)
+        self._entries = 0
         self._free: list[int] = []  # a heap of freed slots below _slots_used
         self._slots_used = self._size = 0
-        for name in _COUNTERS:
+        for name in COUNTERS:
             setattr(self, f"_{name}", 0)
 
     def _live_slots(self) -> Tensor:
         """Slots of the stored skills, in index order."""
-        slots = self._index_slot[: self._next_index]
+        slots = self._sorted_slots[: self._entries]
         return slots[slots >= 0]
+
+    def _slots_of(self, indices: Tensor) -> Tensor:
+        """The slot of the skill with each index, -1 where no stored skill has it."""
+        if not self._entries:
+            return torch.full_like(indices, -1)
+        stored = self._sorted_indices[: self._entries]
+        position = torch.searchsorted(stored, indices).clamp(max=self._entries - 1)
+        found = stored[position] == indices
+        return self._sorted_slots[position].masked_fill(~found, -1)
+
+    def _append_entry(self, index: int, slot: int) -> None:
+        """Enter a new skill, whose index is above all others; when the entries are full,
+        first drop the removed ones and make room for as many again as stay."""
+        if self._entries == len(self._sorted_indices):
+            slots = self._live_slots()
+            capacity = max(2 * len(slots), _INITIAL_CAPACITY)
+            self._sorted_indices = _grow(self._slot_index[slots], capacity)
+            self._sorted_slots = _grow(slots, capacity)
+            self._entries = len(slots)
+        self._sorted_indices[self._entries], self._sorted_slots[self._entries] = index, slot
+        self._entries += 1
 
     def _free_slot(self) -> int:
         """A free slot (the lowest freed one first), growing the storage when none is free."""
@@ -493,7 +528,8 @@ class SkillLibrary:
     def _remove(self, slots: Tensor) -> None:
         """Drop the skills in ``slots``; their indices die and the slots become free."""
         self._vector_index.remove(slots)
-        self._index_slot[self._slot_index[slots]] = -1
+        stored = self._sorted_indices[: self._entries]
+        self._sorted_slots[torch.searchsorted(stored, self._slot_index[slots])] = -1
         self._slot_index[slots] = -1
         self._free.extend(slots.tolist())
         heapq.heapify(self._free)
@@ -528,11 +564,6 @@ class SkillLibrary:
         for name in ("_codes", "_successes", "_uses", "_support", "_last_active"):
             setattr(self, name, _grow(getattr(self, name), capacity))
         self._slot_index = _grow(self._slot_index, capacity, fill=-1)
-
-    def _reserve_indices(self, size: int) -> None:
-        capacity = self._index_slot.shape[0]
-        if size > capacity:
-            self._index_slot = _grow(self._index_slot, max(size, 2 * capacity), fill=-1)
 
     # --- ranking ------------------------------------------------------------------------------
 
@@ -591,7 +622,7 @@ class SkillLibrary:
         }
 
     def _counters(self) -> dict[str, int]:
-        return {name: getattr(self, f"_{name}") for name in _COUNTERS}
+        return {name: getattr(self, f"_{name}") for name in COUNTERS}
 
     def _snapshots(self, slots: Tensor) -> list[Skill]:
         """Snapshots of the skills in ``slots``, read from the tensors in one transfer each."""
@@ -631,38 +662,6 @@ class SkillLibrary:
     def _flags(self, codes: Tensor) -> Tensor:
         """Codes ``[...]`` -> precondition flags ``[..., P]``."""
         return (codes.unsqueeze(-1) & self._bits) != 0
-
-    def _checked_tensors(
-        self, state: Mapping[str, Any], n: int, next_index: int
-    ) -> dict[str, Tensor]:
-        """The skill tensors of ``state`` on this device, checked for shape and consistency."""
-        layout = {
-            "embeddings": (torch.float32, (n, self.embedding_dim)),
-            "preconditions": (torch.bool, (n, len(self.precondition_keys))),
-            "successes": (torch.long, (n,)),
-            "uses": (torch.long, (n,)),
-            "support": (torch.long, (n,)),
-            "indices": (torch.long, (n,)),
-            "last_active": (torch.long, (n,)),
-        }
-        tensors = {}
-        for key, (dtype, shape) in layout.items():
-            tensors[key] = torch.as_tensor(state[key], dtype=dtype).to(self.device)
-            if n == 0 and tensors[key].numel() == 0:
-                tensors[key] = tensors[key].reshape(shape)  # an empty list has no row shape
-            if tensors[key].shape != shape:
-                raise SkillLibraryError(
-                    f"{key} has shape {list(tensors[key].shape)}, expected {list(shape)}"
-                )
-        if not torch.isfinite(tensors["embeddings"]).all():
-            raise SkillLibraryError("embeddings must be finite")
-        successes, uses = tensors["successes"], tensors["uses"]
-        if (successes < 0).any() or (successes > uses).any() or (tensors["support"] < 1).any():
-            raise SkillLibraryError("counters must satisfy 0 <= successes <= uses, support >= 1")
-        indices = tensors["indices"]
-        if n and (indices[0] < 0 or indices[-1] >= next_index or (indices.diff() <= 0).any()):
-            raise SkillLibraryError("indices must increase and lie in [0, next_index)")
-        return tensors
 
     def _precondition_code(self, preconditions: Mapping[str, bool]) -> int:
         missing = [key for key in self.precondition_keys if key not in preconditions]
@@ -713,10 +712,48 @@ def _check_search_settings(top_k: int, merge_threshold: float) -> None:
 
 
 def _check_format_version(version: Any) -> None:
-    if version != SKILL_LIBRARY_FORMAT_VERSION:
+    if type(version) is not int or version != SKILL_LIBRARY_FORMAT_VERSION:
         raise SkillLibraryError(
             f"unsupported format_version {version!r} (expected {SKILL_LIBRARY_FORMAT_VERSION})"
         )
+
+
+def _file_settings(settings: Any) -> dict[str, Any]:
+    """The settings of a library file, all present and each checked as the constructor does."""
+    settings = _json_object(settings, "settings")
+    missing = [name for name in settings_of(SkillLibrary) if name not in settings]
+    if missing:
+        raise SkillLibraryError(f"settings: missing field {missing[0]!r}")
+    try:
+        check_settings(SkillLibrary, settings)
+    except SettingError as err:
+        raise SkillLibraryError(str(err.under("settings"))) from err
+    return settings
+
+
+def _skill_columns(skills: Any) -> dict[str, list[Any]]:
+    """The skills of a library file as the columns of a state dict."""
+    if not isinstance(skills, list):
+        raise SkillLibraryError(f"skills: {shown(skills)} is not a list")
+    for row, skill in enumerate(skills):
+        skill = _json_object(skill, f"skills[{row}]")
+        missing = [field for field in _SKILL_FIELDS.values() if field not in skill]
+        if missing:
+            raise SkillLibraryError(f"skills[{row}]: missing field {missing[0]!r}")
+    return {key: [skill[field] for skill in skills] for key, field in _SKILL_FIELDS.items()}
+
+
+def _file_field(key: str, row: int | None = None) -> str:
+    """Where a state field lives in a library file: ``counters.hits``, ``skills[3].uses``."""
+    if key not in _SKILL_FIELDS:
+        return f"counters.{key}"
+    return "skills" if row is None else f"skills[{row}].{_SKILL_FIELDS[key]}"
+
+
+def _json_object(value: Any, name: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise SkillLibraryError(f"{name}: {shown(value)} is not an object")
+    return value
 
 
 def _describe(err: Exception) -> str:
