@@ -6,9 +6,13 @@ MiniPacman is timed with each of ``--threads``, and side by side with its single
 reference: the same rules stepped one env at a time in plain Python, rendering each frame
 (:class:`procmem.envs.minipacman_oracle.OracleMiniPacman`, like the reference's PillEater).
 Each MiniPacman rate is printed with its ratio to the reference's rate of the same run.
+``cartpole`` is ``env=gymnasium`` (CartPole-v1, sync), printed with its ratio to Gymnasium's
+own ``make_vec`` of the same batch, timed alternately with it: what procmem's wrapping
+(episode recording for checkpoints, ``final_obs`` batching) costs per step.
 
     python benchmarks/env_throughput.py
     python benchmarks/env_throughput.py --envs minipacman --batch-sizes 4096 8192 --threads 2
+    python benchmarks/env_throughput.py --envs cartpole --batch-sizes 1 16 256
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ import time
 from collections.abc import Callable
 from functools import partial
 
+import gymnasium
 import numpy as np
 
 from procmem.envs.expressions import ExpressionEnv
 from procmem.envs.gridworld import GridWorld
+from procmem.envs.gymnasium_env import GymnasiumEnv
 from procmem.envs.minipacman import MiniPacman
 from procmem.envs.minipacman_oracle import OracleMiniPacman
 from procmem.envs.toolenv import ToolEnv
@@ -33,8 +39,18 @@ ENVS: dict[str, Callable[[int, int], object]] = {
     "toolenv": lambda n, threads: ToolEnv(num_envs=n),
     "expressions": lambda n, threads: ExpressionEnv(num_envs=n),
     "minipacman": lambda n, threads: MiniPacman(num_envs=n, threads=threads),
+    "cartpole": lambda n, threads: GymnasiumEnv(id="CartPole-v1", num_envs=n),
 }
 THREADED = {"minipacman"}
+MOST_GYMNASIUM_ENVS = 256  # larger batches of Python envs only take long to build
+ROUNDS = 3  # cartpole and Gymnasium's own vector env alternate this many times
+
+
+def gymnasium_vector_env(num_envs: int) -> gymnasium.vector.VectorEnv:
+    """Gymnasium's own sync vector env of CartPole-v1: the baseline of ``cartpole``."""
+    env = gymnasium.make_vec("CartPole-v1", num_envs=num_envs, vectorization_mode="sync")
+    env.num_actions = env.single_action_space.n
+    return env
 
 
 def throughput(make: Callable[[int], object], num_envs: int, seconds: float,
@@ -90,12 +106,28 @@ def main() -> None:
     for name in args.envs:
         for threads in args.threads if name in THREADED else [1]:
             for size in args.batch_sizes:
+                if name == "cartpole":
+                    if size <= MOST_GYMNASIUM_ENVS:
+                        print_against_gymnasium(size, args.seconds)
+                    continue
                 rate = throughput(partial(ENVS[name], threads=threads), size, args.seconds)
                 ratio = f"  {rate / reference:7.1f}x reference" if name == "minipacman" else ""
                 print(f"{name:<12} {threads:>7} {size:>6} {rate:>12,.0f}{ratio}")
     if reference is not None:
         print(f"MiniPacman reference (one env, plain Python, rendering each frame): "
               f"{reference:,.0f} steps/s")
+
+
+def print_against_gymnasium(size: int, seconds: float) -> None:
+    """``cartpole``'s rate at ``size`` and its ratio to Gymnasium's own vector env, each the
+    median of :data:`ROUNDS` alternating timings."""
+    ours, theirs = [], []
+    for _ in range(ROUNDS):
+        ours.append(throughput(partial(ENVS["cartpole"], threads=1), size, seconds / ROUNDS))
+        theirs.append(throughput(gymnasium_vector_env, size, seconds / ROUNDS))
+    rate, baseline = float(np.median(ours)), float(np.median(theirs))
+    print(f"{'cartpole':<12} {1:>7} {size:>6} {rate:>12,.0f}  {rate / baseline:7.2f}x "
+          f"gymnasium.make_vec ({baseline:,.0f})")
 
 
 if __name__ == "__main__":

@@ -6,8 +6,13 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import torch
+from torch.serialization import get_unsafe_globals_in_checkpoint
 
 from procmem.envs.gridworld import GridWorld
+from procmem.safe_load import load_data_file
 
 ROOT = Path(__file__).resolve().parents[1]
 WANDB = Path(sys.executable).parent / "wandb"
@@ -30,6 +35,28 @@ def run_cli(script: str, *overrides: str, check: bool = True) -> subprocess.Comp
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
     return result
+
+
+# What torch.save writes for numpy arrays (and an empty one's data); plain values name no
+# global at all.
+ARRAY_GLOBALS = {"_reconstruct", "ndarray", "dtype", "bytes"}
+
+
+def checkpoint_round_trip(state: Any, path: Path) -> Any:
+    """``state`` as a checkpoint holds it: saved with ``torch.save`` and loaded by the safe
+    loader, after checking that the file holds only plain values, tensors and numpy arrays."""
+    torch.save(state, path)
+    names = {name.rsplit(".", 1)[-1] for name in get_unsafe_globals_in_checkpoint(path)}
+    assert names <= ARRAY_GLOBALS, f"the state holds objects: {names - ARRAY_GLOBALS}"
+    return load_data_file(path)
+
+
+def finished_tiny_run(directory: Path, logger: str = "none") -> Path:
+    """A tiny finished skill-library run in ``<directory>/run``: :data:`TINY`, so
+    checkpoints 4, 8 and 12, and skills.json."""
+    run_dir = directory / "run"
+    run_cli("train.py", *TINY, f"logger={logger}", f"hydra.run.dir={run_dir}")
+    return run_dir
 
 
 def wandb_summary(run_dir: Path) -> dict:

@@ -3,18 +3,23 @@ auto-reset, seeding, batching and exact state round trips."""
 
 from __future__ import annotations
 
-import pickle
+import copy
 import sys
+import warnings
 from collections import deque
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("minigrid")
 
 from procmem.envs.keydoor import FIELD, OBS_FIELDS  # noqa: E402
 from procmem.envs.minigrid import MISSING_EXTRA, MiniGridEnv  # noqa: E402
+from procmem.safe_load import load_data_file  # noqa: E402
 from procmem.settings import SettingError  # noqa: E402
+
+from helpers import checkpoint_round_trip  # noqa: E402  (the state as a checkpoint holds it)
 
 DOORKEY = "MiniGrid-DoorKey-5x5-v0"
 LEFT, RIGHT, FORWARD, PICKUP, TOGGLE = 0, 1, 2, 3, 5
@@ -206,19 +211,53 @@ def test_seeding_is_reproducible():
     assert not np.array_equal(first, first_c)
 
 
-def test_state_dict_round_trip_continues_identically():
-    env = MiniGridEnv(env_id=DOORKEY, num_envs=3, max_steps=9)
+@pytest.mark.parametrize("env_id", [DOORKEY, "MiniGrid-MultiRoom-N2-S4-v0",
+                                    "MiniGrid-KeyCorridorS3R1-v0"])
+def test_state_dict_round_trip_continues_identically(env_id, tmp_path):
+    """Through a checkpoint file, also for tasks holding objects of their own (MultiRoom's
+    rooms, KeyCorridor's room grid): the state is plain data."""
+    env = MiniGridEnv(env_id=env_id, num_envs=3, max_steps=9)
     env.reset(seed=4)
-    rollout(env, random_actions(env, 13, seed=5))
-    state = pickle.loads(pickle.dumps(env.state_dict()))  # as a checkpoint would store it
+    rollout(env, random_actions(env, 13, seed=5))  # episodes begun at a seeded and an auto reset
+    state = checkpoint_round_trip(env.state_dict(), tmp_path / "env.pt")
     actions = random_actions(env, 40, seed=6)
     expected = rollout(env, actions)
 
-    restored = MiniGridEnv(env_id=DOORKEY, num_envs=3, max_steps=9)
+    restored = MiniGridEnv(env_id=env_id, num_envs=3, max_steps=9)
     restored.load_state_dict(state)
     assert_same(rollout(restored, actions), expected)
     with pytest.raises(ValueError, match="envs"):
-        MiniGridEnv(env_id=DOORKEY, num_envs=2).load_state_dict(state)
+        MiniGridEnv(env_id=env_id, num_envs=2).load_state_dict(state)
+
+
+# What the unwrapped env's attributes held that were not episode state, in earlier versions.
+EARLIER_STATIC = frozenset({"action_space", "observation_space", "spec", "window", "clock"})
+
+
+def test_a_state_of_an_earlier_version_still_loads_and_continues_identically(tmp_path):
+    env = MiniGridEnv(env_id=DOORKEY, num_envs=3, max_steps=9)
+    env.reset(seed=4)
+    rollout(env, random_actions(env, 13, seed=5))
+    earlier = {"envs": [copy.deepcopy({k: v for k, v in vars(e.unwrapped).items()
+                                       if k not in EARLIER_STATIC}) for e in env.envs],
+               "obs": env.state_dict()["obs"], "needs_reset": False}
+    torch.save(earlier, tmp_path / "earlier.pt")
+    actions = random_actions(env, 3, seed=6)  # within the episodes in progress
+    expected = rollout(env, actions)
+
+    restored = MiniGridEnv(env_id=DOORKEY, num_envs=3, max_steps=9)
+    restored.load_state_dict(load_data_file(tmp_path / "earlier.pt"))
+    assert_same(rollout(restored, actions), expected)
+    # Episodes that began before that checkpoint cannot be replayed: they restart.
+    with pytest.warns(UserWarning, match=r"envs \[0, 1, 2\] continued from a checkpoint of an "
+                                         "earlier version"):
+        MiniGridEnv(env_id=DOORKEY, num_envs=3, max_steps=9).load_state_dict(
+            restored.state_dict())
+    rollout(restored, random_actions(env, 9, seed=7))  # every episode ended and began again
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        MiniGridEnv(env_id=DOORKEY, num_envs=3, max_steps=9).load_state_dict(
+            restored.state_dict())
 
 
 def test_task_without_key_or_door():

@@ -85,6 +85,16 @@ def test_throughput_benchmark_times_the_reference_beside_the_batch():
         assert ratio == pytest.approx(rate / reference, rel=0.01, abs=0.06)
 
 
+def test_throughput_benchmark_times_gymnasium_envs_beside_gymnasiums_own():
+    out = run_benchmark("env_throughput.py", "--envs", "cartpole", "--batch-sizes", "4", "512",
+                        "--seconds", "0.3")
+    rows = [line.split() for line in out.splitlines() if line.startswith("cartpole")]
+    assert [row[2] for row in rows] == ["4"]  # 512 Python envs are left out
+    rate, ratio = float(rows[0][3].replace(",", "")), float(rows[0][4][:-1])
+    baseline = float(re.search(r"gymnasium.make_vec \(([\d,]+)\)", out)[1].replace(",", ""))
+    assert ratio == pytest.approx(rate / baseline, rel=0.01, abs=0.006)
+
+
 def test_random_policy_benchmark_prints_both_implementations_per_mode():
     out = run_benchmark("minipacman_random_policy.py", "--episodes", "50", "--modes", "hunt",
                         "rush")

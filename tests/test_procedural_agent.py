@@ -1,5 +1,4 @@
 import copy
-import io
 import json
 import os
 import subprocess
@@ -15,7 +14,7 @@ from procmem.envs.gridworld import GridWorld
 from procmem.envs.keydoor import FIELD
 from procmem.skills.library import SkillLibrary
 
-from helpers import fixed_gridworld
+from helpers import checkpoint_round_trip, fixed_gridworld
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -530,20 +529,12 @@ def test_agent_without_memory_explores_with_counts_only():
     assert state["memory"] is None and state["policies"] is None
 
 
-def checkpoint_round_trip(state: dict) -> dict:
-    """``state`` written and read back the way run checkpoints are."""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, map_location="cpu", weights_only=False)
-
-
-def test_restored_closed_loop_agent_continues_identically():
+def test_restored_closed_loop_agent_continues_identically(tmp_path):
     original = make_subgoal_agent(seed=0)
     for _ in range(3):
         original.train_iteration()
     restored = make_subgoal_agent(seed=0)
-    restored.load_state_dict(checkpoint_round_trip(original.state_dict()))
+    restored.load_state_dict(checkpoint_round_trip(original.state_dict(), tmp_path / "state.pt"))
     assert_states_equal(restored.state_dict(), original.state_dict())
     for _ in range(3):
         expected = original.train_iteration()
@@ -561,14 +552,14 @@ def test_closed_loop_state_dict_is_a_snapshot():
     assert_states_equal(state, saved)
 
 
-def test_resumed_agent_reports_the_same_cloning_losses():
+def test_resumed_agent_reports_the_same_cloning_losses(tmp_path):
     original = make_subgoal_agent(seed=0, num_envs=1)
     for _ in range(5):
         if "memory/bc_loss_acquire_key" in original.train_iteration():
             break
     assert original.policies.trained(0), "the setup should have cloned a policy"
     restored = make_subgoal_agent(seed=0, num_envs=1)
-    restored.load_state_dict(checkpoint_round_trip(original.state_dict()))
+    restored.load_state_dict(checkpoint_round_trip(original.state_dict(), tmp_path / "state.pt"))
     for agent in (original, restored):
         agent.env.max_steps = 1  # the next episode reaches no subgoal, so nothing is cloned
     assert restored.train_iteration() == original.train_iteration()

@@ -4,13 +4,13 @@
 autoreset and presents it as a procmem batched env: ``info["final_obs"]`` as one batch (the
 final observation of each env that ended, the current one elsewhere) instead of Gymnasium's
 per-env object array, observation entries that are not numbers dropped (MiniGrid's
-``mission`` text), and a state that checkpoints can hold.
+``mission`` text), and a state that is data (:mod:`procmem.envs.replay`).
 """
 
 from __future__ import annotations
 
 import copy
-import pickle
+import signal
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any
@@ -19,8 +19,10 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorWrapper
+from gymnasium.vector.async_vector_env import _async_worker
 
 from procmem.envs.protocols import BatchedEnv
+from procmem.envs.replay import RECORDED, EpisodeRecorder
 from procmem.imports import import_object
 from procmem.settings import AtLeast, NonEmpty, OneOf, SettingError, configurable
 
@@ -36,9 +38,10 @@ class GymnasiumEnv(VectorWrapper, BatchedEnv):
     order), stepped in this process (``vectorization="sync"``) or one process per env
     (``"async"``).
 
-    ``num_actions`` is the number of actions of a discrete action space, else 0. A sync env's
-    state is every env, pickled, so a resumed run continues identically. Envs that live in
-    other processes (async) or cannot be pickled restart, with a warning, when a run resumes.
+    ``num_actions`` is the number of actions of a discrete action space, else 0. The state
+    is how each env's episode began and the actions since, so a resumed run continues
+    identically, sync or async, for envs that draw their randomness from ``env.np_random``.
+    Async workers ignore SIGINT and end quietly at SIGTERM: this process alone stops a run.
     """
 
     def __init__(
@@ -50,20 +53,30 @@ class GymnasiumEnv(VectorWrapper, BatchedEnv):
         wrappers: Sequence[str] = (),
         vectorization: Annotated[str, OneOf(VECTORIZATION)] = "sync",
     ) -> None:
-        wrapper_classes = [import_object(path) for path in wrappers]
+        env_kwargs = _env_kwargs(kwargs)
+        wrapper_classes = [(path, _wrapper_class(path)) for path in wrappers]
 
         def wrap(env: gymnasium.Env) -> gymnasium.Env:
-            for wrapper in wrapper_classes:
-                env = wrapper(env)
-            return _numeric_observations(env)
+            for path, wrapper in wrapper_classes:
+                try:
+                    env = wrapper(env)
+                except TypeError as error:
+                    raise SettingError("wrappers", f"{path}: {error}") from None
+            return EpisodeRecorder(_numeric_observations(env))
 
+        vector_kwargs: dict[str, Any] = {"autoreset_mode": AutoresetMode.SAME_STEP}
+        if vectorization == "async":
+            vector_kwargs["worker"] = _quiet_worker
         try:
-            envs = gymnasium.make_vec(
-                id, num_envs=num_envs, vectorization_mode=vectorization,
-                vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP}, wrappers=[wrap],
-                **dict(kwargs or {}))
+            envs = gymnasium.make_vec(id, num_envs=num_envs, vectorization_mode=vectorization,
+                                      vector_kwargs=vector_kwargs, wrappers=[wrap], **env_kwargs)
         except (gymnasium.error.Error, ModuleNotFoundError) as error:
             raise SettingError("id", f"{id!r}: {str(error).splitlines()[0]}") from None
+        except TypeError as error:
+            if not env_kwargs:
+                raise
+            reason = str(error).splitlines()[0].split(" was raised from the environment")[0]
+            raise SettingError("kwargs", f"{env_kwargs}: {reason}") from None
         super().__init__(envs)
         self.id = id
         action_space = self.single_action_space
@@ -80,25 +93,61 @@ class GymnasiumEnv(VectorWrapper, BatchedEnv):
         return obs, reward.astype(np.float32), terminated, truncated, info
 
     def state_dict(self) -> dict[str, Any]:
-        """Every env, pickled (sync envs that pickle), else ``None``."""
-        if self.settings["vectorization"] != "sync":
-            return {"envs": None}
-        try:
-            return {"envs": pickle.dumps(self.env.envs)}
-        except (pickle.PicklingError, AttributeError, TypeError):
-            return {"envs": None}
+        """Each env's recorded episode (:class:`~procmem.envs.replay.EpisodeRecorder`)."""
+        return {"episodes": list(self.env.get_attr(RECORDED))}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if state["envs"] is None:
-            warnings.warn(f"env=gymnasium id={self.id}: its envs could not be saved (async, or "
-                          "not picklable), so they restart and the resumed run does not "
-                          "continue identically", stacklevel=2)
+        """Replay each env's recorded episode. A state of an earlier version holds no
+        episodes: the envs restart, with a warning, and its pickled envs are never loaded."""
+        episodes = state.get("episodes")
+        if episodes is None:
+            saved = ("was saved as pickled objects, which are not loaded"
+                     if isinstance(state.get("envs"), bytes)
+                     else "was not saved (async, or not picklable)")
+            warnings.warn(f"env=gymnasium id={self.id}: the checkpoint's env state {saved}, "
+                          "so the envs restart and the resumed run does not continue "
+                          "identically", stacklevel=2)
             self.env.reset()
             return
-        envs = pickle.loads(state["envs"])
-        if len(envs) != self.num_envs:
-            raise ValueError(f"state has {len(envs)} envs, expected {self.num_envs}")
-        self.env.envs = envs
+        if len(episodes) != self.num_envs:
+            raise ValueError(f"state has {len(episodes)} envs, expected {self.num_envs}")
+        self.env.set_attr(RECORDED, list(episodes))
+
+
+def _env_kwargs(kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``kwargs`` as a dict of argument names to values, else a ``SettingError``."""
+    if kwargs is None:
+        return {}
+    if not isinstance(kwargs, Mapping) or not all(isinstance(key, str) for key in kwargs):
+        raise SettingError("kwargs", f"{kwargs!r} is not a mapping of the env's argument "
+                                     "names to values")
+    return dict(kwargs)
+
+
+def _wrapper_class(path: str) -> type[gymnasium.Wrapper]:
+    """The wrapper class at import path ``path``, else a ``SettingError`` saying why not;
+    nothing it names is called."""
+    try:
+        found = import_object(path)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise SettingError("wrappers", f"{path}: cannot be imported: {error}") from None
+    if not (isinstance(found, type) and issubclass(found, gymnasium.Wrapper)):
+        kind = "a class" if isinstance(found, type) else f"a {type(found).__name__}"
+        raise SettingError("wrappers", f"{path}: {kind}, not a subclass of gymnasium.Wrapper")
+    return found
+
+
+def _quiet_worker(*args: Any) -> None:
+    """Gymnasium's async worker, without the run's stop signals: it ignores SIGINT (Ctrl-C
+    reaches the whole process group; the main process stops the run) and ends without a
+    traceback at SIGTERM, which the main process sends its workers when it closes or exits,
+    or when the main process is gone (killed)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        _async_worker(*args)
+    except BrokenPipeError:  # no main process left to report to
+        pass
 
 
 def _numeric_observations(env: gymnasium.Env) -> gymnasium.Env:

@@ -9,6 +9,7 @@ per-step image rendering (``gen_obs``), bound the throughput.
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Annotated, Any
 
 import numpy as np
@@ -17,6 +18,7 @@ from gymnasium import spaces
 from procmem.envs.batched import BatchedVectorEnv, check_actions
 from procmem.envs.keydoor import FIELD, FLAG_NAMES, NUM_DIRECTIONS, OBS_FIELDS
 from procmem.envs.protocols import SubgoalEnv
+from procmem.envs.replay import EpisodeRecorder
 from procmem.settings import AtLeast, SettingError, StartsWith, configurable
 
 MISSING_EXTRA = "env=minigrid needs the 'minigrid' extra: pip install -e '.[minigrid]'"
@@ -28,8 +30,6 @@ _DYNAMIC = [FIELD[name] for name in (
 _OBJECTS = ("key", "door", "goal")
 _HAS_KEY, _DOOR_OPEN = FIELD["has_key"], FIELD["door_open"]
 _DOOR_X, _DOOR_Y = FIELD["door_x"], FIELD["door_y"]
-# Attributes of the unwrapped env that are configuration or rendering, not episode state.
-_STATIC_ATTRS = frozenset({"action_space", "observation_space", "spec", "window", "clock"})
 
 
 def _make_envs(env_id: str, num_envs: int, max_steps: int | None) -> list[Any]:
@@ -40,7 +40,7 @@ def _make_envs(env_id: str, num_envs: int, max_steps: int | None) -> list[Any]:
         raise ImportError(MISSING_EXTRA) from error
     kwargs = {} if max_steps is None else {"max_steps": max_steps}
     try:
-        return [gymnasium.make(env_id, **kwargs) for _ in range(num_envs)]
+        return [EpisodeRecorder(gymnasium.make(env_id, **kwargs)) for _ in range(num_envs)]
     except gymnasium.error.Error as error:
         raise SettingError("env_id", f"{env_id!r}: {str(error).splitlines()[0]}") from None
 
@@ -171,26 +171,51 @@ class MiniGridEnv(BatchedVectorEnv, SubgoalEnv):
         return self._obs[:, [_HAS_KEY, _DOOR_OPEN]].astype(bool)
 
     def state_dict(self) -> dict[str, Any]:
-        """Every env's episode state (grid, agent, generator) and the current obs, deep-copied."""
+        """Each env's recorded episode (:class:`~procmem.envs.replay.EpisodeRecorder`) and
+        the current obs."""
         return {
-            "envs": [copy.deepcopy({k: v for k, v in vars(env.unwrapped).items()
-                                    if k not in _STATIC_ATTRS}) for env in self.envs],
+            "episodes": [env.recorded_episode for env in self.envs],
             "obs": self._obs.copy(),
             "needs_reset": self._needs_reset,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a state produced by ``state_dict`` of an adapter with the same batch size."""
-        if len(state["envs"]) != self.num_envs:
-            raise ValueError(f"state has {len(state['envs'])} envs, expected {self.num_envs}")
+        """Restore a state produced by ``state_dict`` of an adapter with the same batch size
+        (or, from checkpoints of earlier versions, one holding each env's attributes)."""
+        envs = state["episodes"] if "episodes" in state else state["envs"]
+        if len(envs) != self.num_envs:
+            raise ValueError(f"state has {len(envs)} envs, expected {self.num_envs}")
         obs = np.asarray(state["obs"], dtype=np.int64)
         if obs.shape != self._obs.shape:
             raise ValueError(f"state['obs'] has shape {obs.shape}, expected {self._obs.shape}")
-        for env, env_state in zip(self.envs, state["envs"], strict=True):
-            env.reset()  # lets the Gymnasium wrappers accept step(); the state is replaced next
-            vars(env.unwrapped).update(copy.deepcopy(env_state))
         self._obs = obs.copy()
         self._needs_reset = bool(state["needs_reset"])
+        if "episodes" in state:
+            self._replay(state["episodes"])
+        else:
+            self._set_attributes(state["envs"])
+
+    def _replay(self, episodes: list[dict[str, Any] | None]) -> None:
+        """Replay each env's episode; an env whose episode was not recorded (it continued
+        from an older checkpoint) restarts, with a warning."""
+        for env, episode in zip(self.envs, episodes, strict=True):
+            env.recorded_episode = episode
+        unrecorded = [i for i, episode in enumerate(episodes) if episode is None]
+        if unrecorded and not self._needs_reset:
+            warnings.warn(f"env=minigrid: envs {unrecorded} continued from a checkpoint of an "
+                          "earlier version and their episodes were not recorded, so they "
+                          "restart", stacklevel=3)
+            for i in unrecorded:
+                self.envs[i].reset()
+                self._write_episode_start(i)
+
+    def _set_attributes(self, attributes: list[dict[str, Any]]) -> None:
+        """Put each env's attributes (a state of an earlier version) in place; the episodes in
+        progress cannot be recorded, having begun before."""
+        for env, env_state in zip(self.envs, attributes, strict=True):
+            env.reset()  # lets the Gymnasium wrappers accept step(); the state is replaced next
+            vars(env.unwrapped).update(copy.deepcopy(env_state))
+            env.recorded_episode = None
 
     def close_extras(self, **kwargs: Any) -> None:
         """Close every wrapped env."""

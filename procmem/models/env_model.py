@@ -26,6 +26,7 @@ from procmem.envs.minipacman import EVENTS, PILL_POWER
 from procmem.io import atomic_torch_save
 from procmem.models.distinct import per_distinct_row
 from procmem.models.row_memory import RowMemory, weights_version
+from procmem.safe_load import load_data_file
 
 PIXEL_CLASSES = ("empty", "wall", "food", "pill", "pacman", "ghost", "edible_ghost")
 EMPTY, WALL, FOOD, PILL, PACMAN, GHOST, EDIBLE_GHOST = range(len(PIXEL_CLASSES))
@@ -405,8 +406,9 @@ def save_env_model(model: EnvModel, path: str | os.PathLike) -> Path:
 
 
 def load_env_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> EnvModel:
-    """The :class:`EnvModel` :func:`save_env_model` wrote to ``path``, in eval mode."""
-    saved = torch.load(path, map_location="cpu", weights_only=False)
+    """The :class:`EnvModel` :func:`save_env_model` wrote to ``path``, in eval mode; the file
+    is loaded as data only (:func:`~procmem.safe_load.load_data_file`)."""
+    saved = load_data_file(path)
     model = EnvModel(**saved["settings"])
     model.load_state_dict(saved["state_dict"])
     return model.to(device).eval()
