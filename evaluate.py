@@ -1,8 +1,10 @@
 """Evaluate a run, or compare the runs of multiruns.
 
-``python evaluate.py run=<run dir> [episodes=N] [eval_policy=greedy|sample]`` writes
-``eval.json`` in the run dir (``eval_<policy>.json``, its metrics named ``eval_<policy>/...``,
-for a policy other than the run's own);
+``python evaluate.py run=<run dir> [episodes=N] [eval_policy=greedy|sample]`` evaluates the
+run's last checkpoint and writes ``eval.json`` in the run dir (``eval_<policy>.json``, its
+metrics named ``eval_<policy>/...``, for a policy other than the run's own), with the
+checkpoint's ``iteration`` and the run's status (a note says when the run is still in
+progress: ``compare`` uses an evaluation only while it is of the run's last checkpoint);
 ``python evaluate.py compare=<multirun dir>`` (or ``compare=[dir1,dir2]``) writes
 ``comparison.csv``, ``comparison.md``, ``comparison.png`` and ``curves.png`` into the first
 dir (or ``out=<dir>``). Bad arguments are one line and exit code 2, and change no file.
@@ -18,6 +20,7 @@ from omegaconf import DictConfig, ListConfig
 from procmem.app import compare_runs, evaluate_run, format_metrics
 from procmem.app.cli import known_failure, run_hydra_main
 from procmem.app.config import CONFIG_DIR
+from procmem.app.evaluation import progress_note
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="evaluate")
@@ -31,6 +34,9 @@ def main(cfg: DictConfig) -> None:
             result, written = evaluate_run(cfg.run, episodes=cfg.episodes, device=cfg.device,
                                            log=cfg.log, eval_policy=cfg.eval_policy)
             print(format_metrics(result))
+            note = progress_note(result)
+            if note is not None:
+                print(note)
             print(f"{written.name}: {written}")
             return
         paths = list(cfg.compare) if isinstance(cfg.compare, ListConfig) else [cfg.compare]

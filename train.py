@@ -11,8 +11,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from procmem.app import train
-from procmem.app.cli import JobFailed, known_failure, run_hydra_main
+from procmem.app.cli import JobFailed, OutputDirs, known_failure, run_hydra_main
 from procmem.app.config import CONFIG_DIR, name_run, resume_config
+from procmem.run.lock import RunDirLocked
 from procmem.run.run_dir import RunDir
 from procmem.run.signals import RunStopped
 
@@ -35,8 +36,8 @@ def main(cfg: DictConfig) -> float | None:
         print(f"stopped by {stopped}; to continue: {run.resume_command()}", file=sys.stderr)
         sys.exit(stopped.exit_code)
     except Exception as error:
-        if run.is_empty():  # Hydra made the dir of a run that was refused
-            run.remove()
+        if not isinstance(error, RunDirLocked):  # the dir is another process's
+            OutputDirs.remove_refused()  # the dirs Hydra made for this refused run
         failure = known_failure(error)
         if failure is None:
             raise  # a bug: its traceback, and the run (if it started) is marked failed

@@ -1,6 +1,7 @@
 import csv
 import json
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from procmem.run.compare import (
     bootstrap_interval,
     curve_panels,
     curves,
+    error_bars,
     format_markdown,
     format_table,
     group_label,
@@ -177,9 +179,10 @@ def test_curves_show_the_metrics_that_have_curves():
     assert curve_panels([], metrics) == metrics  # nothing to draw: the panels say so
 
 
-def test_aggregate_single_run_has_a_zero_width_interval():
-    (stat,) = aggregate([record(["seed=0"], **{"perf/sps": 4.0})])
-    assert stat == GroupStat("(defaults)", "perf/sps", 1, 4.0, 4.0, 4.0)
+def test_aggregate_single_run_has_no_interval():
+    for interval in ("bootstrap", "t"):
+        (stat,) = aggregate([record(["seed=0"], **{"perf/sps": 4.0})], interval=interval)
+        assert stat == GroupStat("(defaults)", "perf/sps", 1, 4.0, None, None)
 
 
 def test_aggregate_counts_only_runs_that_have_the_metric():
@@ -199,12 +202,14 @@ def test_format_markdown_names_the_interval():
 def test_format_table_aligns_columns():
     stats = [
         GroupStat("memory=none", "eval/success_rate", 3, 0.5, 0.25, 0.75),
-        GroupStat("(defaults)", "perf/sps", 1, 1200.0, 1200.0, 1200.0),
+        GroupStat("(defaults)", "perf/sps", 1, 1200.0, None, None),
     ]
     lines = format_table(stats).splitlines()
     assert lines[0].split() == ["group", "metric", "n", "mean", "95%", "interval"]
     assert lines[1].split() == ["memory=none", "eval/success_rate", "3", "0.5", "[0.25,", "0.75]"]
     assert lines[0].index("metric") == lines[1].index("eval/") == lines[2].index("perf/")
+    assert lines[2].split() == ["(defaults)", "perf/sps", "1", "1200", "-"]
+    assert lines[3:] == ["groups with one run (n=1) have no interval (-)"]
 
 
 def test_write_comparison_writes_csv_and_png(tmp_path):
@@ -269,7 +274,8 @@ def test_failed_and_unfinished_runs_are_left_out_and_listed(tmp_path):
     table, written = compare_runs([tmp_path], tmp_path)
 
     assert table.splitlines()[1:] == [
-        "(defaults)  train/success  1  1     [1, 1]",
+        "(defaults)  train/success  1  1     -",
+        "groups with one run (n=1) have no interval (-)",
         f"left out: {failed}: failed (NonFiniteLossError: the A2C loss is nan)",
         f"left out: {killed}: running, or killed before it could finish",
         f"left out: {before_logging}: failed (ConfigError: env.max_steps: -1 is out of range)"]
@@ -298,3 +304,82 @@ def test_an_unreadable_status_file_is_named(tmp_path):
     (run / "status.json").write_text('{"status": "paused"}')
     assert load_run(RunDir(run)).reason.startswith(
         f"{run / 'status.json'}: unknown status 'paused'")
+
+
+def finished_run(run_dir: Path, checkpoints: Sequence[int] = (150, 400),
+                 **evaluations: dict) -> Path:
+    """A finished run that logged ``eval/reuse_rate`` 0.874 at its last iteration, 400, with
+    the checkpoint files of ``checkpoints`` and evaluation files named by the keywords."""
+    make_run(run_dir, [{"iteration": 400, "eval/reuse_rate": 0.874}])
+    RunDir(run_dir).write_status(FINISHED)
+    (run_dir / "checkpoints").mkdir()
+    for iteration in checkpoints:
+        (run_dir / "checkpoints" / f"ckpt_{iteration:08d}.pt").write_bytes(b"")
+    for name, evaluation in evaluations.items():
+        (run_dir / f"{name}.json").write_text(json.dumps(evaluation))
+    return run_dir
+
+
+def test_a_stale_evaluation_is_left_out_and_named(tmp_path):
+    run = finished_run(tmp_path / "run", eval={"iteration": 150, "eval/reuse_rate": 1.0},
+                       eval_sample={"iteration": 400, "eval_sample/reuse_rate": 0.5})
+    table, written = compare_runs([run], tmp_path / "out")
+
+    why = (f"eval.json is of checkpoint 150, the run's last is 400; run evaluate.py run={run} "
+           "again")
+    assert f"stale evaluation left out: {run}: {why}" in table.splitlines()
+    markdown = written["comparison.md"].read_text()
+    assert f"Stale evaluations left out (1):\n\n- `{run}`: {why}\n" in markdown
+    with written["comparison.csv"].open() as f:
+        means = {row["metric"]: float(row["mean"]) for row in csv.DictReader(f)}
+    assert means == {"eval/reuse_rate": 0.874, "eval_sample/reuse_rate": 0.5}
+
+
+def test_an_evaluation_of_the_last_checkpoint_is_used(tmp_path):
+    run = finished_run(tmp_path / "run", eval={"iteration": 400, "eval/reuse_rate": 1.0},
+                       eval_sample={"iteration": 150, "eval_sample/reuse_rate": 0.5})
+    record = load_run(RunDir(run))
+    assert record.summary == {"eval/reuse_rate": 1.0}
+    assert record.stale == ["eval_sample.json is of checkpoint 150, the run's last is 400; run "
+                            f"evaluate.py run={run} eval_policy=sample again"]
+
+
+def test_without_checkpoint_files_a_finished_runs_last_is_its_last_logged_iteration(tmp_path):
+    stale = finished_run(tmp_path / "stale", (), eval={"iteration": 150, "eval/reuse_rate": 1.0})
+    fresh = finished_run(tmp_path / "fresh", (), eval={"iteration": 400, "eval/reuse_rate": 1.0})
+    assert load_run(RunDir(stale)).summary == {"eval/reuse_rate": 0.874}
+    assert load_run(RunDir(fresh)).summary == {"eval/reuse_rate": 1.0}
+
+
+def test_an_evaluation_without_an_iteration_is_stale_only_when_older_than_the_last_checkpoint(
+    tmp_path,
+):
+    run = finished_run(tmp_path / "run", eval={"eval/reuse_rate": 1.0})
+    assert load_run(RunDir(run)).summary == {"eval/reuse_rate": 1.0}  # written after it
+    newest = run / "checkpoints" / "ckpt_00000400.pt"
+    os.utime(run / "eval.json", (newest.stat().st_mtime - 60,) * 2)
+    record = load_run(RunDir(run))
+    assert record.summary == {"eval/reuse_rate": 0.874}
+    assert record.stale == ["eval.json records no checkpoint iteration and is older than the "
+                            f"run's last checkpoint, 400; run evaluate.py run={run} again"]
+
+
+def test_a_group_of_one_run_has_no_interval(tmp_path):
+    for job, (memory, value) in enumerate([("none", 1.0), ("none", 2.0), ("skills", 4.0)]):
+        make_run(tmp_path / str(job), [{"iteration": 0, "m": value}],
+                 [f"seed={job}", f"memory={memory}"])
+    table, written = compare_runs([tmp_path], tmp_path)
+
+    note = "groups with one run (n=1) have no interval (-)"
+    lines = table.splitlines()
+    assert lines[1].split() == ["memory=none", "m", "2", "1.5", "[1,", "2]"]
+    assert lines[2].split() == ["memory=skills", "m", "1", "4", "-"]
+    assert lines[3:] == [note]
+    with written["comparison.csv"].open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["ci_low"], r["ci_high"]) for r in rows] == [("1.0", "2.0"), ("", "")]
+    markdown = written["comparison.md"].read_text().splitlines()
+    assert markdown[2:] == ["| memory=none | m | 2 | 1.5 | [1, 2] |",
+                            "| memory=skills | m | 1 | 4 | - |", "", note]
+    bars = error_bars(aggregate([load_run(run) for run in find_runs(tmp_path)]))
+    assert bars[:, 0].tolist() == [0.5, 0.5] and np.isnan(bars[:, 1]).all()

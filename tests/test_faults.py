@@ -27,7 +27,7 @@ from procmem.run.run_dir import RunDir
 from procmem.run.status import STOPPED, RunStatus
 from procmem.skills.library import SkillLibrary, SkillLibraryError
 
-from helpers import ROOT, TINY, run_cli, wandb_summary, without_perf
+from helpers import ROOT, TINY, finished_tiny_run, run_cli, wandb_summary, without_perf
 
 
 def final_rows(run_dir: Path) -> list[dict]:
@@ -159,8 +159,8 @@ def test_resuming_a_run_that_is_still_alive_is_refused_and_compare_says_it_runs(
         process.wait(timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        f"run dir error: {run_dir} is still running: running (pid {process.pid} on "
-        f"{socket.gethostname()}); stop it before resuming it")
+        f"run dir error: {run_dir} is in use by pid {process.pid} ({' '.join(command)}); "
+        "wait for it to end (or stop it) first")
     assert report.returncode == 2
     assert f"{run_dir}: running (pid {process.pid} on {socket.gethostname()})" in report.stderr
     assert RunDir(run_dir).status().status == "stopped"
@@ -256,9 +256,7 @@ DAMAGE = {
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny finished skill-library run: checkpoints 4, 8 and 12, and skills.json."""
-    run_dir = tmp_path_factory.mktemp("finished") / "run"
-    run_cli("train.py", *TINY, "logger=none", f"hydra.run.dir={run_dir}")
-    return run_dir
+    return finished_tiny_run(tmp_path_factory.mktemp("finished"))
 
 
 def copy_run(run_dir: Path, to: Path) -> Path:

@@ -185,10 +185,10 @@ class ImageSink:
     def log(self, row: dict) -> None:
         pass
 
-    def log_image(self, key: str, path: Path) -> None:
+    def log_image(self, key: str, path: Path, iteration: int | None = None) -> None:
         self.images.append((key, path))
 
-    def log_video(self, key: str, path: Path) -> None:
+    def log_video(self, key: str, path: Path, iteration: int | None = None) -> None:
         pass
 
     def finish(self, exit_code: int) -> None:

@@ -118,6 +118,15 @@ def test_a_refused_choice_is_one_line_exit_2_and_no_run_dir(overrides, line, tmp
     assert not run_dir.exists()
 
 
+def test_a_refused_choice_in_the_default_output_dir_leaves_no_dir_at_all(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), "agent=procedural",
+                             "env=minipacman", "logger=none"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().startswith("config error: agent=procedural needs subgoal")
+    assert list(tmp_path.iterdir()) == []  # not even outputs/runs/procedural_minipacman/
+
+
 def test_a_run_without_an_experiment_is_named_after_its_agent_and_env():
     assert app.compose_config(["agent=a2c", "env=toolenv", "memory=none"]).experiment_name == (
         "a2c_toolenv")

@@ -32,22 +32,25 @@ def distinct_frames(count: int, height: int = 3, width: int = 4) -> np.ndarray:
 
 
 class RecordingSink:
-    """A sink that only remembers which media it was given."""
+    """A sink that only remembers which media it was given, and at which iterations."""
 
     def __init__(self) -> None:
         self.media: list[tuple[str, str, Path]] = []
+        self.iterations: set[int | None] = set()
 
     def log(self, row: dict) -> None:
         pass
 
-    def log_table(self, key: str, records: list) -> None:
+    def log_table(self, key: str, records: list, iteration: int | None = None) -> None:
         pass
 
-    def log_image(self, key: str, path: Path) -> None:
+    def log_image(self, key: str, path: Path, iteration: int | None = None) -> None:
         self.media.append(("image", key, path))
+        self.iterations.add(iteration)
 
-    def log_video(self, key: str, path: Path) -> None:
+    def log_video(self, key: str, path: Path, iteration: int | None = None) -> None:
         self.media.append(("video", key, path))
+        self.iterations.add(iteration)
 
     def finish(self, exit_code: int) -> None:
         pass
@@ -117,6 +120,7 @@ def test_a2c_on_minipacman_plots_training_and_renders_an_episode(tmp_path: Path,
     plots = tmp_path / "plots"
     assert sorted(p.name for p in plots.iterdir()) == [
         "episode.gif", "episode_strip.png", "training.png"]
+    assert sink.iterations == {2}  # plotted at the run's last iteration
     assert sink.media == [("image", "media/training_curves", plots / "training.png"),
                           ("video", "media/episode", plots / "episode.gif")]
     frames = agent.record_episode()  # the same greedy episode from the same seed

@@ -14,7 +14,7 @@ import torch
 from procmem.curricula import AdaptiveCurriculum, StagedCurriculum
 from procmem.run.checkpoint import CheckpointManager
 from procmem.run.loggers import MetricLogger, read_metrics
-from procmem.run.runner import Runner
+from procmem.run.runner import Runner, progress_postfix
 from procmem.run.signals import RunStopped, StopSignals
 from procmem.runtime import (
     NonFiniteLossError,
@@ -365,3 +365,10 @@ def test_a_resumed_logger_first_sends_the_rows_its_sink_never_stored(tmp_path):
     sink = RecordingSink(stored)
     MetricLogger(tmp_path / "metrics.jsonl", [sink], resume_iteration=5)
     assert [row["iteration"] for row in sink.rows] == [3, 4, 5]
+
+
+def test_the_progress_bar_names_eval_and_train_figures_apart():
+    metrics = {"train/episode_return": 1.234, "eval/success_rate": 0.5, "memory/skills": 3.0,
+               "eval/episode_return": 2.0}
+    assert progress_postfix(metrics, "eval/episode_return") == {
+        "eval/episode_return": "2", "train/episode_return": "1.23", "eval/success_rate": "0.5"}

@@ -101,11 +101,11 @@ def load_policy(run_dir: str, env: BatchedEnv, device: torch.device) -> nn.Modul
     weights of its latest checkpoint."""
     run = RunDir(run_dir)
     cfg = run_config(run)
-    checkpoint = run.checkpoints().load_latest()
+    net = instantiate(cfg.agent.network)(env)
+    checkpoint = run.checkpoints().load_latest(
+        accept=lambda c: net.load_state_dict(c["algorithm"]["net"]))
     if checkpoint is None:
         raise FileNotFoundError(f"{run.path}: no checkpoint to load a policy from")
-    net = instantiate(cfg.agent.network)(env)
-    net.load_state_dict(checkpoint["algorithm"]["net"])
     return net.to(device).eval()
 
 

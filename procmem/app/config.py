@@ -25,6 +25,8 @@ from typing import Annotated, Any
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ValueType
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
@@ -139,11 +141,40 @@ def register_schemas() -> None:
 
 
 def register_resolvers() -> None:
-    """``${procmem.if_null:value,then,else}``: lets ``resume`` pick the run dir in the config."""
+    """``${procmem.if_null:value,then,else}`` lets ``resume`` pick the run dir in the config;
+    ``${procmem.sweep_name:}`` names a multirun's dir (:func:`sweep_name`)."""
     OmegaConf.register_new_resolver(
         "procmem.if_null", lambda value, then, otherwise: then if value is None else otherwise,
         replace=True,
     )
+    OmegaConf.register_new_resolver("procmem.sweep_name", sweep_name, replace=True)
+
+
+def sweep_name(_root_: DictConfig) -> str:
+    """The name of a multirun, from its config (``hydra`` node included): the experiment's
+    name when one is set, else ``<agent>_<env>`` as single runs are named, each part the
+    option chosen or the options swept joined by ``+`` (``-m agent=procedural,a2c`` ->
+    ``procedural+a2c_gridworld``; ``-m experiment=a,b`` -> ``a+b``). It reads the choices
+    from the config itself: when a sweep starts, the ``hydra:`` resolver has nothing to read
+    yet."""
+    swept = _swept_options(_root_.hydra.overrides.task)
+    if "experiment" in swept:
+        return "+".join(swept["experiment"])
+    if _root_._get_node("experiment_name")._value() != RUN_NAME:
+        return str(_root_.experiment_name)
+    choices = _root_.hydra.runtime.choices
+    return "_".join("+".join(swept.get(group) or [str(choices[group])])
+                    for group in ("agent", "env"))
+
+
+def _swept_options(overrides: Sequence[str]) -> dict[str, list[str]]:
+    """The options each group override of a sweep lists (``agent=a2c,i2a`` -> ``agent:
+    [a2c, i2a]``); sweeps that do not list them (``glob``) are left out."""
+    swept = {}
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        if override.value_type in (ValueType.SIMPLE_CHOICE_SWEEP, ValueType.CHOICE_SWEEP):
+            swept[override.key_or_group] = list(override.sweep_string_iterator())
+    return swept
 
 
 def compose_config(overrides: Sequence[str] = (), return_hydra_config: bool = False) -> DictConfig:

@@ -30,9 +30,11 @@ from procmem.run.compare import (
     left_out_reason,
     load_run,
     plot_group_curves,
+    stale_evaluations,
     write_comparison,
 )
 from procmem.run.run_dir import RunDir, RunDirError, find_runs
+from procmem.run.status import FINISHED
 from procmem.runtime import resolve_device, seed_everything, set_threads
 from procmem.settings import settings_of
 
@@ -44,8 +46,11 @@ def evaluate_run(
     eval_policy: str | None = None,
 ) -> tuple[dict[str, Any], Path]:
     """Evaluate a run's last checkpoint; write the result as the run's evaluation and return
-    it and the file it went to (algorithms that explain themselves add a few spelled-out
-    ``samples``). An ``eval_policy`` replaces the run's ``agent.eval_policy`` (``greedy`` or
+    it and the file it went to. The result records the checkpoint's ``iteration``, the run's
+    status then (``run_status``: ``finished``, ``running (pid 12 on node3)``, ``stopped
+    (...)``, ...) and whether the run was still in progress (``in_progress``, see
+    :func:`progress_note`); algorithms that explain themselves add a few spelled-out
+    ``samples``. An ``eval_policy`` replaces the run's ``agent.eval_policy`` (``greedy`` or
     ``sample``, for the agents that act from a policy) and is noted in the result; where it
     is not the run's own, the metrics are named ``eval_<policy>/...`` and kept apart
     (:meth:`~procmem.run.run_dir.RunDir.eval_file` of the policy), so a comparison shows
@@ -71,19 +76,22 @@ def evaluate_run(
         if eval_policy != own_policy:
             other_policy = eval_policy
     torch_device = resolve_device(device)
-    checkpoint = run.checkpoints().load_latest()
-    if checkpoint is None:
-        raise CheckpointError(f"{run.path}: no checkpoint to evaluate (the run stopped before "
-                              "it saved one)")
+    status = run.status()
     set_threads(cfg.torch_threads)
     seed_everything(cfg.seed)
     algorithm = build_run(cfg, torch_device).algorithm
-    algorithm.load_state_dict(checkpoint["algorithm"])
+    checkpoint = run.checkpoints().load_latest(
+        accept=lambda c: algorithm.load_state_dict(c["algorithm"]))
+    if checkpoint is None:
+        raise CheckpointError(f"{run.path}: no checkpoint to evaluate (the run stopped before "
+                              "it saved one)")
     metrics = algorithm.evaluate(episodes)
     if other_policy is not None:
         metrics = {re.sub("^eval/", f"eval_{other_policy}/", key): value
                    for key, value in metrics.items()}
-    result = {"iteration": checkpoint["iteration"], "episodes": episodes,
+    result = {"iteration": checkpoint["iteration"],
+              "run_status": FINISHED if status is None else status.describe(),
+              "in_progress": status is not None and status.alive(), "episodes": episodes,
               **({} if eval_policy is None else {"eval_policy": eval_policy}), **metrics}
     if isinstance(algorithm, Explainer):
         result["samples"] = algorithm.explain(EXPLAINED_PER_STAGE)
@@ -93,6 +101,16 @@ def evaluate_run(
             sink.log({"iteration": checkpoint["iteration"], **metrics})
             sink.finish(0)
     return result, written
+
+
+def progress_note(result: Mapping[str, Any]) -> str | None:
+    """The note for an evaluation of a run still in progress (its checkpoint may not stay
+    the last), or ``None``."""
+    if not result.get("in_progress"):
+        return None
+    return (f"note: evaluating checkpoint {result['iteration']} of a run still in progress "
+            f"({result['run_status']}); compare uses it only if it stays the run's last "
+            "checkpoint")
 
 
 def compare_runs(
@@ -105,8 +123,8 @@ def compare_runs(
     """Aggregate finished runs by their overrides over seeds (mean and 95% ``interval``);
     write ``comparison.csv``, ``comparison.md``, ``comparison.png`` (final values) and
     ``curves.png`` (mean curves with shaded bootstrap intervals) into ``out_dir``. Failed,
-    stopped, running and unreadable runs are left out and listed. ``report`` also logs it
-    all as a W&B run.
+    stopped, running and unreadable runs are left out and listed, and so are evaluations
+    not of their run's last checkpoint (stale). ``report`` also logs it all as a W&B run.
 
     Arguments that leave nothing to compare (no finished run, a metric no run logged, an
     unknown interval) raise before anything is written, so earlier outputs stay."""
@@ -128,7 +146,7 @@ def compare_runs(
     csv_path, png_path = write_comparison(stats, out_dir, metrics)
     plotted = list(metrics) if metrics is not None else default_plot_metrics(stats)
     md_path = atomic_write_text(Path(out_dir) / "comparison.md",
-                                format_markdown(stats, interval, left_out))
+                                format_markdown(stats, interval, left_out, runs))
     group_curves = curves(runs, plotted)
     curves_path = plot_group_curves(group_curves, curve_panels(group_curves, plotted),
                                     Path(out_dir) / "curves.png")
@@ -136,8 +154,10 @@ def compare_runs(
                "comparison.png": png_path, "curves.png": curves_path}
     if report:
         _log_comparison(loaded, stats, written, Path(out_dir), interval)
-    table = "\n".join([format_table(stats),
-                       *(f"left out: {run.path}: {left_out_reason(run)}" for run in left_out)])
+    table = "\n".join([
+        format_table(stats),
+        *(f"stale evaluation left out: {path}: {why}" for path, why in stale_evaluations(runs)),
+        *(f"left out: {run.path}: {left_out_reason(run)}" for run in left_out)])
     return table, written
 
 

@@ -1,12 +1,16 @@
-"""Train one run: check everything, then claim the run dir, run, and record how it ended.
+"""Train one run: lock the run dir, check everything, then claim it, run, and record how it
+ended.
 
-A run dir changes only once a run is accepted. Everything that can refuse a command comes
-first and writes nothing: the dir (a new run needs one without a run in it; a resume needs
-a run that is neither finished nor alive), the config, the device, building the run, and
-for a resume its checkpoint and metrics. Then the run is claimed: its config is written
-(new runs), its loggers start, and ``status.json`` says ``running`` with a heartbeat. A
-refused new run removes the dir it was given when that dir was empty, so it leaves nothing
-behind.
+One process writes a run dir at a time: :func:`train` holds the run dir's lock
+(:meth:`~procmem.run.run_dir.RunDir.lock`) from before its first write to its end, and a
+second process is refused, having changed nothing. A run dir changes only once a run is
+accepted. Everything that can refuse a command comes first and writes nothing: the dir (a
+new run needs one without a run in it; a resume needs a run that is not finished), the
+config, the device, building the run, and for a resume its checkpoint (loaded into the built
+run, so one that does not belong to it is refused) and metrics. Then the run is claimed: its
+config is written (new runs), its loggers start, and ``status.json`` says ``running`` with a
+heartbeat; only then are rows logged after the checkpoint cut back. A refused new run
+removes the dir it was given when that dir was empty, so it leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -27,17 +31,18 @@ from procmem.run.loggers import MetricLogger, Sink, last_values
 from procmem.run.reporters import run_reporters
 from procmem.run.run_dir import RunDir, RunDirError
 from procmem.run.run_log import run_log
-from procmem.run.runner import Runner, format_values
+from procmem.run.runner import Runner, format_values, load_state
 from procmem.run.signals import RunStopped, StopSignals
 from procmem.run.status import FAILED, FINISHED, STOPPED, describe_error
-from procmem.runtime import resolve_device, seed_everything, set_threads
+from procmem.runtime import resolve_device, seed_everything, set_rng_state, set_threads
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class _Accepted:
-    """A run that passed every check: built, with the checkpoint it resumes from."""
+    """A run that passed every check: built, with the checkpoint it resumes from (already
+    loaded into it)."""
 
     built: BuiltRun
     checkpoint: dict[str, Any] | None
@@ -55,8 +60,10 @@ def train(cfg: DictConfig, run_dir: str | Path, resume: bool = False,
     (the error is re-raised) or ``stopped`` by SIGTERM or SIGINT after saving a checkpoint
     (:class:`~procmem.run.signals.RunStopped` is raised)."""
     run = RunDir(run_dir)
-    new_dir = run.is_empty()
-    with StopSignals() as stop:
+    if resume:
+        run.require_run()  # before the lock, which would make the dir
+    with run.lock(), StopSignals() as stop:
+        new_dir = run.is_empty()
         try:
             accepted = _accept(cfg, run, resume)
             if accepted is None:
@@ -90,17 +97,28 @@ def _accept(cfg: DictConfig, run: RunDir, resume: bool) -> _Accepted | None:
     set_threads(cfg.torch_threads)
     seed_everything(cfg.seed)
     built = build_run(cfg, device)
-    checkpoint = run.checkpoints().load_latest() if resume else None
+    checkpoint = None
+    if resume:
+        checkpoint = run.checkpoints().load_latest(accept=lambda c: _load(built, c))
     if resume and run.metrics_file.is_file():
         run.metrics()  # a damaged metrics file stops the resume before anything changes
     return _Accepted(built, checkpoint)
 
 
+def _load(built: BuiltRun, checkpoint: Mapping[str, Any]) -> None:
+    """Load a checkpoint into the built run; raises when it does not fit (another agent's
+    state, another env's) before anything is written."""
+    load_state(built.algorithm, built.curriculum, checkpoint)
+    set_rng_state(checkpoint["rng"])  # checked here; set again when the loop starts
+    int(checkpoint["iteration"])
+
+
 def _claim(cfg: DictConfig, run: RunDir, resume: bool, overrides: Sequence[str] | None,
            hydra: DictConfig | None) -> tuple[list[Sink], Heartbeat]:
-    """Write a new run's config, start its loggers and mark it running."""
+    """Write a new run's config and id, start its loggers and mark it running."""
     if not resume:
         run.write_config(cfg, None if overrides is None else list(overrides), hydra)
+    run.claim_id()  # a run saved before ids gets one: its checkpoints from now are stamped
     sinks = logger_sinks(cfg, run, "train")
     try:
         return sinks, Heartbeat(run)
@@ -123,7 +141,7 @@ def _run(cfg: DictConfig, run: RunDir, accepted: _Accepted, sinks: list[Sink],
                         run.checkpoints(), run_reporters(run, title=cfg.experiment_name),
                         stop, **cfg.trainer)
         if checkpoint is not None:
-            runner.restore(checkpoint)
+            runner.continue_from(checkpoint)
         final = runner.run()
     except RunStopped as stopped:
         reason = _stop_reason(stopped, run, runner)

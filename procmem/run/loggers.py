@@ -27,11 +27,13 @@ class Sink(Protocol):
     def logged(self) -> Sequence[Mapping[str, Any]]:
         """The rows earlier starts of this run already hold (none for a new run)."""
 
-    def log_table(self, key: str, records: Sequence[Mapping[str, Any]]) -> None: ...
+    # Media are plotted at ``iteration`` (the run's last logged one), or at no iteration.
+    def log_table(self, key: str, records: Sequence[Mapping[str, Any]],
+                  iteration: int | None = None) -> None: ...
 
-    def log_image(self, key: str, path: Path) -> None: ...
+    def log_image(self, key: str, path: Path, iteration: int | None = None) -> None: ...
 
-    def log_video(self, key: str, path: Path) -> None: ...
+    def log_video(self, key: str, path: Path, iteration: int | None = None) -> None: ...
 
     def finish(self, exit_code: int, stopped: bool = False) -> None:
         """End the run with ``exit_code``; ``stopped``: by a signal, to be resumed."""
@@ -111,17 +113,22 @@ class MetricLogger:
     def log_table(self, key: str, records: Sequence[Mapping[str, Any]]) -> None:
         self._warn_unknown([key])
         for sink in self.sinks:
-            sink.log_table(key, records)
+            sink.log_table(key, records, self._last_iteration())
 
     def log_image(self, key: str, path: Path) -> None:
         self._warn_unknown([key])
         for sink in self.sinks:
-            sink.log_image(key, path)
+            sink.log_image(key, path, self._last_iteration())
 
     def log_video(self, key: str, path: Path) -> None:
         self._warn_unknown([key])
         for sink in self.sinks:
-            sink.log_video(key, path)
+            sink.log_video(key, path, self._last_iteration())
+
+    def _last_iteration(self) -> int | None:
+        """The iteration media logged now belong to: that of the last row, kept rows of a
+        resumed run included (a run resumed after its last iteration logs no new row)."""
+        return self.rows[-1]["iteration"] if self.rows else None
 
     def finish(self, exit_code: int = 0, stopped: bool = False) -> None:
         for sink in self.sinks:
@@ -239,18 +246,22 @@ class WandbSink:
                 rows += read_wandb_history(segment)
         return rows
 
-    def log_table(self, key: str, records: Sequence[Mapping[str, Any]]) -> None:
+    def log_table(self, key: str, records: Sequence[Mapping[str, Any]],
+                  iteration: int | None = None) -> None:
         columns = list(records[0]) if records else ["empty"]
         data = [[json.dumps(v) if isinstance(v, list | dict) else v for v in r.values()]
                 for r in records]
-        self.run.log({key: self._wandb.Table(columns=columns, data=data)})
+        self._log_media(key, self._wandb.Table(columns=columns, data=data), iteration)
 
-    def log_image(self, key: str, path: Path) -> None:
-        self.run.log({key: self._wandb.Image(str(path))})
+    def log_image(self, key: str, path: Path, iteration: int | None = None) -> None:
+        self._log_media(key, self._wandb.Image(str(path)), iteration)
 
-    def log_video(self, key: str, path: Path) -> None:
+    def log_video(self, key: str, path: Path, iteration: int | None = None) -> None:
         """Log a video file (GIF, MP4, WebM, OGG); a file path needs no encoder."""
-        self.run.log({key: self._wandb.Video(str(path))})
+        self._log_media(key, self._wandb.Video(str(path)), iteration)
+
+    def _log_media(self, key: str, media: Any, iteration: int | None) -> None:
+        self.run.log({key: media, **({} if iteration is None else {"iteration": iteration})})
 
     def finish(self, exit_code: int, stopped: bool = False) -> None:
         """End the run; a stopped one is marked preempted (to be resumed), then ends with

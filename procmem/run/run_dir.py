@@ -5,13 +5,14 @@
     <run dir>/
       .hydra/config.yaml     the resolved config the run started with
       .hydra/overrides.yaml  its command-line overrides (and hydra.yaml, Hydra's settings)
+      .lock                  while a process writes the run: its lock (:mod:`procmem.run.lock`)
+      run_id                 the run's id: its W&B run's, and the stamp of its checkpoints
       status.json            running (pid, host, heartbeat) | finished | failed | stopped
       train.log              what the console showed: config, evaluations, checkpoints, result
       metrics.jsonl          one JSON object per logged point
       checkpoints/           ckpt_<iteration>.pt, the newest few
       plots/                 training.png, and episode.gif, imagination.png, ...
-      wandb/                 the W&B run (a folder per start), and train_run_id: the id a
-                             resumed run keeps
+      wandb/                 the W&B run (a folder per start, all with the run's id)
       eval.json              what ``evaluate.py run=`` measured (eval_<policy>.json: with
                              a policy other than the run's own)
       evaluation/wandb/      the W&B runs of those evaluations
@@ -39,8 +40,10 @@ from omegaconf import DictConfig, OmegaConf
 from procmem.io import atomic_write_json, atomic_write_text
 from procmem.models.env_model import EnvModel, load_env_model, save_env_model
 from procmem.run.checkpoint import CheckpointError, CheckpointManager
+from procmem.run.lock import RunLock
 from procmem.run.loggers import read_metrics
 from procmem.run.status import RunStatus, describe_error
+from procmem.safe_load import UnsafeFileError
 from procmem.skills.library import SkillLibrary
 
 CONFIG_FILE = Path(".hydra") / "config.yaml"
@@ -52,12 +55,14 @@ METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
 PLOTS_DIR = "plots"
 WANDB_DIR = "wandb"
-TRAIN_RUN_ID_FILE = Path(WANDB_DIR) / "train_run_id"
+RUN_ID_FILE = "run_id"
+EARLIER_RUN_ID_FILE = Path(WANDB_DIR) / "train_run_id"  # where runs with W&B kept it before
 EVAL_FILE = "eval.json"
 EVALUATION_DIR = "evaluation"
 SKILLS_FILE = "skills.json"
 ENV_MODEL_FILE = "env_model.pt"
 SWEEP_MARKER = "multirun.yaml"
+LOCK_FILE = ".lock"
 
 
 class RunDirError(Exception):
@@ -117,8 +122,13 @@ class RunDir:
         return self.path / ENV_MODEL_FILE
 
     def is_empty(self) -> bool:
-        """Whether the dir is missing or empty (a run may start here)."""
-        return not self.path.is_dir() or not any(self.path.iterdir())
+        """Whether the dir is missing or empty but for its lock file (a run may start
+        here)."""
+        return not self.path.is_dir() or all(p.name == LOCK_FILE for p in self.path.iterdir())
+
+    def lock(self) -> RunLock:
+        """The lock a process holds while it writes this run (``with run.lock(): ...``)."""
+        return RunLock(self.path / LOCK_FILE)
 
     def remove(self) -> None:
         """Delete the dir (what a refused new run had written there)."""
@@ -204,7 +214,9 @@ class RunDir:
         return read_metrics(self.metrics_file, complete)
 
     def checkpoints(self) -> CheckpointManager:
-        return CheckpointManager(self.path / CHECKPOINT_DIR)
+        """The run's checkpoints, stamped with its :meth:`run_id`; one stamped by another run
+        is refused (see :class:`CheckpointManager`)."""
+        return CheckpointManager(self.path / CHECKPOINT_DIR, self.run_id())
 
     # --- results ----------------------------------------------------------------------------
 
@@ -221,15 +233,6 @@ class RunDir:
             raise ValueError(f"{path}: expected a JSON object")
         return evaluation
 
-    def evaluations(self) -> dict[str, Any]:
-        """Every evaluation's entries in one dict: the run's own policy's, then those of
-        other policies (their metrics named ``eval_<policy>/...``)."""
-        merged: dict[str, Any] = {}
-        for path in sorted(self.path.glob("eval_*.json"), key=lambda p: p.name):
-            merged.update(self.evaluation(path.stem.removeprefix("eval_")) or {})
-        merged.update(self.evaluation() or {})
-        return merged
-
     def write_evaluation(self, result: dict[str, Any], policy: str | None = None) -> Path:
         return atomic_write_json(self.eval_file(policy), result)
 
@@ -239,17 +242,26 @@ class RunDir:
     def save_env_model(self, model: EnvModel) -> Path:
         return save_env_model(model, self.env_model_file)
 
-    def wandb_run_id(self, job_type: str) -> str:
-        """The W&B run id: the training run keeps one for its life (a resume continues it);
-        other jobs (evaluations, comparisons) get a fresh one each."""
-        if job_type != "train":
-            return secrets.token_hex(4)
-        id_file = self.path / TRAIN_RUN_ID_FILE
-        if id_file.exists():
-            return id_file.read_text().strip()
-        run_id = secrets.token_hex(4)
-        atomic_write_text(id_file, run_id)
+    def run_id(self) -> str | None:
+        """The run's id, given when it was first claimed (:meth:`claim_id`), or ``None``
+        (no run yet, or a run saved before ids without W&B)."""
+        for id_file in (self.path / RUN_ID_FILE, self.path / EARLIER_RUN_ID_FILE):
+            if id_file.is_file():
+                return id_file.read_text().strip()
+        return None
+
+    def claim_id(self) -> str:
+        """The run's id, given now if it has none: it stays the run's for its life."""
+        run_id = self.run_id()
+        if run_id is None:
+            run_id = secrets.token_hex(4)
+            atomic_write_text(self.path / RUN_ID_FILE, run_id)
         return run_id
+
+    def wandb_run_id(self, job_type: str) -> str:
+        """The W&B run id: the training run's is the run's id, so a resume continues it;
+        other jobs (evaluations, comparisons) get a fresh one each."""
+        return self.claim_id() if job_type == "train" else secrets.token_hex(4)
 
 
 def find_runs(path: str | os.PathLike) -> list[RunDir]:
@@ -277,5 +289,7 @@ def read_env_model(path: str | os.PathLike, device: torch.device | str = "cpu") 
         return load_env_model(path, device)
     except FileNotFoundError:
         raise
+    except UnsafeFileError as error:
+        raise CheckpointError(str(error)) from None
     except Exception as error:
         raise CheckpointError(f"{path}: unreadable env model ({describe_error(error)})") from error

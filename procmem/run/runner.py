@@ -91,9 +91,12 @@ class Runner:
 
     def restore(self, checkpoint: Mapping[str, Any]) -> None:
         """Continue from a checkpoint written by this runner."""
-        self.algorithm.load_state_dict(checkpoint["algorithm"])
-        if self.curriculum is not None:
-            self.curriculum.load_state_dict(checkpoint["curriculum"])
+        load_state(self.algorithm, self.curriculum, checkpoint)
+        self.continue_from(checkpoint)
+
+    def continue_from(self, checkpoint: Mapping[str, Any]) -> None:
+        """Take up the loop where ``checkpoint`` left it (its iteration and RNG states), the
+        algorithm and curriculum already holding its state (:func:`load_state`)."""
         set_rng_state(checkpoint["rng"])
         self.iteration = int(checkpoint["iteration"])
 
@@ -167,7 +170,7 @@ class Runner:
                 if saved:
                     self.save_checkpoint()
                 bar.update(1)
-                bar.set_postfix(_short(final, self.objective), refresh=False)
+                bar.set_postfix(progress_postfix(final, self.objective), refresh=False)
                 signum = None if self.stop is None else self.stop.requested
                 if signum is not None and self.iteration < last:  # stop here, saved
                     if not saved:
@@ -182,14 +185,26 @@ class Runner:
         return self.env_steps > 0 and metrics.get("train/env_steps", 0) >= self.env_steps
 
 
+def load_state(algorithm: Algorithm, curriculum: Curriculum | None,
+               checkpoint: Mapping[str, Any]) -> None:
+    """Put the algorithm's and curriculum's state of a checkpoint written by :class:`Runner`
+    in place; raises when it does not fit them."""
+    algorithm.load_state_dict(checkpoint["algorithm"])
+    if curriculum is not None:
+        curriculum.load_state_dict(checkpoint["curriculum"])
+
+
 def format_values(metrics: Mapping[str, Any]) -> str:
     """``key=value`` pairs on one line, numbers to 4 significant digits."""
     return " ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
                     for key, value in metrics.items())
 
 
-def _short(metrics: Mapping[str, float], objective: str, limit: int = 3) -> dict[str, str]:
-    """The objective's latest value first, then other train and eval metrics."""
+def progress_postfix(metrics: Mapping[str, float], objective: str, limit: int = 3
+                     ) -> dict[str, str]:
+    """What the progress bar shows: the objective's latest value first, then other eval and
+    train metrics, each under its full name (``eval/success_rate``), so an evaluation's
+    figure is never read as a training one."""
     keys = [k for k in metrics if k.startswith(("eval/", "train/")) and k != objective]
     keys = ([objective] if objective in metrics else []) + keys
-    return {k.split("/", 1)[1]: f"{metrics[k]:.3g}" for k in keys[:limit]}
+    return {k: f"{metrics[k]:.3g}" for k in keys[:limit]}

@@ -1,0 +1,133 @@
+"""The README's sweep commands, run as written (with tiny budgets) from a fresh working dir:
+a sweep command the README shows that cannot start fails the suite."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import ROOT, run_cli
+
+# Set on every command, in place of the README's value where it gives one: a budget of a few
+# iterations, and no W&B files.
+BUDGET = {"trainer.iterations": "2", "trainer.env_steps": "0", "trainer.eval_every": "2",
+          "trainer.eval_episodes": "1", "trainer.checkpoint_every": "2",
+          "trainer.progress": "false", "logger": "none", "hydra.sweeper.n_trials": "2"}
+# Commands that need a cluster this machine does not have, by what marks them.
+NEEDS_A_CLUSTER = ("hydra.launcher.ray.init.address=auto", "hydra/launcher=submitit_slurm")
+# The README's stand-ins for an environment model run (made tiny by a fixture).
+ENV_MODEL_RUN = ("<step 2 run dir>", "<env model run>")
+MOST_FAST_JOBS = 6  # sweeps of more jobs, or through a launcher, sweeper or env model: slow
+
+
+def readme_sweep_commands() -> list[str]:
+    """Every ``python train.py -m ...`` command in the README, in code blocks (continuation
+    lines joined, trailing comments dropped) and in inline code."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    lines = [line for block in re.findall(r"```bash\n(.*?)```", readme, flags=re.S)
+             for line in block.replace("\\\n", " ").splitlines()]
+    lines += re.findall(r"`([^`\n]*python train\.py -m [^`\n]*)`", readme)
+    commands = []
+    for line in lines:
+        line = re.sub(r"\s+#.*$", "", line).strip()
+        if re.match(r"^(\w+=\S+ )*python train\.py -m ", line):
+            commands.append(" ".join(line.split()))
+    return commands
+
+
+def _budgeted(arguments: list[str]) -> list[str]:
+    """The arguments with :data:`BUDGET` in place of the values the README gives (and added
+    where it gives none; the trial count only for sweeps with a sweeper)."""
+    given = {word.partition("=")[0] for word in arguments}
+    kept = [word for word in arguments if word.partition("=")[0] not in BUDGET]
+    return kept + [f"{key}={value}" for key, value in BUDGET.items()
+                   if not key.startswith("hydra.") or key in given]
+
+
+def _expected_jobs(arguments: list[str]) -> int:
+    """Jobs a sweep makes: the product of its comma lists, or the trials of a sweeper."""
+    for word in arguments:
+        if word.startswith("hydra.sweeper.n_trials="):
+            return int(word.partition("=")[2])
+    count = 1
+    for word in arguments:
+        key, _, value = word.partition("=")
+        if not key.startswith("hydra") and "," in value and "(" not in value:
+            count *= len(value.split(","))
+    return count
+
+
+COMMANDS = readme_sweep_commands()
+RUNNABLE = [c for c in COMMANDS if not any(mark in c for mark in NEEDS_A_CLUSTER)]
+
+
+def test_the_readme_shows_sweeps_and_only_the_cluster_ones_are_left_out() -> None:
+    assert len(COMMANDS) >= 11
+    assert len(COMMANDS) - len(RUNNABLE) == len(NEEDS_A_CLUSTER)
+
+
+def _is_slow(command: str) -> bool:
+    return ("hydra/launcher=" in command or "hydra/sweeper=" in command
+            or any(stand_in in command for stand_in in ENV_MODEL_RUN)
+            or _expected_jobs(shlex.split(command)) > MOST_FAST_JOBS)
+
+
+def runnable_params() -> list:
+    return [pytest.param(c, id=c.removeprefix("python train.py -m "),
+                         marks=[pytest.mark.slow] if _is_slow(c) else [])
+            for c in RUNNABLE]
+
+
+@pytest.fixture(scope="module")
+def env_model_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny environment model run, trained on a tiny A2C policy run."""
+    policy, model = (tmp_path_factory.mktemp("readme") / name for name in ("policy", "model"))
+    tiny = ["logger=none", "trainer.progress=false", "trainer.iterations=2",
+            "trainer.checkpoint_every=2", "env.num_envs=2"]
+    run_cli("train.py", "experiment=a2c_minipacman", *tiny, f"hydra.run.dir={policy}")
+    run_cli("train.py", "experiment=envmodel_minipacman", *tiny, f"agent.policy_run={policy}",
+            "agent.collect_steps=2", f"hydra.run.dir={model}")
+    return model
+
+
+@pytest.mark.parametrize("command", runnable_params())
+def test_a_readme_sweep_command_starts_and_runs_every_job(
+        command: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    for stand_in in ENV_MODEL_RUN:
+        if stand_in in command:
+            command = command.replace(stand_in, str(request.getfixturevalue("env_model_run")))
+    words = shlex.split(command)
+    environment = dict(word.split("=", 1) for word in words[:words.index("python")])
+    assert words[words.index("python"):][:2] == ["python", "train.py"]
+    arguments = _budgeted(words[words.index("python") + 2:])
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), *arguments],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=1800,
+                            env={**os.environ, **environment})
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    sweeps = list((tmp_path / "outputs" / "multiruns").glob("*/*"))
+    assert len(sweeps) == 1, sweeps  # every job in one multirun dir
+    jobs = [p for p in sweeps[0].iterdir() if p.is_dir() and p.name.isdigit()]
+    assert len(jobs) == _expected_jobs(arguments)
+    for job in jobs:
+        assert '"status": "finished"' in (job / "status.json").read_text()
+
+
+def test_a_sweep_over_agents_is_named_after_the_agents_and_holds_each_job(
+        tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m",
+                             *_budgeted(["agent=procedural,a2c"])],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweeps = list((tmp_path / "outputs" / "multiruns").glob("*/*"))
+    assert [p.parent.name for p in sweeps] == ["procedural+a2c_gridworld"]
+    configs = sorted((job / ".hydra" / "config.yaml").read_text()
+                     for job in sweeps[0].iterdir() if job.is_dir())
+    assert [("experiment_name: a2c_gridworld" in c, "procedural_gridworld" in c)
+            for c in configs] == [(True, False), (False, True)]
