@@ -205,8 +205,9 @@ def test_the_readme_lists_every_fault_and_bad_input_with_its_test() -> None:
     readme = (ROOT / "README.md").read_text()
     table = readme.split("### Faults and bad inputs", 1)[1].split("\n\n|", 1)[1]
     rows = [line for line in ("|" + table).split("\n\n", 1)[0].splitlines()[2:]]
-    tests = {re.search(r"`(tests/\S+\.py)::(\w+)`", row).groups() for row in rows}
-    for path, function in tests:
+    named_tests = [re.findall(r"`(tests/\S+\.py)::(\w+)`", row) for row in rows]
+    assert all(named_tests), [row for row, named in zip(rows, named_tests) if not named]
+    for path, function in {test for named in named_tests for test in named}:
         assert re.search(rf"^def {function}\(", (ROOT / path).read_text(), re.MULTILINE), (
             f"{path}::{function}")
     named = {row.split("|")[1].strip() for row in rows}

@@ -168,6 +168,8 @@ def test_another_runs_checkpoint_is_refused_before_any_file_changes(
         "resume from it")
     assert snapshot(run_dir) == before  # metrics.jsonl, status.json and wandb/ included
 
+    if not stamped:
+        return  # the rest is as for a stamped one
     foreign.unlink()  # as the message says
     run_cli("train.py", f"resume={run_dir}")
     assert RunDir(run_dir).metrics() == RunDir(finished_run).metrics()
