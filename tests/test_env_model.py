@@ -5,17 +5,15 @@ import pytest
 import torch
 
 from procmem.envs.minipacman import EVENTS, PILL_POWER, MiniPacman
-from procmem.models.env_model import (
+from procmem.models.env_model import EnvModel, PoolAndInject
+from procmem.models.env_model_loss import rollout_accuracy
+from procmem.models.fused_kernels import first_argmax, tap_sums
+from procmem.models.pixel_classes import (
     EDIBLE_GHOST,
     GHOST,
     PIXEL_CLASSES,
-    EnvModel,
-    PoolAndInject,
     class_frames,
-    first_argmax,
     frame_classes,
-    rollout_accuracy,
-    tap_sums,
 )
 
 METRICS = ("pixel_accuracy", "frame_accuracy", "event_accuracy", "reward_accuracy")

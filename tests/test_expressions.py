@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from procmem.algorithms.a2c import A2C
 from procmem.app import compose_config
 from procmem.envs.expressions import ExpressionEnv, infix, reference_program
-from procmem.envs.toolenv import (
+from procmem.envs.toolenv_machine import (
     ADD,
     ANS,
     CTX,
@@ -24,11 +24,12 @@ from procmem.envs.toolenv import (
     VOCAB,
     apply_tools,
     binary_op,
-    run_program,
 )
 from procmem.models.networks import ToolAttentionPolicy, ToolGRUPolicy
 from procmem.models.observations import as_tensors
 from procmem.settings import SettingError
+
+from helpers import run_program
 
 CPU = torch.device("cpu")
 ACTION = {token: TOOL_TOKENS.index(token) for token in TOOL_TOKENS}

@@ -12,11 +12,8 @@ import torch
 
 from procmem.app import ConfigError, check_config, compose_config
 from procmem.settings import SettingError
-from procmem.skills.library import (
-    SKILL_LIBRARY_FORMAT_VERSION,
-    SkillLibrary,
-    SkillLibraryError,
-)
+from procmem.skills.library import SkillLibrary, SkillLibraryError
+from procmem.skills.library_file import SKILL_LIBRARY_FORMAT_VERSION
 
 NO_KEY = {"has_key": False, "door_open": False}
 HAS_KEY = {"has_key": True, "door_open": False}

@@ -4,31 +4,32 @@ samplers, seeding and state."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pytest
 from hydra.utils import instantiate
 
 from procmem.app import compose_config
-from procmem.envs.toolenv import (
+from procmem.envs.toolenv import ToolEnv
+from procmem.envs.toolenv_machine import (
     ADD,
     ANS,
     CTX,
     EOS,
     MUL,
     RCL,
-    STAGES,
     STO,
     SUB,
     TOOL_TOKENS,
     VOCAB,
-    Stage,
-    ToolEnv,
     apply_tools,
     decode,
-    run_program,
-    target,
 )
+from procmem.envs.toolenv_stages import STAGES, Stage
 from procmem.settings import SettingError
+
+from helpers import run_program, wrap_int64
 
 ACTION = {token: index for index, token in enumerate(TOOL_TOKENS)}
 SHORTEST = {
@@ -39,6 +40,16 @@ SHORTEST = {
 }
 NUM_PROBLEMS = 300
 SCREEN = 16  # programs correct on every problem are first screened on this many
+
+
+def target(stage: int, operands: Sequence[int]) -> int:
+    """The target of a ``stage`` problem with these operands, in plain Python."""
+    if not 0 <= stage < len(STAGES):
+        raise ValueError(f"stage must be in [0, {len(STAGES)}), got {stage}")
+    expected = STAGES[stage].num_operands
+    if len(operands) != expected:
+        raise ValueError(f"operands must hold {expected} values for stage {stage}")
+    return wrap_int64(STAGES[stage].evaluate([int(value) for value in operands]))
 
 
 def problems(stage: int, n: int = NUM_PROBLEMS, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -1,10 +1,10 @@
 """Tool use where the program depends on the problem: random arithmetic expressions.
 
-In the stage table of :mod:`procmem.envs.toolenv` one token program solves every problem of a
-stage, so a policy may ignore the context. Here every problem is a random expression over
-``+ - *`` that the context spells out, and the program must follow it.
+In the stage table of :mod:`procmem.envs.toolenv_stages` one token program solves every
+problem of a stage, so a policy may ignore the context. Here every problem is a random
+expression over ``+ - *`` that the context spells out, and the program must follow it.
 
-**Expressions.** The machine of :mod:`procmem.envs.toolenv` (an accumulator, one memory
+**Expressions.** The machine of :mod:`procmem.envs.toolenv_machine` (an accumulator, one memory
 register, operands read in order, the register the right operand once every operand is read)
 evaluates exactly the expressions made of a *chain* ``((a o b) o c) ...`` or of two chains
 joined, ``(a o b ...) o (x o y ...)``, where the right chain has at least two operands.
@@ -35,22 +35,8 @@ from typing import Annotated, Any
 
 import numpy as np
 
-from procmem.envs.toolenv import (
-    ADD,
-    ANS,
-    CTX,
-    EOS,
-    MUL,
-    RCL,
-    STO,
-    SUB,
-    VOCAB,
-    MaxSteps,
-    Problems,
-    ToolEnv,
-    binary_op,
-    digit_tokens,
-)
+from procmem.envs.toolenv import MaxSteps, Problems, ToolEnv, digit_tokens
+from procmem.envs.toolenv_machine import ADD, ANS, CTX, EOS, MUL, RCL, STO, SUB, VOCAB, binary_op
 from procmem.settings import AtLeast, configurable
 
 OPERATORS = np.array([MUL, ADD, SUB], dtype=np.int64)

@@ -1,45 +1,17 @@
 """Batched arithmetic tool use: compose a problem's target from tool tokens, one per step.
 
-**Problems.** Every problem belongs to a stage of :data:`STAGES`: an arithmetic expression
-over its operands, named ``a, b, c, ...`` in reading order and drawn uniformly from
-``operand_low..operand_high`` (0..9 by default). The answer is checked against the stage's
-own expression:
+**Problems.** Every problem belongs to a stage of
+:data:`~procmem.envs.toolenv_stages.STAGES` (an arithmetic expression over its operands,
+see :mod:`procmem.envs.toolenv_stages`), its operands drawn uniformly from
+``operand_low..operand_high`` (0..9 by default). The actions ``0..5`` are the tool tokens
+:data:`~procmem.envs.toolenv_machine.TOOL_TOKENS`, run on each problem's accumulator
+machine (:mod:`procmem.envs.toolenv_machine`).
 
-====== ======================== ======== ===========================================
-stage  target                   operands shortest program (tokens)
-====== ======================== ======== ===========================================
-0      ``a*b+c``                3        ``MUL ADD ANS`` (3)
-1      ``(a*b+c)-d``            4        ``MUL ADD SUB ANS`` (4)
-2      ``(a*b+c)-(d*e)``        5        ``MUL ADD STO MUL RCL SUB ANS`` (7)
-3      ``(a*b+c)-(d*e+f)``      6        ``MUL ADD STO MUL ADD RCL SUB ANS`` (8)
-====== ======================== ======== ===========================================
-
-With the default ``max_steps=7`` stage 3 is unreachable: it needs ``max_steps >= 8``.
-Stages 2 and 3 cannot be solved without the memory tools (``STO``, ``RCL``). Adding a
-:class:`Stage` to :data:`STAGES` adds a stage.
-
-**The machine.** Each problem runs an accumulator ``acc``, a read pointer over the operands
-and a memory register ``mem``. At reset ``acc`` is the first operand, the pointer is at the
-second, ``mem`` is 0. The actions ``0..5`` are the tool tokens :data:`TOOL_TOKENS`:
-
-- ``MUL``, ``ADD``, ``SUB``: ``acc = acc * right``, ``acc + right``, ``acc - right``,
-  where ``right`` is the next unread operand (the pointer then advances) or, once every
-  operand has been read, ``mem``;
-- ``STO``: ``mem = acc``, then ``acc`` = the next unread operand (the pointer advances);
-  invalid when no operand is left;
-- ``RCL``: swap ``acc`` and ``mem``;
-- ``ANS``: submit ``acc``; the episode terminates.
-
-Arithmetic is on int64 and wraps around on overflow (only long programs on large operands
-get there); :func:`run_program` does the same.
-
-**Rewards.** ``ANS`` earns 1.0 if ``acc`` equals the target, else 0, plus ``shaping`` times
-the number of distinct *partial results* ``acc`` held after any tool token of the episode.
-The partial results are the values of the target's operator subexpressions other than the
-whole target: ``a*b`` at stage 0; ``a*b``, ``a*b+c`` at stage 1; ``a*b``, ``a*b+c``,
-``d*e`` at stage 2; ``a*b``, ``a*b+c``, ``d*e``, ``d*e+f`` at stage 3 (equal values count
-once). An invalid token terminates the episode with reward 0; no ``ANS`` within
-``max_steps`` tokens truncates it with reward 0.
+**Rewards.** ``ANS`` submits ``acc`` and terminates the episode; it earns 1.0 if ``acc``
+equals the target, else 0, plus ``shaping`` times the number of distinct partial results
+of the problem (see :mod:`~procmem.envs.toolenv_stages`; equal values count once) that
+``acc`` held after any tool token of the episode. An invalid token terminates the episode
+with reward 0; no ``ANS`` within ``max_steps`` tokens truncates it with reward 0.
 
 **Stages per env.** Every new problem (``reset`` and the same-step auto-reset of envs that
 ended) draws its stage from the stage sampler: uniform over ``stages`` unless
@@ -67,12 +39,7 @@ episode each env ran this step, meaningful where it ended.
 
 from __future__ import annotations
 
-import ast
-import functools
-import operator
-import string
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Annotated, Any, NamedTuple
 
 import numpy as np
@@ -80,76 +47,10 @@ from gymnasium import spaces
 
 from procmem.envs.batched import ArrayState, BatchedVectorEnv, check_actions
 from procmem.envs.protocols import StagedEnv, StageSampler
+from procmem.envs.toolenv_machine import ANS, CTX, EOS, TOOL_TOKENS, VOCAB, apply_tools, decode
+from procmem.envs.toolenv_stages import STAGES
 from procmem.settings import AtLeast, NonEmpty, SettingError, configurable
 
-VOCAB = (*"0123456789", "CTX", "MUL", "ADD", "SUB", "ANS", "STO", "RCL", "EOS")
-CTX, MUL, ADD, SUB, ANS, STO, RCL, EOS = (VOCAB.index(name) for name in VOCAB[10:])
-TOOL_TOKENS = (MUL, ADD, SUB, STO, RCL, ANS)
-OPERAND_NAMES = string.ascii_lowercase
-_BINARY = {MUL: operator.mul, ADD: operator.add, SUB: operator.sub}
-_AST_OPERATORS = {ast.Mult: operator.mul, ast.Add: operator.add, ast.Sub: operator.sub}
-
-@functools.cache
-def _parse(expression: str, num_operands: int) -> ast.expr:
-    """The syntax tree of ``expression``; only ``+ - *`` over the first operand names."""
-    tree = ast.parse(expression, mode="eval").body
-    names = OPERAND_NAMES[:num_operands]
-    for node in ast.walk(tree):
-        if isinstance(node, ast.BinOp) and type(node.op) in _AST_OPERATORS:
-            continue
-        if isinstance(node, ast.Name) and node.id in names:
-            continue
-        if isinstance(node, (ast.operator, ast.expr_context)):
-            continue
-        raise ValueError(f"expression {expression!r}: only + - * over {', '.join(names)}")
-    return tree
-
-
-def _operator_nodes(node: ast.expr) -> Iterator[ast.BinOp]:
-    """The operator nodes of a tree, children before parents (post-order)."""
-    if isinstance(node, ast.BinOp):
-        yield from _operator_nodes(node.left)
-        yield from _operator_nodes(node.right)
-        yield node
-
-
-def _evaluate(node: ast.expr, operands: Sequence[Any]) -> Any:
-    if isinstance(node, ast.Name):
-        return operands[OPERAND_NAMES.index(node.id)]
-    return _AST_OPERATORS[type(node.op)](
-        _evaluate(node.left, operands), _evaluate(node.right, operands)
-    )
-
-
-@dataclass(frozen=True)
-class Stage:
-    """A problem family: ``expression`` over ``num_operands`` operands named a, b, c, ..."""
-
-    name: str
-    num_operands: int
-    expression: str
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.num_operands <= len(OPERAND_NAMES):
-            raise ValueError(f"num_operands must be in [1, {len(OPERAND_NAMES)}]")
-        _parse(self.expression, self.num_operands)
-
-    def evaluate(self, operands: Sequence[Any]) -> Any:
-        """The target; operands are ints or equally shaped int64 arrays (one per operand)."""
-        return _evaluate(_parse(self.expression, self.num_operands), operands)
-
-    def partial_results(self, operands: Sequence[Any]) -> list[Any]:
-        """Values of the operator subexpressions other than the whole target, post-order."""
-        nodes = list(_operator_nodes(_parse(self.expression, self.num_operands)))
-        return [_evaluate(node, operands) for node in nodes[:-1]]
-
-
-STAGES = (
-    Stage("mul_add", 3, "a*b+c"),
-    Stage("mul_add_sub", 4, "(a*b+c)-d"),
-    Stage("two_products", 5, "(a*b+c)-(d*e)"),
-    Stage("nested", 6, "(a*b+c)-(d*e+f)"),
-)
 MaxSteps = Annotated[int, AtLeast(1)]  # tool tokens a problem may take
 
 _NUM_OPERANDS = np.array([stage.num_operands for stage in STAGES], dtype=np.int64)
@@ -160,57 +61,6 @@ STATE_ARRAYS = (
     "stage", "operands", "num_operands", "target", "partials", "partial_mask", "partial_hit",
     "context", "acc", "mem", "pointer", "steps", "prev_token",
 )
-
-
-class Step(NamedTuple):
-    """The machine after one tool token."""
-
-    token: int
-    acc: int
-    mem: int
-    pointer: int
-
-
-def _wrap(value: int) -> int:
-    """``value`` as int64 arithmetic leaves it (two's complement wrap-around)."""
-    return (value + 2**63) % 2**64 - 2**63
-
-
-def run_program(tokens: Sequence[int], operands: Sequence[int]) -> tuple[int | None, list[Step]]:
-    """Run tool tokens on one problem: (``acc`` at ``ANS``, or None, and the trace).
-
-    The answer is None when a token is invalid (``STO`` with no operand left) or no ``ANS``
-    comes; the trace has one :class:`Step` per token executed, up to the first ``ANS``.
-    """
-    if not operands:
-        raise ValueError("operands must not be empty")
-    acc, mem, pointer = int(operands[0]), 0, 1
-    trace: list[Step] = []
-    for token in tokens:
-        if token not in TOOL_TOKENS:
-            raise ValueError(f"tokens must be tool tokens {TOOL_TOKENS}, got {token}")
-        has_next = pointer < len(operands)
-        if token == STO:
-            if not has_next:
-                return None, trace
-            mem, acc, pointer = acc, int(operands[pointer]), pointer + 1
-        elif token == RCL:
-            acc, mem = mem, acc
-        elif token in _BINARY:
-            right = int(operands[pointer]) if has_next else mem
-            acc, pointer = _wrap(_BINARY[token](acc, right)), pointer + has_next
-        trace.append(Step(token, acc, mem, pointer))
-        if token == ANS:
-            return acc, trace
-    return None, trace
-
-
-def binary_op(tokens: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
-    """``left (MUL|ADD|SUB) right`` elementwise by operator token; ``left`` for other tokens."""
-    return np.select(
-        [tokens == MUL, tokens == ADD, tokens == SUB], [left * right, left + right, left - right],
-        left,
-    )
 
 
 def digit_tokens(values: np.ndarray, width: int) -> np.ndarray:
@@ -237,52 +87,6 @@ class Problems(NamedTuple):
     partials: np.ndarray  # [n, max_partials], the first num_partials of a row count
     num_partials: np.ndarray  # [n]
     context: np.ndarray  # [n, context_length], the observed problem
-
-
-def apply_tools(
-    tokens: np.ndarray,
-    acc: np.ndarray,
-    mem: np.ndarray,
-    pointer: np.ndarray,
-    operands: np.ndarray,
-    num_operands: np.ndarray | int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """One tool token per problem, vectorised: the new (acc, mem, pointer) and ``valid``.
-
-    ``operands`` is [..., K] (padding past ``num_operands`` is ignored); the other arrays
-    broadcast against ``operands[..., 0]``. ``ANS`` and invalid tokens change nothing.
-    """
-    has_next = pointer < num_operands
-    slots = np.arange(operands.shape[-1])
-    next_operand = np.sum(operands * (slots == np.asarray(pointer)[..., None]), axis=-1)
-    right = np.where(has_next, next_operand, mem)
-    result = binary_op(tokens, acc, right)
-    binary = (tokens == MUL) | (tokens == ADD) | (tokens == SUB)
-    store = (tokens == STO) & has_next
-    recall = tokens == RCL
-    new_acc = np.where(store, next_operand, np.where(recall, mem, result))
-    new_mem = np.where(store | recall, acc, mem)
-    new_pointer = pointer + ((binary | store) & has_next)
-    valid = (tokens != STO) | has_next
-    return new_acc, new_mem, new_pointer, valid
-
-
-def target(stage: int, operands: Sequence[int]) -> int:
-    """The target of a ``stage`` problem with these operands."""
-    if not 0 <= stage < len(STAGES):
-        raise ValueError(f"stage must be in [0, {len(STAGES)}), got {stage}")
-    expected = STAGES[stage].num_operands
-    if len(operands) != expected:
-        raise ValueError(f"operands must hold {expected} values for stage {stage}")
-    return _wrap(STAGES[stage].evaluate([int(value) for value in operands]))
-
-
-def decode(tokens: Sequence[int]) -> str:
-    """Token ids as text, e.g. ``"MUL ADD ANS"``."""
-    for token in tokens:
-        if not 0 <= token < len(VOCAB):
-            raise ValueError(f"tokens must lie in [0, {len(VOCAB)}), got {token}")
-    return " ".join(VOCAB[token] for token in tokens)
 
 
 @configurable

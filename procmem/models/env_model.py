@@ -1,122 +1,25 @@
 """An environment model for MiniPacman: predicts the next frame and the step's events.
 
-**Pixel classes.** Frames are handled as 7 pixel classes, in the order of
-:data:`PIXEL_CLASSES`: ``empty``, ``wall``, ``food``, ``pill``, ``pacman``, ``ghost``
-(dangerous, green 0) and ``edible_ghost`` (any ghost pixel with green > 0, i.e. rendered while
-``power > 0``). :func:`frame_classes` maps frames rendered by
-:class:`procmem.envs.minipacman.MiniPacman` to classes; :func:`class_frames` renders classes
-back (edible ghosts with green 1, or ``power / PILL_POWER`` when the pill timer is given).
-
-**Model.** :class:`EnvModel` reads a frame and an action and outputs per-pixel class logits
-of the next frame and, per event of :data:`~procmem.envs.minipacman.EVENTS`, logits over the
-counts ``0..max_count`` of that event on the step. Rewards come from predicted events
-(``events @ reward_vector``), so one model serves every reward mode.
+:class:`EnvModel` reads a frame and an action and outputs per-pixel logits of the next
+frame's pixel classes (:mod:`procmem.models.pixel_classes`) and, per event of
+:data:`~procmem.envs.minipacman.EVENTS`, logits over the counts ``0..max_count`` of that
+event on the step. Rewards come from predicted events (``events @ reward_vector``), so one
+model serves every reward mode. Its loss and accuracy are in
+:mod:`procmem.models.env_model_loss`, its file in :mod:`procmem.models.env_model_file`.
 """
 
 from __future__ import annotations
-
-import os
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from procmem.envs.minipacman import EVENTS, PILL_POWER
-from procmem.io import atomic_torch_save
+from procmem.envs.minipacman import EVENTS
 from procmem.models.distinct import per_distinct_row
+from procmem.models.env_model_loss import prediction_loss
+from procmem.models.fused_kernels import conv_nhwc, first_argmax, spatial_max, tap_sums
+from procmem.models.pixel_classes import PACMAN, PIXEL_CLASSES, class_frames, frame_classes
 from procmem.models.row_memory import RowMemory, weights_version
-from procmem.safe_load import load_data_file
-
-PIXEL_CLASSES = ("empty", "wall", "food", "pill", "pacman", "ghost", "edible_ghost")
-EMPTY, WALL, FOOD, PILL, PACMAN, GHOST, EDIBLE_GHOST = range(len(PIXEL_CLASSES))
-# RGB of each class, in PIXEL_CLASSES order; edible ghosts at full power (green 1).
-PIXEL_COLOURS = torch.tensor(
-    [[0, 0, 0], [1, 1, 1], [0, 0, 1], [0, 1, 1], [0, 1, 0], [1, 0, 0], [1, 1, 0]],
-    dtype=torch.float32,
-)
-
-
-def _class_table() -> Tensor:
-    """The pixel class of each combination of (red on, green on, green above 0, blue on),
-    indexed by ``8 red + 4 green_on + 2 green_positive + blue``."""
-    table = torch.empty(16, dtype=torch.int64)
-    for code in range(16):
-        red, lit, green, blue = (bool(code & bit) for bit in (8, 4, 2, 1))
-        table[code] = (WALL if red and blue else EDIBLE_GHOST if red and green else
-                       GHOST if red else PILL if lit and blue else PACMAN if lit else
-                       FOOD if blue else EMPTY)
-    return table
-
-
-CLASS_TABLE = _class_table()
-
-
-def frame_classes(frames: Tensor) -> Tensor:
-    """Pixel classes (indices into :data:`PIXEL_CLASSES`), int64 ``[N, H, W]``, of RGB frames
-    float ``[N, 3, H, W]`` as the env renders them: red and blue on is a wall; red on is a
-    ghost, edible where green > 0; else green and blue on is a pill, green alone Pacman,
-    blue alone food, and nothing on is empty (channels count as on above 0.5)."""
-    red, green, blue = frames[:, 0], frames[:, 1], frames[:, 2]
-    code = ((red > 0.5).to(torch.uint8) * 8 + (green > 0.5).to(torch.uint8) * 4
-            + (green > 0).to(torch.uint8) * 2 + (blue > 0.5).to(torch.uint8))
-    return CLASS_TABLE.to(frames.device)[code.long()]
-
-
-def class_frames(classes: Tensor, power: Tensor | float | None = None) -> Tensor:
-    """RGB frames float32 ``[N, 3, H, W]`` (in channels-last memory) of pixel classes int
-    ``[N, H, W]``.
-
-    Edible ghosts get green 1, or ``power / PILL_POWER`` when the pill timer ``power`` is
-    given (a number or one per frame, ``[N]``), as the env renders them; a power of 0 then
-    renders them as dangerous ghosts."""
-    frames = F.embedding(classes, PIXEL_COLOURS.to(classes.device)).permute(0, 3, 1, 2)
-    if power is not None:
-        power = torch.as_tensor(power, device=classes.device)
-        green = (power.double() / PILL_POWER).float().reshape(-1, 1, 1)
-        edible = classes == EDIBLE_GHOST
-        frames[:, 1] = torch.where(edible, green.expand_as(edible), frames[:, 1])
-    return frames
-
-
-def tap_sums(weight: Tensor, height: int, width: int, padding: int) -> Tensor:
-    """Per output position, the sum of the taps of a convolution ``weight`` ``[O, C, k, k]``
-    (zero ``padding``, stride 1) that land inside a ``height x width`` input: ``[C, H, W,
-    O]``. The convolution of an input constant over space, ``p [B, C]`` tiled, is ``p`` times
-    these sums; at the borders fewer taps land inside."""
-    size = weight.shape[-1]
-    offsets = torch.arange(size, device=weight.device) - padding
-    rows = torch.arange(height, device=weight.device)[:, None] + offsets  # [H, k]
-    cols = torch.arange(width, device=weight.device)[:, None] + offsets  # [W, k]
-    inside_rows = ((rows >= 0) & (rows < height)).to(weight.dtype)
-    inside_cols = ((cols >= 0) & (cols < width)).to(weight.dtype)
-    return torch.einsum("iu,jv,ocuv->cijo", inside_rows, inside_cols, weight)
-
-
-def first_argmax(scores: Tensor) -> Tensor:
-    """``scores.argmax(0)`` of ``[K, ...]`` scores, as ``K - 1`` elementwise passes: the
-    first of equal maxima, as ``argmax``; for few classes several times faster than
-    ``argmax`` over a short innermost dimension (7 pixel classes: 0.2 ms against 1 ms per
-    80 frames on one core). Scores must be finite."""
-    best, index = scores[0], torch.zeros_like(scores[0])
-    for k in range(1, len(scores)):
-        higher = torch.sign(scores[k] - best).clamp_(min=0)  # 1 where strictly higher
-        index.addcmul_(higher, k - index)
-        best = torch.maximum(best, scores[k])
-    return index.long()
-
-
-def conv_nhwc(x: Tensor, weight: Tensor, bias: Tensor | None, padding: int) -> Tensor:
-    """A stride-1 convolution of channels-last features ``x`` ``[B, H, W, C]``, returned
-    channels-last ``[B, H, W, O]``."""
-    out = F.conv2d(x.permute(0, 3, 1, 2), weight, bias, padding=padding)
-    return out.permute(0, 2, 3, 1).contiguous()  # already so for channels-last ``x``
-
-
-def spatial_max(x: Tensor) -> Tensor:
-    """The maximum over the grid of channels-last features ``[B, H, W, C]``: ``[B, C]``
-    (by a channels-last pooling kernel, several times faster here than ``amax``)."""
-    return F.adaptive_max_pool2d(x.permute(0, 3, 1, 2), 1).flatten(1)
 
 
 class PoolAndInject(nn.Module):
@@ -175,6 +78,8 @@ class PoolAndInject(nn.Module):
         return kept[1]
 
     def forward_unfused(self, x: Tensor) -> Tensor:
+        """The block as the layers of the class docstring on ``[B, C, H, W]``: the reference
+        implementation :meth:`forward` is held to (see :class:`EnvModel`)."""
         pooled = x.amax(dim=(2, 3), keepdim=True).expand_as(x)
         injected = torch.cat([x, pooled], dim=1)
         branches = [F.relu(self.small(injected)), F.relu(self.large(injected))]
@@ -201,8 +106,10 @@ class EnvModel(nn.Module):
 
     :meth:`forward` computes these layers channels-last, with the one-hot planes and the
     tiled pooled planes folded into lookups and matrix products, about twice as fast on a
-    CPU as :meth:`forward_unfused`, which runs them as written above (the reference the
-    tests hold it to). :meth:`predict` remembers its last distinct predictions in ``memory``
+    CPU as :meth:`forward_unfused`, which runs them as written above: the reference
+    implementation of the environment model ``shared/specs/minipacman.md`` describes (one-hot
+    action planes, pool-and-inject blocks of tiled pooled planes), which the tests hold
+    :meth:`forward` to. :meth:`predict` remembers its last distinct predictions in ``memory``
     (a :class:`~procmem.models.row_memory.RowMemory`) until the weights change.
     """
 
@@ -314,101 +221,18 @@ class EnvModel(nn.Module):
         mask: Tensor | None = None,
         reward_vector: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, float]]:
-        """Pixel cross-entropy (mean over pixels) + ``event_coef`` x event cross-entropy
-        (mean over events), averaged over the transitions where ``mask`` ``[B]`` is true
-        (default: all); mask out those whose ``next_frames`` is not the true next frame (a
-        reset frame after an episode's end). Their rows are never read, so they may hold
-        anything. ``events`` ``[B, 5]`` are the step's counts (``info["events"]``).
-
-        Metrics over the kept transitions: ``envmodel/loss``, ``envmodel/pixel_loss``,
-        ``envmodel/event_loss``, ``envmodel/pixel_accuracy`` (pixels of the right class),
-        ``envmodel/frame_accuracy`` (frames with every pixel right),
-        ``envmodel/event_accuracy`` (transitions with all 5 event counts right) and, given
-        ``reward_vector`` ``[5]``, ``envmodel/reward_accuracy`` (transitions whose reward
-        from predicted events, ``counts @ reward_vector``, is within 1e-4 of the true one).
-        With no transition kept the loss is a zero that still backpropagates (to zeros) and
-        the metrics are empty."""
+        """:func:`~procmem.models.env_model_loss.prediction_loss` of this model's predictions
+        (weighing the event loss by ``event_coef``), averaged over the transitions where
+        ``mask`` ``[B]`` is true (default: all); mask out those whose ``next_frames`` is not
+        the true next frame (a reset frame after an episode's end). Their rows are never
+        read, so they may hold anything. ``events`` ``[B, 5]`` are the step's counts
+        (``info["events"]``). The metrics are over the kept transitions; with none kept the
+        loss is a zero that still backpropagates (to zeros) and the metrics are empty."""
         if mask is not None:
             rows = mask.to(torch.bool)
             frames, actions = frames[rows], actions[rows]
             next_frames, events = next_frames[rows], events[rows]
         if len(frames) == 0:
             return sum(p.sum() for p in self.parameters()) * 0.0, {}
-        pixel_logits, event_logits = self(frames, actions)
-        target_pixels = frame_classes(next_frames)
-        target_events = events.round().long().clamp(0, self.num_counts - 1)
-        pixel_loss = F.cross_entropy(pixel_logits, target_pixels)
-        event_loss = F.cross_entropy(event_logits.flatten(0, 1), target_events.flatten())
-        loss = pixel_loss + self.event_coef * event_loss
-        with torch.no_grad():
-            pixel_right = pixel_logits.argmax(1) == target_pixels
-            predicted_events = event_logits.argmax(2)
-            metrics = {
-                "envmodel/loss": loss.item(),
-                "envmodel/pixel_loss": pixel_loss.item(),
-                "envmodel/event_loss": event_loss.item(),
-                "envmodel/pixel_accuracy": pixel_right.float().mean().item(),
-                "envmodel/frame_accuracy": pixel_right.flatten(1).all(1).float().mean().item(),
-                "envmodel/event_accuracy": (predicted_events == target_events)
-                .all(1).float().mean().item(),
-            }
-            if reward_vector is not None:
-                weights = torch.as_tensor(reward_vector, device=frames.device).float()
-                predicted = predicted_events.float() @ weights
-                true = events.float() @ weights
-                metrics["envmodel/reward_accuracy"] = (
-                    ((predicted - true).abs() < 1e-4).float().mean().item()
-                )
-        return loss, metrics
-
-
-@torch.no_grad()
-def rollout_accuracy(
-    model: EnvModel,
-    frames: Tensor,
-    actions: Tensor,
-    next_frames_seq: Tensor,
-    mask: Tensor,
-    steps: int,
-) -> dict[str, list[float]]:
-    """Open-loop accuracy of ``model`` over ``1..steps`` imagined steps.
-
-    From ``frames`` ``[B, 3, H, W]`` the model is fed ``actions`` ``[B, T]`` and its own
-    predicted frames (``steps <= T``); step ``k`` is compared with ``next_frames_seq``
-    ``[B, T, 3, H, W]``, by pixel class, over the rows whose transitions ``1..k`` are all
-    real (``mask`` ``[B, T]`` true, e.g. no episode boundary). Returns, one entry per step
-    (NaN where no row is kept), ``pixel_accuracy`` and ``frame_accuracy``. Predicted
-    frames render edible ghosts with green 1, so the model does not see the pill timer
-    run down inside a rollout."""
-    if steps > actions.shape[1]:
-        raise ValueError(f"steps must be <= {actions.shape[1]}, got {steps}")
-    keep = torch.cumprod(mask.to(torch.int64), dim=1).bool()
-    frame = frames
-    pixel, whole = [], []
-    for k in range(steps):
-        frame, _ = model.predict(frame, actions[:, k])
-        right = frame_classes(frame) == frame_classes(next_frames_seq[:, k])
-        rows = keep[:, k]
-        if rows.any():
-            pixel.append(right[rows].float().mean().item())
-            whole.append(right[rows].flatten(1).all(1).float().mean().item())
-        else:
-            pixel.append(float("nan"))
-            whole.append(float("nan"))
-    return {"pixel_accuracy": pixel, "frame_accuracy": whole}
-
-
-
-def save_env_model(model: EnvModel, path: str | os.PathLike) -> Path:
-    """Save ``model``'s weights and settings to the file ``path``, atomically."""
-    return atomic_torch_save({"state_dict": model.state_dict(), "settings": dict(model.settings)},
-                             path)
-
-
-def load_env_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> EnvModel:
-    """The :class:`EnvModel` :func:`save_env_model` wrote to ``path``, in eval mode; the file
-    is loaded as data only (:func:`~procmem.safe_load.load_data_file`)."""
-    saved = load_data_file(path)
-    model = EnvModel(**saved["settings"])
-    model.load_state_dict(saved["state_dict"])
-    return model.to(device).eval()
+        return prediction_loss(*self(frames, actions), next_frames, events, self.event_coef,
+                               reward_vector)

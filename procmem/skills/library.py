@@ -1,9 +1,10 @@
 """A library of reusable skills extracted from successful trajectories.
 
-Skills live in storage slots: a few slot-indexed tensors (precondition codes, counters) next
-to a vector index holding their embeddings (:mod:`procmem.skills.index`), so applicability,
-ranking, eviction, merging and counter updates are batched tensor operations with no Python
-loop over skills or queries.
+Skills live in storage slots (:mod:`procmem.skills.storage`): a few slot-indexed tensors
+(precondition codes, counters) next to a vector index holding their embeddings
+(:mod:`procmem.skills.index`), so applicability, ranking (:mod:`procmem.skills.ranking`),
+eviction, merging and counter updates are batched tensor operations with no Python loop over
+skills or queries.
 
 Skill indices: ``add`` gives every new skill the next index (0, 1, 2, ...) and never hands
 out an index twice. A skill leaves the library when a full library evicts it or the
@@ -14,20 +15,17 @@ and ``is_alive`` says ``False``. Callers that keep per-skill data by index (arra
 ``capacity=None`` and ``merge_every=0`` no skill ever leaves and the indices are exactly
 ``0 .. len(lib) - 1``.
 
-Storage is sized by the stored skills, never by ``next_index``: skill ``i`` is found through
-the ascending indices of the stored skills (a binary search), so a long-lived library whose
-indices run far ahead of its size costs no more than a new one. Loading a state or a file
-checks every field first (:mod:`procmem.skills.library_checks`).
+Storage is sized by the stored skills, never by ``next_index``, so a long-lived library
+whose indices run far ahead of its size costs no more than a new one. Loading a state or a
+file (:mod:`procmem.skills.library_file`) checks every field first
+(:mod:`procmem.skills.library_checks`).
 """
 
 from __future__ import annotations
 
-import heapq
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -35,7 +33,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from procmem.io import atomic_write_json
 from procmem.settings import (
     Above,
     AtLeast,
@@ -43,13 +40,12 @@ from procmem.settings import (
     NonEmpty,
     OneOf,
     SettingError,
-    check_settings,
     configurable,
     settings_of,
 )
 from procmem.skills.dedup import duplicate_targets
 from procmem.skills.eviction import EVICTION_POLICIES, eviction_scores
-from procmem.skills.index import INDEX_KINDS, LabelFilter, empty_results, make_index
+from procmem.skills.index import INDEX_KINDS, LabelFilter, make_index
 from procmem.skills.library_checks import (
     COUNTERS,
     CheckedState,
@@ -57,51 +53,28 @@ from procmem.skills.library_checks import (
     SkillLibraryError,
     check_actions,
     check_state,
-    shown,
     state_field,
 )
+from procmem.skills.library_file import (
+    SKILL_LIBRARY_FORMAT_VERSION,
+    check_format_version,
+    describe,
+    file_errors,
+    file_field,
+    file_header,
+    file_state,
+    read_library_file,
+    write_library_file,
+)
+from procmem.skills.ranking import break_ties, rank_by_success, success_rates
+from procmem.skills.storage import Skill, SkillStorage, skill_record
 
-SKILL_LIBRARY_FORMAT_VERSION = 2
-
-_INITIAL_CAPACITY = 16
 _MAX_PRECONDITION_KEYS = 63  # preconditions are packed into one int64 code per skill
 MAX_EMBEDDING_DIM = 1 << 16  # bounds what even an empty library file makes the index allocate
-# Where each skill column of a state lives in a skill of a library file
-_SKILL_FIELDS = {"indices": "index", "names": "name", "actions": "actions",
-                 "embeddings": "embedding", "preconditions": "preconditions",
-                 "successes": "successes", "uses": "uses", "support": "support",
-                 "last_active": "last_active"}
-
-
-@dataclass(frozen=True)
-class Skill:
-    """A read-only snapshot of one stored skill."""
-
-    name: str
-    actions: tuple[int, ...]
-    preconditions: dict[str, bool]
-    embedding: tuple[float, ...]
-    successes: int
-    uses: int
-    support: int
-    index: int
-    last_active: int
-
-    @property
-    def success_rate(self) -> float:
-        """Fraction of uses that succeeded; 0.0 for a skill never used."""
-        return self.successes / self.uses if self.uses else 0.0
-
-
-def _grow(tensor: Tensor, capacity: int, fill: int = 0) -> Tensor:
-    """Return ``tensor`` copied into a ``fill`` tensor with ``capacity`` rows."""
-    grown = tensor.new_full((capacity, *tensor.shape[1:]), fill)
-    grown[: tensor.shape[0]] = tensor
-    return grown
 
 
 @configurable
-class SkillLibrary:
+class SkillLibrary(SkillStorage):
     """Skills with preconditions, retrieved by cosine similarity or by success rate.
 
     Adding a skill whose embedding is more similar than ``merge_threshold`` (cosine) to its
@@ -138,16 +111,14 @@ class SkillLibrary:
         self.embedding_dim = embedding_dim
         self.top_k = top_k
         self.merge_threshold = merge_threshold
-        self.precondition_keys = keys
-        self.device = torch.device(device)
         self.index = index
         self.capacity = capacity
         self.eviction = eviction
         self.recency_halflife = float(recency_halflife)
         self.merge_every = merge_every
-        self._vector_index = make_index(index, embedding_dim, self.device)
-        self._bits = 1 << torch.arange(len(keys), device=self.device)
-        self._clear()
+        device = torch.device(device)
+        super().__init__(device, make_index(index, embedding_dim, device), keys)
+        self._zero_counters()
 
     def __len__(self) -> int:
         return self._size
@@ -211,17 +182,9 @@ class SkillLibrary:
 
         if self.capacity is not None and self._size >= self.capacity:
             self._evict()
-        slot, index = self._free_slot(), self._next_index
+        index = self._next_index
         self._next_index += 1
-        self._vector_index.add(torch.tensor([slot]), vector.unsqueeze(0))
-        self._codes[slot] = code
-        self._successes[slot] = self._uses[slot] = 0
-        self._support[slot] = 1
-        self._last_active[slot] = self._clock
-        self._slot_index[slot] = index
-        self._append_entry(index, slot)
-        self._names[slot], self._actions[slot] = name, actions
-        self._size += 1
+        self._insert(index, name, actions, code, vector, self._clock)
         return index, False
 
     def merge_duplicates(self) -> int:
@@ -276,12 +239,15 @@ class SkillLibrary:
             raise ValueError(f"k must be >= 1, got {k}")
         wanted = self._state_codes(state)
         if query is None:
-            slots, scores = self._rank_by_success(wanted, k)
+            live = self._live_slots()
+            slots, scores = rank_by_success(wanted, k, live, self._codes[live],
+                                            self._success_rates(live), self._support[live])
         else:
             queries = self._query_rows(query, len(wanted))
             allowed = LabelFilter(key_labels=self._codes, query_labels=wanted)
             slots, scores = self._vector_index.search(queries, k, allowed)
-            slots, scores = self._break_ties(slots.to(self.device), scores.to(self.device))
+            slots, scores = break_ties(slots.to(self.device), scores.to(self.device),
+                                       self._slot_index, self._support)
         if min_score is not None:
             low = scores < min_score
             slots, scores = slots.masked_fill(low, -1), scores.masked_fill(low, -math.inf)
@@ -335,7 +301,7 @@ class SkillLibrary:
 
     def to_records(self) -> list[dict[str, Any]]:
         """One plain dict per stored skill, in index order, e.g. for a results table."""
-        return [_skill_record(skill) for skill in self._snapshots(self._live_slots())]
+        return [skill_record(skill) for skill in self._snapshots(self._live_slots())]
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to restore this library exactly (tensors on cpu).
@@ -371,21 +337,10 @@ class SkillLibrary:
         self._load(state, state_field)
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the library as human-readable JSON, atomically."""
-        skills = [
-            {**_skill_record(skill), "last_active": skill.last_active,
-             "embedding": list(skill.embedding)}
-            for skill in self._snapshots(self._live_slots())
-        ]
-        return atomic_write_json(
-            path,
-            {
-                "format_version": SKILL_LIBRARY_FORMAT_VERSION,
-                "settings": self._settings(),
-                "counters": self._counters(),
-                "skills": skills,
-            },
-        )
+        """Write the library as human-readable JSON, atomically
+        (:mod:`procmem.skills.library_file`)."""
+        return write_library_file(path, self._settings(), self._counters(),
+                                  self._snapshots(self._live_slots()))
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> SkillLibrary:
@@ -398,32 +353,17 @@ class SkillLibrary:
         the field, e.g. ``skills.json: skills[3].uses: -2 is out of range: must be >= 0``.
         """
         path = Path(path)
-        try:
-            return cls._from_json(json.loads(path.read_text(encoding="utf-8")), device)
-        except json.JSONDecodeError as err:
-            raise SkillLibraryError(f"{path}: not valid JSON ({err})") from err
-        except RecursionError as err:
-            raise SkillLibraryError(f"{path}: not valid JSON (nested too deeply)") from err
-        except (KeyError, TypeError, ValueError) as err:
-            raise SkillLibraryError(f"{path}: {_describe(err)}") from err
-
-    @classmethod
-    def _from_json(cls, data: Any, device: str | torch.device) -> SkillLibrary:
-        """The library of a parsed library file, every field checked first."""
-        if not isinstance(data, dict):
-            raise SkillLibraryError("expected a JSON object at the top level")
-        _check_format_version(data.get("format_version"))
-        settings = _file_settings(data["settings"])
-        counters = _json_object(data["counters"], "counters")
-        library = cls(**settings, device=device)
-        library._load({"format_version": data["format_version"], **settings, **counters,
-                       **_skill_columns(data["skills"])}, _file_field)
+        with file_errors(path):
+            data = read_library_file(path)
+            settings, counters = file_header(data, cls)
+            library = cls(**settings, device=device)
+            library._load(file_state(data, settings, counters), file_field)
         return library
 
     def _load(self, state: Mapping[str, Any], field: FieldName) -> None:
         """Check every field of ``state`` (named by ``field``), then replace the contents."""
         try:
-            _check_format_version(state.get("format_version"))
+            check_format_version(state.get("format_version"))
             if state["embedding_dim"] != self.embedding_dim:
                 raise SkillLibraryError(
                     f"embedding_dim {state['embedding_dim']} does not match {self.embedding_dim}"
@@ -439,7 +379,7 @@ class SkillLibrary:
         except SkillLibraryError:
             raise
         except (KeyError, TypeError, ValueError) as err:
-            raise SkillLibraryError(_describe(err)) from err
+            raise SkillLibraryError(describe(err)) from err
         n = len(checked.names)
         if self.capacity is not None and n > self.capacity:
             raise SkillLibraryError(f"{n} skills do not fit the capacity of {self.capacity}")
@@ -448,92 +388,11 @@ class SkillLibrary:
 
     def _restore(self, state: CheckedState) -> None:
         """Replace all skills and counters with those of a checked state."""
-        self._clear()
+        self._clear_slots()
+        self._zero_counters()
         for name, value in state.counters.items():
             setattr(self, f"_{name}", value)
-        n = len(state.names)
-        slots = torch.arange(n, device=self.device)
-        self._reserve_slots(n)
-        self._slots_used = self._size = n
-        self._names[:n], self._actions[:n] = state.names, state.actions
-        self._codes[:n] = self._pack(state.preconditions.to(self.device))
-        self._successes[:n] = state.successes
-        self._uses[:n] = state.uses
-        self._support[:n] = state.support
-        self._last_active[:n] = state.last_active
-        self._slot_index[:n] = state.indices
-        self._sorted_indices = state.indices.to(self.device, copy=True)
-        self._sorted_slots = slots.clone()
-        self._entries = n
-        self._vector_index.add(slots, state.embeddings)
-
-    # --- storage ------------------------------------------------------------------------------
-
-    def _clear(self) -> None:
-        """Empty storage and zeroed counters."""
-        self._vector_index.clear()
-        self._names: list[str] = [""] * _INITIAL_CAPACITY
-        self._actions: list[tuple[int, ...]] = [()] * _INITIAL_CAPACITY
-        long = {"dtype": torch.long, "device": self.device}
-        self._codes = torch.zeros(_INITIAL_CAPACITY, **long)
-        self._successes = torch.zeros(_INITIAL_CAPACITY, **long)
-        self._uses = torch.zeros(_INITIAL_CAPACITY, **long)
-        self._support = torch.zeros(_INITIAL_CAPACITY, **long)
-        self._last_active = torch.zeros(_INITIAL_CAPACITY, **long)
-        self._slot_index = torch.full((_INITIAL_CAPACITY,), -1, **long)  # -1: free slot
-        # Entries in index order: ascending skill indices and their slots (-1: removed since
-        # the last compaction); _entries of each are in use
-        self._sorted_indices = torch.zeros(_INITIAL_CAPACITY, **long)
-        self._sorted_slots = torch.zeros(_INITIAL_CAPACITY, **long)
-        self._entries = 0
-        self._free: list[int] = []  # a heap of freed slots below _slots_used
-        self._slots_used = self._size = 0
-        for name in COUNTERS:
-            setattr(self, f"_{name}", 0)
-
-    def _live_slots(self) -> Tensor:
-        """Slots of the stored skills, in index order."""
-        slots = self._sorted_slots[: self._entries]
-        return slots[slots >= 0]
-
-    def _slots_of(self, indices: Tensor) -> Tensor:
-        """The slot of the skill with each index, -1 where no stored skill has it."""
-        if not self._entries:
-            return torch.full_like(indices, -1)
-        stored = self._sorted_indices[: self._entries]
-        position = torch.searchsorted(stored, indices).clamp(max=self._entries - 1)
-        found = stored[position] == indices
-        return self._sorted_slots[position].masked_fill(~found, -1)
-
-    def _append_entry(self, index: int, slot: int) -> None:
-        """Enter a new skill, whose index is above all others; when the entries are full,
-        first drop the removed ones and make room for as many again as stay."""
-        if self._entries == len(self._sorted_indices):
-            slots = self._live_slots()
-            capacity = max(2 * len(slots), _INITIAL_CAPACITY)
-            self._sorted_indices = _grow(self._slot_index[slots], capacity)
-            self._sorted_slots = _grow(slots, capacity)
-            self._entries = len(slots)
-        self._sorted_indices[self._entries], self._sorted_slots[self._entries] = index, slot
-        self._entries += 1
-
-    def _free_slot(self) -> int:
-        """A free slot (the lowest freed one first), growing the storage when none is free."""
-        if self._free:
-            return heapq.heappop(self._free)
-        self._slots_used += 1
-        self._reserve_slots(self._slots_used)
-        return self._slots_used - 1
-
-    def _remove(self, slots: Tensor) -> None:
-        """Drop the skills in ``slots``; their indices die and the slots become free."""
-        self._vector_index.remove(slots)
-        stored = self._sorted_indices[: self._entries]
-        self._sorted_slots[torch.searchsorted(stored, self._slot_index[slots])] = -1
-        self._slot_index[slots] = -1
-        self._free.extend(slots.tolist())
-        heapq.heapify(self._free)
-        self._size -= len(slots)
+        self._fill_slots(state)
 
     def _evict(self) -> None:
         """Remove the stored skill ranked lowest by the eviction policy."""
@@ -551,60 +410,9 @@ class SkillLibrary:
         self._remove(victim.unsqueeze(0))
         self._evictions += 1
 
-    def _reserve_slots(self, size: int) -> None:
-        """Make room for ``size`` slots, doubling the capacity as needed."""
-        capacity = len(self._names)
-        if size <= capacity:
-            return
-        while capacity < size:
-            capacity *= 2
-        grow = capacity - len(self._names)
-        self._names += [""] * grow
-        self._actions += [()] * grow
-        for name in ("_codes", "_successes", "_uses", "_support", "_last_active"):
-            setattr(self, name, _grow(getattr(self, name), capacity))
-        self._slot_index = _grow(self._slot_index, capacity, fill=-1)
-
-    # --- ranking ------------------------------------------------------------------------------
-
-    def _rank_by_success(self, wanted: Tensor, k: int) -> tuple[Tensor, Tensor]:
-        """Top-``k`` applicable slots by success rate for each state code in ``wanted``.
-
-        One global order (rate, then support, then index) serves every state: each distinct
-        state code takes the first ``k`` skills of that order whose code matches.
-        """
-        slots, scores = empty_results(len(wanted), k, self.device)
-        live = self._live_slots()
-        if not len(live):
-            return slots, scores
-        rates = self._success_rates(live)
-        order = torch.argsort(self._support[live], descending=True, stable=True)
-        order = order[torch.argsort(rates[order], descending=True, stable=True)]
-        live, rates = live[order], rates[order]
-        n, kept = len(live), min(k, len(live))
-        codes, inverse = torch.unique(wanted, return_inverse=True)
-        match = self._codes[live].unsqueeze(0) == codes.unsqueeze(1)
-        position = torch.where(match, torch.arange(n, device=self.device), n)
-        first = position.topk(kept, dim=1, largest=False).values[inverse]
-        found = first < n
-        first = first.clamp(max=n - 1)
-        slots[:, :kept] = live[first].masked_fill(~found, -1)
-        scores[:, :kept] = rates[first].masked_fill(~found, -math.inf)
-        return slots, scores
-
-    def _break_ties(self, slots: Tensor, scores: Tensor) -> tuple[Tensor, Tensor]:
-        """Order each row by score, then support (more first), then index; empty slots last."""
-        if not (scores[:, 1:] == scores[:, :-1]).any():  # no ties: already in order
-            return slots, scores
-        safe = slots.clamp(min=0)
-        order = torch.arange(slots.shape[1], device=self.device).expand_as(slots)
-        for key in (self._slot_index[safe], -self._support[safe], -scores):  # least significant
-            order = order.gather(1, torch.argsort(key.gather(1, order), dim=1, stable=True))
-        return slots.gather(1, order), scores.gather(1, order)
-
     def _success_rates(self, slots: Tensor) -> Tensor:
-        """Success rate of each slot; 0.0 for skills never used."""
-        return self._successes[slots].float() / self._uses[slots].clamp(min=1).float()
+        """Success rate of the skill in each slot; 0.0 for skills never used."""
+        return success_rates(self._successes[slots], self._uses[slots])
 
     # --- conversions and checks ---------------------------------------------------------------
 
@@ -624,44 +432,9 @@ class SkillLibrary:
     def _counters(self) -> dict[str, int]:
         return {name: getattr(self, f"_{name}") for name in COUNTERS}
 
-    def _snapshots(self, slots: Tensor) -> list[Skill]:
-        """Snapshots of the skills in ``slots``, read from the tensors in one transfer each."""
-        slot_list = slots.tolist()
-        columns = zip(
-            [self._names[s] for s in slot_list],
-            [self._actions[s] for s in slot_list],
-            self._flags(self._codes[slots]).tolist(),
-            self._vector_index.vectors(slots).tolist(),
-            self._successes[slots].tolist(),
-            self._uses[slots].tolist(),
-            self._support[slots].tolist(),
-            self._slot_index[slots].tolist(),
-            self._last_active[slots].tolist(),
-            strict=True,
-        )
-        return [
-            Skill(
-                name=name,
-                actions=actions,
-                preconditions=dict(zip(self.precondition_keys, flags, strict=True)),
-                embedding=tuple(embedding),
-                successes=successes,
-                uses=uses,
-                support=support,
-                index=index,
-                last_active=last_active,
-            )
-            for name, actions, flags, embedding, successes, uses, support, index, last_active
-            in columns
-        ]
-
-    def _pack(self, flags: Tensor) -> Tensor:
-        """Precondition flags ``[..., P]`` -> one int64 code each."""
-        return (flags.long() * self._bits).sum(dim=-1)
-
-    def _flags(self, codes: Tensor) -> Tensor:
-        """Codes ``[...]`` -> precondition flags ``[..., P]``."""
-        return (codes.unsqueeze(-1) & self._bits) != 0
+    def _zero_counters(self) -> None:
+        for name in COUNTERS:
+            setattr(self, f"_{name}", 0)
 
     def _precondition_code(self, preconditions: Mapping[str, bool]) -> int:
         missing = [key for key in self.precondition_keys if key not in preconditions]
@@ -709,65 +482,3 @@ def _check_search_settings(top_k: int, merge_threshold: float) -> None:
     declared = settings_of(SkillLibrary)
     declared["top_k"].check(top_k)
     declared["merge_threshold"].check(merge_threshold)
-
-
-def _check_format_version(version: Any) -> None:
-    if type(version) is not int or version != SKILL_LIBRARY_FORMAT_VERSION:
-        raise SkillLibraryError(
-            f"unsupported format_version {version!r} (expected {SKILL_LIBRARY_FORMAT_VERSION})"
-        )
-
-
-def _file_settings(settings: Any) -> dict[str, Any]:
-    """The settings of a library file, all present and each checked as the constructor does."""
-    settings = _json_object(settings, "settings")
-    missing = [name for name in settings_of(SkillLibrary) if name not in settings]
-    if missing:
-        raise SkillLibraryError(f"settings: missing field {missing[0]!r}")
-    try:
-        check_settings(SkillLibrary, settings)
-    except SettingError as err:
-        raise SkillLibraryError(str(err.under("settings"))) from err
-    return settings
-
-
-def _skill_columns(skills: Any) -> dict[str, list[Any]]:
-    """The skills of a library file as the columns of a state dict."""
-    if not isinstance(skills, list):
-        raise SkillLibraryError(f"skills: {shown(skills)} is not a list")
-    for row, skill in enumerate(skills):
-        skill = _json_object(skill, f"skills[{row}]")
-        missing = [field for field in _SKILL_FIELDS.values() if field not in skill]
-        if missing:
-            raise SkillLibraryError(f"skills[{row}]: missing field {missing[0]!r}")
-    return {key: [skill[field] for skill in skills] for key, field in _SKILL_FIELDS.items()}
-
-
-def _file_field(key: str, row: int | None = None) -> str:
-    """Where a state field lives in a library file: ``counters.hits``, ``skills[3].uses``."""
-    if key not in _SKILL_FIELDS:
-        return f"counters.{key}"
-    return "skills" if row is None else f"skills[{row}].{_SKILL_FIELDS[key]}"
-
-
-def _json_object(value: Any, name: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise SkillLibraryError(f"{name}: {shown(value)} is not an object")
-    return value
-
-
-def _describe(err: Exception) -> str:
-    return f"missing field {err}" if isinstance(err, KeyError) else str(err)
-
-
-def _skill_record(skill: Skill) -> dict[str, Any]:
-    return {
-        "index": skill.index,
-        "name": skill.name,
-        "actions": list(skill.actions),
-        "preconditions": dict(skill.preconditions),
-        "successes": skill.successes,
-        "uses": skill.uses,
-        "support": skill.support,
-        "success_rate": skill.success_rate,
-    }
