@@ -35,10 +35,9 @@ import torch
 
 from procmem import app
 from procmem.app.build import build_run
-from procmem.models import env_model, imagination
-from procmem.models.env_model import EnvModel, save_env_model
-from procmem.run.checkpoint import CheckpointError
-from procmem.run.run_dir import read_env_model
+from procmem.models import env_model, imagination, pixel_classes
+from procmem.models.env_model import EnvModel
+from procmem.models.env_model_file import load_env_model, save_env_model
 
 IMAGINATION = ("learned", "copy", "none")
 CODE = ("before", "after")
@@ -64,22 +63,22 @@ def plain_predict(model: EnvModel, frames: torch.Tensor, actions: torch.Tensor
     (:meth:`EnvModel.forward_unfused`) on every row, then ``argmax`` and RGB by indexing."""
     pixel_logits, event_logits = model.forward_unfused(frames, actions)
     classes = pixel_logits.argmax(1)
-    rgb = env_model.PIXEL_COLOURS[classes].permute(0, 3, 1, 2).contiguous()
+    rgb = pixel_classes.PIXEL_COLOURS[classes].permute(0, 3, 1, 2).contiguous()
     return rgb, event_logits.argmax(2).float()
 
 
 def masked_frame_classes(frames: torch.Tensor) -> torch.Tensor:
-    """:func:`~procmem.models.env_model.frame_classes` as it was: one masked write per
+    """:func:`~procmem.models.pixel_classes.frame_classes` as it was: one masked write per
     class, not a table lookup."""
     red, green, blue = frames[:, 0] > 0.5, frames[:, 1], frames[:, 2] > 0.5
     lit = green > 0.5
-    classes = torch.full(red.shape, env_model.EMPTY, dtype=torch.int64, device=frames.device)
-    classes[blue] = env_model.FOOD
-    classes[lit] = env_model.PACMAN
-    classes[lit & blue] = env_model.PILL
-    classes[red] = env_model.GHOST
-    classes[red & (green > 0)] = env_model.EDIBLE_GHOST
-    classes[red & blue] = env_model.WALL
+    classes = torch.full(red.shape, pixel_classes.EMPTY, dtype=torch.int64, device=frames.device)
+    classes[blue] = pixel_classes.FOOD
+    classes[lit] = pixel_classes.PACMAN
+    classes[lit & blue] = pixel_classes.PILL
+    classes[red] = pixel_classes.GHOST
+    classes[red & (green > 0)] = pixel_classes.EDIBLE_GHOST
+    classes[red & blue] = pixel_classes.WALL
     return classes
 
 
@@ -129,10 +128,13 @@ def main() -> None:
     parser.add_argument("--env-model-run", type=Path, help="a trained env model's run dir")
     args = parser.parse_args()
     if args.env_model_run is not None:
+        if args.env_model_run.is_dir():
+            args.env_model_run = args.env_model_run / "env_model.pt"
         try:
-            read_env_model(args.env_model_run)
-        except (OSError, CheckpointError) as error:
-            parser.error(f"--env-model-run: {error}")
+            load_env_model(args.env_model_run)
+        except Exception as error:
+            parser.error(f"--env-model-run: {args.env_model_run}: unreadable env model "
+                         f"({type(error).__name__}: {error})")
     device = torch.device(args.device)
     speeds = {}
     with tempfile.TemporaryDirectory() as folder:

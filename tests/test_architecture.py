@@ -97,3 +97,26 @@ def test_the_library_imports_with_hydra_unavailable():
     blocked = subprocess.run([sys.executable, "-c", BLOCK_HYDRA, "procmem.app"], cwd=ROOT,
                              capture_output=True, text=True, timeout=120)
     assert "No module named 'hydra' (blocked)" in blocked.stderr  # the block does block
+
+
+# The packages of the families' envs, algorithms, models and memory, and the modules of
+# theirs the shared layers may name: the protocols.
+FAMILY_PACKAGES = ("procmem.envs", "procmem.algorithms", "procmem.models", "procmem.skills")
+PROTOCOLS = {"procmem.envs.protocols", "procmem.algorithms.protocols"}
+SHARED = ("procmem.run", "procmem.app")
+
+
+def family_modules_named_by(name: str) -> list[str]:
+    return sorted(target for target in imports_of(name)
+                  if target.startswith(FAMILY_PACKAGES) and target not in PROTOCOLS)
+
+
+def test_the_run_layer_the_app_and_the_protocols_name_no_family():
+    shared = [name for name in MODULES if name.startswith(SHARED) or name in PROTOCOLS]
+    named = {name: family_modules_named_by(name) for name in shared}
+    assert {name: modules for name, modules in named.items() if modules} == {}
+    assert len(shared) > 20  # run/, app/ and both protocol modules were read
+
+
+def test_the_family_rule_catches_a_shared_module_that_names_a_family():
+    assert family_modules_named_by("procmem.algorithms.a2c")  # a family module names others

@@ -278,8 +278,8 @@ def test_a_rule_between_settings_fails_when_built_naming_the_key(override, messa
 
 def test_a_target_that_does_not_follow_its_groups_protocol_is_a_config_error():
     cfg = compose_config(["memory=none", "logger=none"])
-    cfg.agent = OmegaConf.create({"_target_": "procmem.run.reporters.SkillTable"})
-    with pytest.raises(ConfigError, match=r"^agent._target_: SkillTable does not follow "
+    cfg.agent = OmegaConf.create({"_target_": "procmem.run.reporters.Tables"})
+    with pytest.raises(ConfigError, match=r"^agent._target_: Tables does not follow "
                                           r"procmem.algorithms.protocols.Algorithm$"):
         build_run(cfg, torch.device("cpu"))
 

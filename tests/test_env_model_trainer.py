@@ -17,9 +17,9 @@ from procmem.algorithms.env_model_training import (
     decode_frames,
     encode_frames,
 )
-from procmem.app.build import load_policy
+from procmem.app.build import load_run_inputs
 from procmem.envs.minipacman import MiniPacman
-from procmem.models.env_model import load_env_model, save_env_model
+from procmem.models.env_model_file import load_env_model, save_env_model
 from procmem.run.run_dir import RunDir
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -67,25 +67,46 @@ def test_buffer_ring_and_final_frames():
     env_copy = MiniPacman(num_envs=4, frame_cap=2)
     env_copy.load_state_dict(trainer.env.state_dict())
     quiet(trainer, 1)  # 2 steps x 4 envs; every episode is truncated on step 2
-    assert trainer.size == 8 and trainer.position == 8
-    assert trainer.mask[:8].all()  # final_obs makes every transition real
+    assert trainer.replay.size == 8 and trainer.replay.position == 8
+    assert trainer.replay["mask"][:8].all()  # final_obs makes every transition real
     # Replaying the stored actions on a copy of the env: the rows of step 2 hold the final
     # frames, not the reset frames the env returned (which start the next transitions).
-    env_copy.step(trainer.actions[:4])
-    obs, _, terminated, truncated, info = env_copy.step(trainer.actions[4:8])
+    env_copy.step(trainer.replay["actions"][:4])
+    obs, _, terminated, truncated, info = env_copy.step(trainer.replay["actions"][4:8])
     assert (terminated | truncated).all()
-    assert np.array_equal(decode_frames(trainer.next_frames[4:8]), info["final_obs"])
+    assert np.array_equal(decode_frames(trainer.replay["next_frames"][4:8]), info["final_obs"])
     assert not np.array_equal(info["final_obs"], obs)
-    assert np.array_equal(decode_frames(trainer.frames[4:8]), decode_frames(
-        trainer.next_frames[:4]))
+    assert np.array_equal(decode_frames(trainer.replay["frames"][4:8]), decode_frames(
+        trainer.replay["next_frames"][:4]))
 
     quiet(trainer, 1)  # 8 more into a ring of 10: the oldest 6 are overwritten
-    assert trainer.size == 10 and trainer.position == 6
-    assert np.array_equal(decode_frames(trainer.frames[:2]), obs[2:])
-    assert trainer.frames.shape == (10, 3, 15, 19) and trainer.frames.dtype == np.uint8
-    assert trainer.events.shape == (10, 5) and trainer.mask.shape == (10,)
+    assert trainer.replay.size == 10 and trainer.replay.position == 6
+    assert np.array_equal(decode_frames(trainer.replay["frames"][:2]), obs[2:])
+    frames = trainer.replay["frames"]
+    assert frames.shape == (10, 3, 15, 19) and frames.dtype == np.uint8
+    assert trainer.replay["events"].shape == (10, 5) and trainer.replay["mask"].shape == (10,)
     batch = trainer._batch(np.arange(5))
     assert [tuple(t.shape) for t in batch] == [(5, 3, 15, 19), (5,), (5, 3, 15, 19), (5, 5), (5,)]
+
+
+def test_a_checkpoint_buffer_of_the_earlier_layout_loads():
+    """Checkpoints keep the replay as ``buffer``: the held rows of each array, as they lie in
+    the ring, with ``position`` and ``size``."""
+    trainer = make_trainer(buffer_size=10)
+    rows = np.arange(3)
+    buffer = {"frames": np.full((3, 3, 15, 19), 2, dtype=np.uint8),
+              "next_frames": np.full((3, 3, 15, 19), 4, dtype=np.uint8), "actions": rows + 1,
+              "events": np.eye(3, 5, dtype=np.float32), "mask": rows > 0, "position": 3,
+              "size": 3}
+    trainer.load_state_dict({**trainer.state_dict(), "buffer": buffer})
+    assert trainer.replay.size == 3 and trainer.replay.position == 3
+    frames, actions, next_frames, events, mask = trainer._batch(rows)
+    assert actions.tolist() == [1, 2, 3] and mask.tolist() == [False, True, True]
+    assert torch.equal(events, torch.eye(3, 5))
+    assert torch.equal(next_frames, 2 * frames) and frames.max() > 0
+    saved = trainer.state_dict()["buffer"]
+    assert saved.keys() == buffer.keys()
+    assert all(np.array_equal(saved[name], value) for name, value in buffer.items())
 
 
 def test_rollout_windows_mask_episode_ends():
@@ -152,7 +173,8 @@ def test_a_saved_model_loads_with_the_same_outputs(tmp_path):
         assert torch.equal(a, b)
 
 
-def test_a_policy_run_acts_with_the_a2c_policy_without_warning(tmp_path):
+@pytest.mark.parametrize("policy_file", [True, False], ids=["policy.pt", "earlier version"])
+def test_a_policy_run_acts_with_the_a2c_policy_without_warning(tmp_path, policy_file):
     run = RunDir(tmp_path / "a2c")
     cfg = app.compose_config([
         "experiment=a2c_minipacman", "logger=none", "trainer.progress=false",
@@ -162,10 +184,16 @@ def test_a_policy_run_acts_with_the_a2c_policy_without_warning(tmp_path):
     run.config_file.parent.mkdir(parents=True)
     OmegaConf.save(cfg, run.config_file)
     app.train(cfg, run.path)
+    assert (run.path / "policy.pt").is_file()  # what A2C leaves for later runs
+    if not policy_file:  # a run saved before runs left it: its checkpoint makes it
+        (run.path / "policy.pt").unlink()
+    trainer_cfg = app.compose_config(["experiment=envmodel_minipacman",
+                                      f"agent.policy_run={run.path}"])
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        policy = load_policy(str(run.path), MiniPacman(num_envs=4), torch.device("cpu"))
+        policy = load_run_inputs(trainer_cfg, MiniPacman(num_envs=4), torch.device("cpu"))[
+            "policy"]
         trainer = make_trainer(policy=policy)
         metrics = trainer.train_iteration()
         trainer.evaluate(1)
@@ -173,6 +201,8 @@ def test_a_policy_run_acts_with_the_a2c_policy_without_warning(tmp_path):
     net = run.checkpoints().load_latest()["algorithm"]["net"]
     for name, value in trainer.policy.state_dict().items():
         assert torch.equal(value, net[name])
+    assert sorted(p.name for p in run.path.iterdir() if p.suffix == ".pt") == (
+        ["policy.pt"] if policy_file else [])  # the policy run is left as it was
 
 
 def test_learning_rate_decays_linearly_to_zero():

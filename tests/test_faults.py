@@ -1,6 +1,6 @@
 """The fault matrix: what a run does when it is killed or stopped by a signal, its files are
 damaged, its disk fills, its training diverges, or a job of a multirun fails or is refused.
-The README's table of faults and bad inputs names the test of each row."""
+The table of faults and bad inputs (docs/faults.md) names the test of each row."""
 
 from __future__ import annotations
 
@@ -349,7 +349,7 @@ def test_a_damaged_env_model_file_stops_the_run_naming_it(tmp_path: Path) -> Non
                      f"hydra.run.dir={tmp_path / 'run'}", check=False)
     assert result.returncode == 4, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-1].startswith(
-        f"checkpoint error: {model_file}: unreadable env model (")
+        f"checkpoint error: {model_file}: unreadable file (")
 
 
 # --- a full disk -----------------------------------------------------------------------------

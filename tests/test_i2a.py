@@ -7,6 +7,7 @@ import importlib.util
 import re
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,9 +18,10 @@ from torch import Tensor, nn
 from procmem import app
 from procmem.algorithms.i2a import I2A, distillation_loss
 from procmem.envs.minipacman import EVENTS, MiniPacman
-from procmem.models.env_model import EnvModel, frame_classes
+from procmem.models.env_model import EnvModel
 from procmem.models.i2a import I2APolicy
 from procmem.models.imagination import CopyModel, RolloutEncoder, imagine
+from procmem.models.pixel_classes import frame_classes
 from procmem.run.loggers import MetricLogger, read_metrics
 from procmem.run.reporters import ImaginationStrip
 from procmem.settings import SettingError
@@ -206,7 +208,8 @@ def test_imagined_vs_real_frames_are_drawn_and_logged(tmp_path: Path):
     sink = ImageSink()
     logger = MetricLogger(tmp_path / "metrics.jsonl", [sink])
     logger.log(1, agent.train_iteration())
-    ImaginationStrip(tmp_path / "plots").on_train_end(agent, logger)
+    ImaginationStrip(tmp_path / "plots").on_train_end(SimpleNamespace(algorithm=agent,
+                                                                      logger=logger))
     path = tmp_path / "plots" / "imagination.png"
     assert ("media/imagination", path) in sink.images
     columns = len(real)

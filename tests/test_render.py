@@ -6,6 +6,7 @@ import subprocess
 import sys
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -107,7 +108,7 @@ def report_after_training(agent: A2C, run_dir: Path, sink: RecordingSink) -> Non
         logger.log(iteration, agent.train_iteration())
     logger.log(2, agent.evaluate(2))
     for reporter in run_reporters(RunDir(run_dir), title="test"):
-        reporter.on_train_end(agent, logger)
+        reporter.on_train_end(SimpleNamespace(algorithm=agent, logger=logger))
 
 
 def test_a2c_on_minipacman_plots_training_and_renders_an_episode(tmp_path: Path,

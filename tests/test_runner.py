@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from procmem.curricula import AdaptiveCurriculum, StagedCurriculum
+from procmem.run.callbacks import Callback
 from procmem.run.checkpoint import CheckpointManager
 from procmem.run.loggers import MetricLogger, read_metrics
 from procmem.run.runner import Runner, progress_postfix
@@ -54,14 +55,23 @@ class FakeAlgorithm:
         self.done = state["done"]
 
 
-class RecordingReporter:
-    """Records what the runner reports to it."""
+class RecordingCallback(Callback):
+    """Records each moment the runner calls it at: (hook, iteration, what it was given)."""
 
     def __init__(self) -> None:
         self.calls: list[tuple] = []
 
-    def on_train_end(self, algorithm: Any, logger: MetricLogger) -> None:
-        self.calls.append((algorithm, logger, algorithm.done))
+    def on_iteration(self, runner: Runner, metrics: dict[str, float]) -> None:
+        self.calls.append(("iteration", runner.iteration, metrics["train/done"]))
+
+    def on_evaluation(self, runner: Runner, metrics: dict[str, float]) -> None:
+        self.calls.append(("evaluation", runner.iteration, sorted(metrics)[0]))
+
+    def on_checkpoint(self, runner: Runner, path: Path) -> None:
+        self.calls.append(("checkpoint", runner.iteration, path.name))
+
+    def on_train_end(self, runner: Runner) -> None:
+        self.calls.append(("end", runner.iteration, runner.algorithm.done))
 
 
 class RecordingCurriculum(AdaptiveCurriculum):
@@ -80,7 +90,7 @@ class RecordingCurriculum(AdaptiveCurriculum):
 
 
 def make_runner(run_dir: Path, algorithm_cls: type = FakeAlgorithm, curriculum: Any = "adaptive",
-                resume_iteration: int | None = None, reporters: tuple = (),
+                resume_iteration: int | None = None, callbacks: tuple = (),
                 stop: StopSignals | None = None, sinks: tuple = (),
                 **settings: int) -> Runner:
     events: list[tuple] = []
@@ -92,7 +102,7 @@ def make_runner(run_dir: Path, algorithm_cls: type = FakeAlgorithm, curriculum: 
         curriculum,
         MetricLogger(run_dir / "metrics.jsonl", sinks, resume_iteration=resume_iteration),
         CheckpointManager(run_dir / "checkpoints"),
-        reporters,
+        callbacks,
         stop,
         progress=False,
         **settings,
@@ -196,11 +206,16 @@ def test_a_run_resumed_after_its_last_iteration_returns_the_whole_runs_final_met
     assert not [event for event in resumed.algorithm.events if event[0] == "train"]
 
 
-def test_reporters_are_called_once_after_the_last_iteration(tmp_path):
-    first, second = RecordingReporter(), RecordingReporter()
-    runner = make_runner(tmp_path, reporters=(first, second))
+def test_callbacks_are_called_at_each_moment_in_order(tmp_path):
+    first, second = RecordingCallback(), RecordingCallback()
+    runner = make_runner(tmp_path, callbacks=(first, second), iterations=5)
     runner.run()
-    assert first.calls == second.calls == [(runner.algorithm, runner.logger, 10)]
+    assert first.calls == second.calls == [
+        ("iteration", 1, 1.0), ("iteration", 2, 2.0), ("iteration", 3, 3.0),
+        ("iteration", 4, 4.0), ("evaluation", 4, "curriculum/replay_share"),
+        ("iteration", 5, 5.0), ("evaluation", 5, "curriculum/replay_share"),
+        ("checkpoint", 5, "ckpt_00000005.pt"),
+        ("end", 5, 5)]
 
 
 def test_a_run_without_curriculum_logs_and_saves_none(tmp_path):

@@ -12,15 +12,22 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from procmem.envs.protocols import BatchedEnv, PixelEnv, StagedEnv
-from procmem.models.observations import as_tensors, copy_observations, take_rows
+from procmem.algorithms.evaluation import (
+    EVAL_POLICIES,
+    RECORD_SEED_OFFSET,
+    evaluate_policy,
+    explain_policy,
+    record_episode,
+)
+from procmem.algorithms.policy_file import save_policy
+from procmem.algorithms.protocols import Artifact
+from procmem.algorithms.rollouts import Field, RolloutStorage
+from procmem.envs.protocols import BatchedEnv
+from procmem.models.observations import Observations, as_tensors, copy_observations, take_rows
 from procmem.runtime import check_finite, step_checked
 from procmem.settings import Above, AtLeast, AtMost, Component, OneOf, configurable
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop}
-EVAL_POLICIES = ("greedy", "sample")
-EVAL_SEED_STRIDE = 7919  # evaluations of stage k start from seed + stride * (k + 1)
-RECORD_SEED_OFFSET = 104729  # the recorded episode's seed, after the run's own
 
 # Settings A2C shares with the algorithms built on it (I2A), each declared once here.
 RolloutSteps = Annotated[int, AtLeast(1)]
@@ -61,21 +68,23 @@ class A2C:
     ``network(env)`` builds the actor-critic; ``train/episode_return`` and
     ``train/success_rate`` are means over the last ``stats_window`` episodes.
 
-    Evaluation runs on the eval env from fixed seeds, taking the policy's most likely
-    action (``eval_policy="greedy"``) or an action sampled from it (``"sample"``, from a
-    generator seeded with the episode seed, so evaluations repeat and training's draws are
-    untouched). A greedy policy that reads only the current frame repeats itself wherever
-    its choice leaves the frame as it was (staying, walking into a wall), so it can stall
-    until the episode ends; the I2A paper reports the stochastic policy's scores. Envs with stages
-    (:class:`~procmem.envs.protocols.StagedEnv`) report the share of exact answers of every
-    eval stage, ``eval/success_rate_stage{k}``, and ``eval/success_rate``, the mean over the
-    stages the env trains on (stages only evaluated, never trained, stay out of it). Other
-    envs report ``eval/episode_return`` and ``eval/episode_steps``, and where the env reports
-    success ``eval/success_rate`` and ``eval/solved_steps`` (steps of the solved episodes);
-    ``train/success_rate`` too needs it.
+    The update's steps are kept in :attr:`rollout`, a
+    :class:`~procmem.algorithms.rollouts.RolloutStorage` of ``n_steps * num_envs`` rows.
+
+    Evaluation (:func:`~procmem.algorithms.evaluation.evaluate_policy`) runs on the eval env
+    from fixed seeds, taking the policy's most likely action (``eval_policy="greedy"``) or
+    an action sampled from it (``"sample"``, from a generator seeded with the episode seed,
+    so evaluations repeat and training's draws are untouched). A greedy policy that reads
+    only the current frame repeats itself wherever its choice leaves the frame as it was
+    (staying, walking into a wall), so it can stall until the episode ends; the I2A paper
+    reports the stochastic policy's scores. Envs with stages report the success rate of
+    every eval stage, others the episode return and steps, and success where the env
+    reports it; ``train/success_rate`` too needs it.
     """
 
     env_needs: tuple[type, ...] = ()  # any env with discrete actions its network reads
+    # policy.pt: the trained network, for later runs (agent.policy_run of agent=env_model)
+    artifacts = (Artifact("policy.pt", lambda a2c, path: save_policy(a2c.network, a2c.net, path)),)
 
     def __init__(
         self,
@@ -106,11 +115,13 @@ class A2C:
         self.bootstrap_truncated = bootstrap_truncated
         self.stats_window = stats_window
         self.eval_policy = eval_policy
+        self.network = network
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.net = network(env).to(device)
         self.optimizer = OPTIMIZERS[optimizer](self.trained_parameters(), lr=lr)
         self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.rollout = RolloutStorage(n_steps * env.num_envs, self.rollout_fields(), device)
         self.obs, _ = env.reset(seed=seed)
         self.state = self.net.initial_state(env.num_envs)
         self.episode_return = np.zeros(env.num_envs)
@@ -122,8 +133,7 @@ class A2C:
 
     def train_iteration(self) -> dict[str, float]:
         start = time.perf_counter()
-        log_probs, values, entropies, rewards, dones = [], [], [], [], []
-        steps = []
+        log_probs, values, entropies = [], [], []  # the loss's terms, with their gradients
         for _ in range(self.n_steps):
             obs_tensors = as_tensors(self.obs, self.device)
             logits, value, self.state = self.net(obs_tensors, self.state)
@@ -131,21 +141,22 @@ class A2C:
             action = torch.multinomial(dist.probs, 1, generator=self.generator).squeeze(1)
             obs, reward, terminated, truncated, info = self.env.step(action.cpu().numpy())
             done = terminated | truncated
-            steps.append({"obs": obs_tensors, "action": action, "logits": logits.detach(),
-                          "next_obs": obs, "done": done, "info": info})
             self._track_episodes(reward, done, info)
             if self.bootstrap_truncated:
                 reward = reward + self.gamma * self._final_values(truncated & ~terminated, info)
             log_probs.append(dist.log_prob(action))
             entropies.append(dist.entropy())
             values.append(value)
-            rewards.append(torch.as_tensor(reward, dtype=torch.float32, device=self.device))
-            dones.append(torch.as_tensor(done, dtype=torch.float32, device=self.device))
-            self.state = self.state * (1.0 - dones[-1]).unsqueeze(1)
+            done_t = torch.as_tensor(done, dtype=torch.float32, device=self.device)
+            self.rollout.add(reward=reward, done=done_t, **self.step_fields(
+                obs_tensors, action, logits.detach(), obs, done, info))
+            self.state = self.state * (1.0 - done_t).unsqueeze(1)
             self.obs = obs
         with torch.no_grad():
             _, bootstrap, _ = self.net(as_tensors(self.obs, self.device), self.state)
-        returns = n_step_returns(torch.stack(rewards), torch.stack(dones), bootstrap, self.gamma)
+        rewards, dones = (self.rollout.get(name).view(self.n_steps, -1)
+                          for name in ("reward", "done"))
+        returns = n_step_returns(rewards, dones, bootstrap, self.gamma)
         values_t = torch.stack(values)
         advantages = (returns - values_t).detach()
         if self.normalize_advantages:
@@ -170,7 +181,7 @@ class A2C:
             "train/grad_norm": float(grad_norm),
             "train/env_steps": float(self.env_steps),
             "train/episodes": float(self.episodes),
-            **self.auxiliary_updates(steps),
+            **self.auxiliary_updates(),
         }
         metrics["perf/sps"] = samples / (time.perf_counter() - start)
         if self.finished:
@@ -184,46 +195,36 @@ class A2C:
         """The parameters the A2C loss trains (all of the network's here)."""
         return list(self.net.parameters())
 
-    def auxiliary_updates(self, steps: list[dict[str, Any]]) -> dict[str, float]:
-        """Updates of a subclass's own after each A2C step, and their metrics; none here.
-        ``steps`` holds, per env step of the update, the observations as tensors ``obs``, the
-        ``action`` taken, the policy's ``logits`` (detached) and what the env returned:
-        ``next_obs``, ``done`` and ``info``."""
+    def rollout_fields(self) -> dict[str, Field]:
+        """The fields of :attr:`rollout`, one row per env per step: the ``reward`` (with a
+        truncated episode's bootstrap) and ``done`` of A2C's returns, and those a subclass's
+        :meth:`step_fields` adds for its :meth:`auxiliary_updates`."""
+        return {"reward": Field((), np.float32), "done": Field((), np.float32)}
+
+    def step_fields(self, obs: Tensor | dict[str, Tensor], action: Tensor, logits: Tensor,
+                    next_obs: Observations, done: np.ndarray, info: dict[str, Any]
+                    ) -> dict[str, Any]:
+        """A subclass's own :attr:`rollout` fields for one env step, from the observations
+        as tensors ``obs``, the ``action`` taken, the policy's ``logits`` (detached) and what
+        the env returned; none here."""
         return {}
 
-    @torch.no_grad()
+    def auxiliary_updates(self) -> dict[str, float]:
+        """Updates of a subclass's own after each A2C step, from :attr:`rollout`, and their
+        metrics; none here."""
+        return {}
+
     def evaluate(self, episodes: int) -> dict[str, float]:
         """Episodes of the ``eval_policy``: the success rate per eval stage, or return, steps
-        and success."""
-        if not isinstance(self.eval_env, StagedEnv):
-            records = self._eval_episodes(episodes)
-            metrics = {
-                "eval/episode_return": float(np.mean([r["reward"] for r in records])),
-                "eval/episode_steps": float(np.mean([r["steps"] for r in records])),
-            }
-            if records[0]["success"] is not None:  # the env reports which episodes succeeded
-                metrics["eval/success_rate"] = float(np.mean([r["success"] for r in records]))
-                solved = [r["steps"] for r in records if r["success"]]
-                if solved:
-                    metrics["eval/solved_steps"] = float(np.mean(solved))
-            return metrics
-        metrics = {}
-        for stage in self.eval_env.eval_stages:
-            records = self._eval_episodes(episodes, stage)
-            metrics[f"eval/success_rate_stage{stage}"] = float(
-                np.mean([r["correct"] for r in records]))
-        trained = [metrics[f"eval/success_rate_stage{stage}"] for stage in self.eval_env.stages]
-        metrics["eval/success_rate"] = float(np.mean(trained))
-        return metrics
+        and success (:func:`~procmem.algorithms.evaluation.evaluate_policy`)."""
+        return evaluate_policy(self.eval_env, self.net, self.device, self.seed, episodes,
+                               self.eval_policy)
 
-    @torch.no_grad()
     def explain(self, per_stage: int) -> list[dict[str, Any]]:
         """A few evaluation episodes per eval stage, spelled out (problem, program, answer,
         reward); nothing for envs without stages."""
-        if not isinstance(self.eval_env, StagedEnv):
-            return []
-        return [record for stage in self.eval_env.eval_stages
-                for record in self._eval_episodes(per_stage, stage)]
+        return explain_policy(self.eval_env, self.net, self.device, self.seed, per_stage,
+                              self.eval_policy)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -251,26 +252,12 @@ class A2C:
         self.env_steps = int(state["env_steps"])
         self.episodes = int(state["episodes"])
 
-    @torch.no_grad()
     def record_episode(self, max_frames: int = 300) -> np.ndarray | None:
-        """The frames ``[T, 3, H, W]`` of one greedy episode of eval env 0 (the whole batch
-        steps; a fixed seed): the first, then one after every step up to the episode's end,
-        at most ``max_frames`` of them (longer episodes are cut there); ``None`` where the
-        observations are not images."""
-        env = self.eval_env
-        if not isinstance(env, PixelEnv):
-            return None
-        obs, _ = env.reset(seed=self.seed + RECORD_SEED_OFFSET)
-        state = self.net.initial_state(env.num_envs)
-        frames = [obs[0]]
-        while len(frames) < max_frames:
-            logits, _, state = self.net(as_tensors(obs, self.device), state)
-            obs, _, terminated, truncated, info = env.step(logits.argmax(1).cpu().numpy())
-            if terminated[0] or truncated[0]:
-                frames.append(info.get("final_obs", obs)[0])
-                break
-            frames.append(obs[0])
-        return np.stack(frames)
+        """The frames ``[T, 3, H, W]`` of one greedy episode of eval env 0 (a fixed seed; at
+        most ``max_frames``, longer episodes are cut there), ``None`` where the observations
+        are not images (:func:`~procmem.algorithms.evaluation.record_episode`)."""
+        return record_episode(self.eval_env, self.net, self.device,
+                              self.seed + RECORD_SEED_OFFSET, max_frames)
 
     # --- helpers ------------------------------------------------------------------------------
 
@@ -296,54 +283,3 @@ class A2C:
             _, value, _ = self.net(final_obs, state)
             values[index] = value.cpu().numpy()
         return values
-
-    def _eval_episodes(self, episodes: int, stage: int | None = None) -> list[dict[str, Any]]:
-        """``episodes`` episodes of the ``eval_policy`` (started at ``stage`` for envs with
-        stages): their return, steps and success, and for staged envs what was asked, the
-        program the agent emitted and its answer. Fixed seeds make evaluations comparable."""
-        env, records, round_ = self.eval_env, [], 0
-        while len(records) < episodes:
-            seed = self.seed + EVAL_SEED_STRIDE * (0 if stage is None else stage + 1) + round_
-            if stage is None:
-                obs, _ = env.reset(seed=seed)
-            else:
-                obs, _ = env.reset(seed=seed, options={"stages": stage})
-                problems = env.describe()
-            state = self.net.initial_state(env.num_envs)
-            sampler = torch.Generator(device=self.device).manual_seed(seed)
-            running = np.ones(env.num_envs, dtype=bool)
-            returns, solved = np.zeros(env.num_envs), np.zeros(env.num_envs, dtype=bool)
-            answers = np.zeros(env.num_envs, dtype=np.int64)
-            actions = []
-            while running.any():
-                logits, _, state = self.net(as_tensors(obs, self.device), state)
-                if self.eval_policy == "greedy":
-                    action = logits.argmax(1).cpu().numpy()
-                else:
-                    probs = torch.softmax(logits, dim=1)
-                    action = torch.multinomial(probs, 1, generator=sampler)[:, 0].cpu().numpy()
-                obs, reward, terminated, truncated, info = env.step(action)
-                actions.append(np.where(running, action, -1))
-                returns += np.where(running, reward, 0.0)
-                ended = running & (terminated | truncated)
-                success = info.get("success")
-                reports_success = success is not None
-                if reports_success:
-                    solved[ended] = success[ended]
-                if stage is not None:
-                    answers[ended] = info["final_answer"][ended]
-                running &= ~ended
-            emitted = np.stack(actions, axis=1)
-            for i in range(env.num_envs):
-                taken = [a for a in emitted[i] if a >= 0]
-                reward = round(float(returns[i]), 6)
-                if stage is None:
-                    records.append({"reward": reward, "steps": len(taken),
-                                    "success": bool(solved[i]) if reports_success else None})
-                else:
-                    records.append({**problems[i], "program": env.program(taken),
-                                    "answer": int(answers[i]), "correct": bool(solved[i]),
-                                    "reward": reward})
-            round_ += 1
-        return records[:episodes]
-

@@ -16,7 +16,9 @@ frame is unknown). The first frame of the next episode is the ``frame`` of the f
 transition, as it should be. Frames are kept as uint8 ``round(x * PILL_POWER)`` (every
 channel of a MiniPacman frame is a multiple of ``1 / PILL_POWER``), a quarter of float32.
 
-**Buffer.** A FIFO ring of ``buffer_size`` transitions (numpy arrays); each iteration
+**Buffer.** :attr:`EnvModelTrainer.replay`, a
+:class:`~procmem.algorithms.rollouts.RolloutStorage` of ``buffer_size`` transitions (numpy
+arrays, the oldest overwritten once it is full); each iteration
 steps the whole batch ``collect_steps`` times (``collect_steps * num_envs`` transitions)
 and then takes ``updates_per_iteration`` Adam steps on minibatches of ``batch_size`` drawn
 uniformly, with replacement, from the transitions held. With ``lr_decay_iterations`` the
@@ -48,10 +50,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from procmem.algorithms.protocols import require_env
+from procmem.algorithms.evaluation import choose_actions
+from procmem.algorithms.policy_file import load_policy
+from procmem.algorithms.protocols import Artifact, RunInput, require_env
+from procmem.algorithms.rollouts import Field, RolloutStorage
 from procmem.envs.minipacman import PILL_POWER
 from procmem.envs.protocols import EventRewardEnv, PixelEnv
-from procmem.models.env_model import EnvModel, rollout_accuracy
+from procmem.models.env_model import EnvModel
+from procmem.models.env_model_file import save_env_model
+from procmem.models.env_model_loss import rollout_accuracy
 from procmem.runtime import check_finite, step_checked
 from procmem.settings import Above, AtLeast, configurable
 
@@ -84,6 +91,9 @@ class EnvModelTrainer:
     module docstring."""
 
     env_needs = (PixelEnv, EventRewardEnv)
+    artifacts = (Artifact("env_model.pt",
+                          lambda trainer, path: save_env_model(trainer.env_model, path)),)
+    run_inputs = {"policy": RunInput("policy_run", "policy.pt", load_policy)}
 
     def __init__(
         self,
@@ -106,7 +116,7 @@ class EnvModelTrainer:
         require_env(self, env)
         self.env, self.eval_env = env, eval_env
         self.device, self.seed = torch.device(device), seed
-        self.batch_size, self.buffer_size = batch_size, buffer_size
+        self.batch_size = batch_size
         self.collect_steps = collect_steps
         self.updates_per_iteration = updates_per_iteration
         with torch.random.fork_rng(devices=[]):
@@ -121,15 +131,7 @@ class EnvModelTrainer:
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.reward_vector = torch.as_tensor(env.reward_vector, dtype=torch.float32)
 
-        shape = tuple(env.obs_shape)
-        self.frames = np.zeros((buffer_size, *shape), dtype=np.uint8)
-        self.next_frames = np.zeros((buffer_size, *shape), dtype=np.uint8)
-        self.actions = np.zeros(buffer_size, dtype=np.int64)
-        self.events = np.zeros((buffer_size, len(env.event_names)), dtype=np.float32)
-        self.mask = np.zeros(buffer_size, dtype=bool)
-        self.position = 0  # where the next transition goes
-        self.size = 0  # transitions held
-
+        self.replay = RolloutStorage(buffer_size, transition_fields(env, np.uint8))
         self.obs, _ = env.reset(seed=seed)
         self.state = None if self.policy is None else self.policy.initial_state(env.num_envs)
         self.env_steps = 0
@@ -139,13 +141,10 @@ class EnvModelTrainer:
     def train_iteration(self) -> dict[str, float]:
         start = time.perf_counter()
         for _ in range(self.collect_steps):
-            action, self.state = self._act(self.obs, self.state, self.rng, self.generator)
-            obs, _, terminated, truncated, info = self.env.step(action)
-            done = terminated | truncated
-            next_frames, mask = next_frames_of(obs, done, info)
-            self._store(self.obs, action, next_frames, info["events"], mask)
-            self.state = _reset_state(self.state, done)
-            self.obs = obs
+            transitions, _, self.obs, self.state = self._collect_step(
+                self.env, self.obs, self.state, self.rng, self.generator)
+            self.replay.add(**{**transitions, "frames": encode_frames(transitions["frames"]),
+                               "next_frames": encode_frames(transitions["next_frames"])})
         self.env_steps += self.collect_steps * self.env.num_envs
         lr = self._learning_rate()
         for group in self.optimizer.param_groups:
@@ -153,7 +152,7 @@ class EnvModelTrainer:
         self.env_model.train()
         totals: dict[str, float] = {}
         for _ in range(self.updates_per_iteration):
-            rows = self.rng.integers(0, self.size, size=self.batch_size)
+            rows = self.replay.sample(self.rng, self.batch_size)
             loss, metrics = self.env_model.loss(*self._batch(rows),
                                                 reward_vector=self.reward_vector)
             check_finite("the env model loss", loss)
@@ -165,7 +164,7 @@ class EnvModelTrainer:
         return {
             **totals,
             "train/env_steps": float(self.env_steps),
-            "train/buffer_size": float(self.size),
+            "train/buffer_size": float(self.replay.size),
             "train/lr": lr,
             "perf/sps": self.collect_steps * self.env.num_envs / (time.perf_counter() - start),
         }
@@ -201,19 +200,10 @@ class EnvModelTrainer:
         return result
 
     def state_dict(self) -> dict[str, Any]:
-        held = slice(0, self.size)
         return {
             "model": copy.deepcopy(self.env_model.state_dict()),
             "optimizer": copy.deepcopy(self.optimizer.state_dict()),
-            "buffer": {
-                "frames": self.frames[held].copy(),
-                "next_frames": self.next_frames[held].copy(),
-                "actions": self.actions[held].copy(),
-                "events": self.events[held].copy(),
-                "mask": self.mask[held].copy(),
-                "position": self.position,
-                "size": self.size,
-            },
+            "buffer": self.replay.state_dict(),
             "env": self.env.state_dict(),
             "obs": np.array(self.obs, copy=True),
             "state": None if self.state is None else self.state.detach().clone(),
@@ -226,14 +216,7 @@ class EnvModelTrainer:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.env_model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        buffer = state["buffer"]
-        size = int(buffer["size"])
-        if size > self.buffer_size:
-            raise ValueError(f"the saved buffer holds {size} transitions, more than "
-                             f"buffer_size={self.buffer_size}")
-        for name in ("frames", "next_frames", "actions", "events", "mask"):
-            getattr(self, name)[:size] = buffer[name]
-        self.size, self.position = size, int(buffer["position"]) % self.buffer_size
+        self.replay.load_state_dict(state["buffer"])
         self.env.load_state_dict(state["env"])
         self.obs = np.array(state["obs"], copy=True)
         self.state = None if state["state"] is None else state["state"].to(self.device)
@@ -259,25 +242,32 @@ class EnvModelTrainer:
         env = self.eval_env
         rng = np.random.default_rng(self.seed + EVAL_SEED_OFFSET)
         generator = torch.Generator(device=self.device).manual_seed(self.seed + EVAL_SEED_OFFSET)
-        names = ("frames", "actions", "next_frames", "events", "mask", "done")
-        data: dict[str, list] = {name: [] for name in names}
+        fields = {**transition_fields(env, env.single_observation_space.dtype),
+                  "done": Field((), np.bool_)}
+        data = RolloutStorage(segments * EVAL_SEGMENT_STEPS * env.num_envs, fields)
         for k in range(segments):
             obs, _ = env.reset(seed=self.seed + EVAL_SEED_OFFSET + k)
             state = None if self.policy is None else self.policy.initial_state(env.num_envs)
-            steps: dict[str, list] = {name: [] for name in names}
             for _ in range(EVAL_SEGMENT_STEPS):
-                action, state = self._act(obs, state, rng, generator)
-                next_obs, _, terminated, truncated, info = env.step(action)
-                done = terminated | truncated
-                next_frames, mask = next_frames_of(next_obs, done, info)
-                for name, value in zip(names, (obs, action, next_frames, info["events"], mask,
-                                               done), strict=True):
-                    steps[name].append(np.array(value, copy=True))
-                state = _reset_state(state, done)
-                obs = next_obs
-            for name in names:
-                data[name].append(np.stack(steps[name]))
-        return {name: np.stack(values) for name, values in data.items()}
+                transitions, done, obs, state = self._collect_step(env, obs, state, rng,
+                                                                   generator)
+                data.add(**transitions, done=done)
+        return {name: data.get(name).reshape(segments, EVAL_SEGMENT_STEPS, env.num_envs,
+                                             *field.shape) for name, field in fields.items()}
+
+    def _collect_step(self, env: EventRewardEnv, obs: np.ndarray, state: Tensor | None,
+                      rng: np.random.Generator, generator: torch.Generator
+                      ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, Tensor | None]:
+        """One step of the batch with the acting policy from ``obs``: its transitions
+        (float frames), where episodes ended, and the next observations and recurrent
+        state."""
+        action, state = self._act(obs, state, rng, generator)
+        next_obs, _, terminated, truncated, info = env.step(action)
+        done = terminated | truncated
+        next_frames, mask = next_frames_of(next_obs, done, info)
+        transitions = {"frames": obs, "next_frames": next_frames, "actions": action,
+                       "events": info["events"], "mask": mask}
+        return transitions, done, next_obs, _reset_state(state, done)
 
     def _act(self, obs: np.ndarray, state: Tensor | None, rng: np.random.Generator,
              generator: torch.Generator) -> tuple[np.ndarray, Tensor | None]:
@@ -289,37 +279,22 @@ class EnvModelTrainer:
             return rng.integers(0, self.env.num_actions, size=len(obs)), state
         with torch.no_grad():
             logits, _, state = self.policy(torch.as_tensor(obs, device=self.device), state)
-            probs = torch.softmax(logits, dim=1)
-            action = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-        return action.cpu().numpy(), state
-
-    def _store(self, frames: np.ndarray, actions: np.ndarray, next_frames: np.ndarray,
-               events: np.ndarray, mask: np.ndarray) -> None:
-        """Append a batch of transitions to the ring, overwriting the oldest when full."""
-        n = len(frames)
-        rows = (self.position + np.arange(n)) % self.buffer_size
-        if n > self.buffer_size:  # only the newest buffer_size of them are kept
-            rows, frames, actions = rows[-self.buffer_size:], frames[-self.buffer_size:], \
-                actions[-self.buffer_size:]
-            next_frames, events = next_frames[-self.buffer_size:], events[-self.buffer_size:]
-            mask = mask[-self.buffer_size:]
-        self.frames[rows] = encode_frames(frames)
-        self.next_frames[rows] = encode_frames(next_frames)
-        self.actions[rows] = actions
-        self.events[rows] = events
-        self.mask[rows] = mask
-        self.position = int((self.position + n) % self.buffer_size)
-        self.size = min(self.size + n, self.buffer_size)
+        return choose_actions(logits, "sample", generator), state
 
     def _batch(self, rows: np.ndarray) -> tuple[Tensor, ...]:
-        device = self.device
-        return (
-            torch.as_tensor(decode_frames(self.frames[rows]), device=device),
-            torch.as_tensor(self.actions[rows], device=device),
-            torch.as_tensor(decode_frames(self.next_frames[rows]), device=device),
-            torch.as_tensor(self.events[rows], device=device),
-            torch.as_tensor(self.mask[rows], device=device),
-        )
+        """The replay's transitions at ``rows`` as the tensors of :meth:`EnvModel.loss`."""
+        batch = self.replay.rows(rows)
+        return tuple(torch.as_tensor(decode_frames(batch[name]) if name.endswith("frames")
+                                     else batch[name], device=self.device)
+                     for name in ("frames", "actions", "next_frames", "events", "mask"))
+
+
+def transition_fields(env: EventRewardEnv, frame_dtype: Any) -> dict[str, Field]:
+    """The fields of a transition of ``env`` (see the module docstring), its frames kept as
+    ``frame_dtype``."""
+    frame = Field(tuple(env.obs_shape), frame_dtype)
+    return {"frames": frame, "next_frames": frame, "actions": Field((), np.int64),
+            "events": Field((len(env.event_names),), np.float32), "mask": Field((), np.bool_)}
 
 
 def next_frames_of(obs: np.ndarray, done: np.ndarray, info: Mapping[str, Any]

@@ -14,8 +14,9 @@ classes.
 from __future__ import annotations
 
 import copy
+import itertools
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 import numpy as np
@@ -23,11 +24,14 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from procmem.algorithms.a2c import A2C, RECORD_SEED_OFFSET, LearningRate
+from procmem.algorithms.a2c import A2C, LearningRate
 from procmem.algorithms.env_model_training import EnvModelTrainer, next_frames_of
-from procmem.algorithms.protocols import require_env
+from procmem.algorithms.evaluation import RECORD_SEED_OFFSET, policy_steps
+from procmem.algorithms.protocols import RunInput, require_env
+from procmem.algorithms.rollouts import Field
 from procmem.envs.protocols import EventRewardEnv, PixelEnv
 from procmem.models.env_model import EnvModel
+from procmem.models.env_model_file import load_env_model
 from procmem.models.i2a import IMAGINATION, I2APolicy
 from procmem.runtime import check_finite, step_checked
 from procmem.settings import AtLeast, OneOf, SettingError, configurable
@@ -63,6 +67,9 @@ class I2A(A2C):
     """
 
     env_needs = (PixelEnv, EventRewardEnv)
+    artifacts = ()  # its network reads imagined rollouts: no policy for other runs
+    run_inputs = {"env_model": RunInput("env_model_run", "env_model.pt",
+                                        lambda path, env, device: load_env_model(path, device))}
 
     def __init__(
         self,
@@ -125,38 +132,55 @@ class I2A(A2C):
     def trained_parameters(self) -> list[nn.Parameter]:
         return self.net.agent_parameters()
 
-    def auxiliary_updates(self, steps: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    def rollout_fields(self) -> dict[str, Field]:
+        """A2C's fields, the real frames ``obs`` and the agent's ``logits`` that distillation
+        reads, and with ``finetune_env_model`` the rest of each step's env-model transition:
+        ``action``, ``next_frames``, ``events`` and ``mask`` (see
+        :func:`~procmem.algorithms.env_model_training.next_frames_of`)."""
+        fields = super().rollout_fields()
+        frame = Field(tuple(self.env.obs_shape), self.env.single_observation_space.dtype)
+        if self.net.rollout_policy is not None:
+            fields |= {"obs": frame, "logits": Field((self.env.num_actions,), np.float32)}
+        if self.finetune_env_model:
+            fields |= {"action": Field((), np.int64), "next_frames": frame,
+                       "events": Field((len(self.env.event_names),), np.float32),
+                       "mask": Field((), np.bool_)}
+        return fields
+
+    def step_fields(self, obs: Tensor, action: Tensor, logits: Tensor, next_obs: np.ndarray,
+                    done: np.ndarray, info: dict[str, Any]) -> dict[str, Any]:
+        fields: dict[str, Any] = {}
+        if self.net.rollout_policy is not None:
+            fields |= {"obs": obs, "logits": logits}
+        if self.finetune_env_model:
+            next_frames, mask = next_frames_of(next_obs, done, info)
+            fields |= {"action": action, "next_frames": next_frames, "events": info["events"],
+                       "mask": mask}
+        return fields
+
+    def auxiliary_updates(self) -> dict[str, float]:
         """Distil the rollout policy from the agent's policy on the update's real frames and,
         with ``finetune_env_model``, train the env model on its real transitions."""
         metrics: dict[str, float] = {}
         if self.distill_optimizer is None:
             return metrics
-        frames = torch.cat([step["obs"] for step in steps]).float()
-        agent_logits = torch.cat([step["logits"] for step in steps])
-        loss = distillation_loss(self.net.rollout_policy(frames), agent_logits)
+        frames = self.rollout.get("obs").float()
+        loss = distillation_loss(self.net.rollout_policy(frames), self.rollout.get("logits"))
         check_finite("the distillation loss", loss)
         self.distill_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         step_checked(self.distill_optimizer, "distillation")
         metrics["train/loss_distill"] = loss.item()
         if self.env_model_optimizer is not None:
-            metrics.update(self._finetune_env_model(frames, steps))
+            metrics.update(self._finetune_env_model(frames))
         return metrics
 
-    def _finetune_env_model(self, frames: Tensor, steps: Sequence[Mapping[str, Any]]
-                            ) -> dict[str, float]:
+    def _finetune_env_model(self, frames: Tensor) -> dict[str, float]:
         """One Adam step of the env model's loss on the update's real transitions."""
-        model = self.net.model
-        nexts, masks = zip(*(next_frames_of(step["next_obs"], step["done"], step["info"])
-                             for step in steps), strict=True)
-        def batch(arrays: Sequence[np.ndarray]) -> Tensor:
-            return torch.as_tensor(np.concatenate(arrays), device=self.device)
-
-        actions = torch.cat([step["action"] for step in steps])
-        events = batch([step["info"]["events"] for step in steps]).float()
+        model, rollout = self.net.model, self.rollout
         model.train()
-        loss, metrics = model.loss(frames, actions, batch(nexts).float(), events,
-                                   batch(masks), self.net.reward_vector)
+        loss, metrics = model.loss(frames, *(rollout.get(name) for name in (
+            "action", "next_frames", "events", "mask")), self.net.reward_vector)
         check_finite("the env model loss", loss)
         self.env_model_optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -189,18 +213,16 @@ class I2A(A2C):
         standard agent, which imagines nothing."""
         if self.net.model is None:
             return None
-        env = self.eval_env
-        obs, _ = env.reset(seed=self.seed + RECORD_SEED_OFFSET)
+        seed = self.seed + RECORD_SEED_OFFSET
+        obs, _ = self.eval_env.reset(seed=seed)
         imagined_frame = torch.as_tensor(obs[:1], device=self.device).float()
-        state = self.net.initial_state(env.num_envs)
         real, imagined = [], []
-        for _ in range(self.net.depth):
-            logits, _, state = self.net(torch.as_tensor(obs, device=self.device), state)
-            action = logits.argmax(1)
-            obs, _, terminated, truncated, info = env.step(action.cpu().numpy())
-            imagined_frame, _ = self.net.model.predict(imagined_frame, action[:1])
-            ended = terminated[0] or truncated[0]
-            real.append(info["final_obs"][0] if ended else obs[0])
+        steps = policy_steps(self.eval_env, self.net, self.device, obs, seed)
+        for step in itertools.islice(steps, self.net.depth):
+            action = torch.as_tensor(step.action[:1], device=self.device)
+            imagined_frame, _ = self.net.model.predict(imagined_frame, action)
+            ended = step.terminated[0] or step.truncated[0]
+            real.append(step.info["final_obs"][0] if ended else step.next_obs[0])
             imagined.append(imagined_frame[0].cpu().numpy())
             if ended:
                 break

@@ -9,7 +9,8 @@ from typing import Annotated, Any
 import numpy as np
 import torch
 
-from procmem.algorithms.protocols import require_env
+from procmem.algorithms.evaluation import episode_metrics
+from procmem.algorithms.protocols import Artifact, require_env
 from procmem.envs.keydoor import FLAG_NAMES, FLAGS, SUBGOALS
 from procmem.envs.protocols import SubgoalEnv
 from procmem.models.skill_policies import SubgoalPolicies
@@ -29,7 +30,12 @@ _EVAL_SEED_OFFSET = 1_000_003
 
 @dataclass
 class _Stream:
-    """Per-env state of an ongoing stream of episodes: the current episode and running skill."""
+    """Per-env state of an ongoing stream of episodes: the current episode and running skill.
+
+    Not a :class:`~procmem.algorithms.rollouts.RolloutStorage`: each env's trajectory is
+    written at that env's own step of its current episode and read back whole, one episode
+    at a time, when it ends (skills are cut from it), beside the running skill's plan.
+    """
 
     obs: np.ndarray
     trajectory_obs: np.ndarray  # [B, T, obs_dim]: obs before each step
@@ -120,6 +126,8 @@ class ProceduralMemoryAgent:
     """
 
     env_needs = (SubgoalEnv,)
+    artifacts = (Artifact("skills.json", lambda agent, path: None if agent.memory is None
+                          else agent.memory.save(path)),)
 
     def __init__(
         self,
@@ -173,15 +181,8 @@ class ProceduralMemoryAgent:
         """Collect ``num_envs`` episodes, turning what they achieved into skills."""
         episodes = self._collect(self.env, self.stream, self.explorer, self.rng,
                                  self.env.num_envs, learn=True)
-        solved = [e["steps"] for e in episodes if e["success"]]
-        metrics = {
-            "train/episode_return": float(np.mean([e["reward"] for e in episodes])),
-            "train/episode_steps": float(np.mean([e["steps"] for e in episodes])),
-            "train/success_rate": float(np.mean([e["success"] for e in episodes])),
-            "train/env_steps": float(self.env_steps),
-        }
-        if solved:
-            metrics["train/solved_steps"] = float(np.mean(solved))
+        metrics = {**episode_metrics("train", episodes),
+                   "train/env_steps": float(self.env_steps)}
         if self.memory is not None:
             metrics["memory/reuse_rate"] = _reuse_rate(episodes)
             metrics.update(self._library_metrics())
@@ -196,18 +197,24 @@ class ProceduralMemoryAgent:
         explorer = make_explorer(self.explorer_name, self.eval_env)
         done = self._collect(self.eval_env, stream, explorer, np.random.default_rng(seed),
                              episodes, learn=False)
-        solved = [e["steps"] for e in done if e["success"]]
-        metrics = {
-            "eval/success_rate": float(np.mean([e["success"] for e in done])),
-            "eval/episode_steps": float(np.mean([e["steps"] for e in done])),
-            "eval/episode_return": float(np.mean([e["reward"] for e in done])),
-        }
-        if solved:
-            metrics["eval/solved_steps"] = float(np.mean(solved))
+        metrics = episode_metrics("eval", done)
         if self.memory is not None:
             metrics["eval/reuse_rate"] = _reuse_rate(done)
             metrics.update(self._library_metrics())
         return metrics
+
+    def tables(self) -> dict[str, list[dict[str, Any]]]:
+        """The skill library as the table ``media/skills`` (none without a memory)."""
+        return {} if self.memory is None else {"media/skills": self.memory.to_records()}
+
+    @classmethod
+    def check_config(cls, run: Mapping[str, Any]) -> None:
+        """Subgoal keys need room in the memory's embeddings (``memory.embedding_dim``)."""
+        memory, min_dim = run.get("memory") or {}, SituationEmbedding.MIN_DIM
+        if (run["agent"].get("extraction") == "subgoals"
+                and memory.get("embedding_dim", min_dim) < min_dim):
+            raise SettingError("memory.embedding_dim", f"{memory['embedding_dim']} is too "
+                               f"small: agent.extraction=subgoals needs >= {min_dim}")
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -1,21 +1,51 @@
-"""What an algorithm must do for the runner, and what it may offer reporters and evaluation.
+"""What an algorithm must do for the runner, and what it may declare and offer to the rest.
 
-Every algorithm is an :class:`Algorithm`. The others are optional: an algorithm that offers
-the data a reporter draws (an episode, imagined frames, its skills, a trained env model) or
-that can explain its evaluation implements the matching protocol, and users check with
-``isinstance``.
+Every algorithm is an :class:`Algorithm`. The rest is optional, and the run directory,
+reporters and the app work from it without naming any family:
+
+- ``artifacts`` (a class attribute of :class:`Artifact` s): the files it leaves in its run
+  dir for later runs (a skill library, an env model, a policy);
+- ``run_inputs`` (a class attribute, constructor argument -> :class:`RunInput`): the
+  settings that read another run's artifact, and how to load it from the file;
+- ``check_config(run)`` (a classmethod, on any component): its own config rules, given the
+  whole run config as plain data, raising :class:`~procmem.settings.SettingError` naming the
+  key; ``check_env(env)`` (on a network): whether it reads the built env's observations;
+- the data a reporter draws (an episode, imagined frames, tables) or an explanation of its
+  evaluation, through the protocols below, which users check with ``isinstance``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+import torch
 
 from procmem.envs.protocols import CAPABILITIES
-from procmem.models.env_model import EnvModel
-from procmem.skills.library import SkillLibrary
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A file an algorithm leaves in its run dir for later runs: ``save(algorithm, path)``
+    writes it and returns the path, or ``None`` when the algorithm has nothing to save
+    (a skill agent without memory)."""
+
+    file: str
+    save: Callable[[Any, Path], Path | None]
+
+
+@dataclass(frozen=True)
+class RunInput:
+    """A constructor argument loaded from another run: the agent ``setting`` that names the
+    run (its dir, or the ``artifact`` file itself) and ``load(path, env, device)``, which builds
+    the argument from the file. The run must have trained on the same env."""
+
+    setting: str
+    artifact: str
+    load: Callable[[Path, Any, torch.device], Any]
 
 
 @runtime_checkable
@@ -65,17 +95,21 @@ class Imaginer(Protocol):
 
 
 @runtime_checkable
-class SkillLearner(Protocol):
-    """Keeps its skills in a skill library (``None`` when it runs without memory)."""
+class Tabulator(Protocol):
+    """Tables worth a look after training (``media/skills``: the skill library), by metric
+    key; rows are dicts of plain values."""
 
-    memory: SkillLibrary | None
+    def tables(self) -> dict[str, list[dict[str, Any]]]: ...
 
 
-@runtime_checkable
-class EnvModelLearner(Protocol):
-    """Trains an environment model that other runs load (I2A)."""
+def artifacts_of(cls: type) -> tuple[Artifact, ...]:
+    """The artifacts an algorithm class declares (none by default)."""
+    return tuple(getattr(cls, "artifacts", ()))
 
-    env_model: EnvModel
+
+def run_inputs_of(cls: type) -> Mapping[str, RunInput]:
+    """The run inputs an algorithm class declares, by constructor argument (none by default)."""
+    return dict(getattr(cls, "run_inputs", {}))
 
 
 def require_env(algorithm: Algorithm, env: Any) -> None:

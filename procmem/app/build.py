@@ -2,37 +2,36 @@
 
 The app builds the env (twice: training and evaluation), the memory and the curriculum,
 plugs the curriculum into an env with stages, loads what the agent takes from other runs
-(``agent.env_model_run``, ``agent.policy_run``) and hands all of it to the agent's
-constructor, which takes what it names: ``env``, ``eval_env``, ``memory``, ``device``,
-``seed`` and the loaded objects.
+(its declared ``run_inputs``: ``agent.env_model_run``, ``agent.policy_run``, ...) and hands
+all of it to the agent's constructor, which takes what it names: ``env``, ``eval_env``,
+``memory``, ``device``, ``seed`` and the loaded objects.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
 
-from procmem.algorithms.protocols import Algorithm
-from procmem.app.compatibility import check_built_env
-from procmem.app.config import (
-    RUN_INPUTS,
-    ConfigError,
-    import_target,
-    run_config,
-    run_inputs_of,
-)
+from procmem.algorithms.protocols import Algorithm, RunInput, artifacts_of, run_inputs_of
+from procmem.app.catalogue import ConfigError, import_target, run_config
+from procmem.app.compatibility import check_built_env, input_file
 from procmem.curricula import Curriculum
 from procmem.envs.protocols import BatchedEnv, StagedEnv
+from procmem.run.callbacks import Callback
+from procmem.run.checkpoint import CheckpointError
 from procmem.run.loggers import Sink
-from procmem.run.run_dir import RunDir, read_env_model
+from procmem.run.run_dir import RunDir
+from procmem.run.status import describe_error
+from procmem.runtime import rng_state, set_rng_state
+from procmem.safe_load import UnsafeFileError
 from procmem.settings import SettingError
 
 
@@ -43,6 +42,7 @@ class BuiltRun:
     algorithm: Algorithm
     curriculum: Curriculum | None
     env: BatchedEnv
+    callbacks: list[Callback]
 
 
 def build_component(node: DictConfig, prefix: str, **objects: Any) -> Any:
@@ -52,7 +52,9 @@ def build_component(node: DictConfig, prefix: str, **objects: Any) -> Any:
     try:
         parameters = inspect.signature(import_target(node._target_)).parameters
         given = {name: value for name, value in objects.items() if name in parameters}
-        settings = OmegaConf.masked_copy(node, [key for key in node if key not in RUN_INPUTS])
+        inputs = {run_input.setting for run_input in run_inputs_of(import_target(node._target_))
+                  .values()}
+        settings = OmegaConf.masked_copy(node, [key for key in node if key not in inputs])
         return _instantiate(settings, given)
     except SettingError as error:
         raise error.under(prefix) from None
@@ -80,13 +82,15 @@ def build_run(cfg: DictConfig, device: torch.device) -> BuiltRun:
     curriculum = build_component(cfg.curriculum, "curriculum") if cfg.curriculum else None
     if curriculum is not None and isinstance(env, StagedEnv):
         env.set_stage_sampler(curriculum.sample)
-    agent = import_target(cfg.agent._target_)
-    loaded = {argument: LOADERS[argument](cfg.agent[key], env, device)
-              for key, argument in run_inputs_of(agent).items() if cfg.agent.get(key)}
+    loaded = load_run_inputs(cfg, env, device)
     algorithm = build_component(cfg.agent, "agent", env=env, eval_env=eval_env, memory=memory,
                                 device=device, seed=cfg.seed, **loaded)
     _require(algorithm, Algorithm, "agent")
-    return BuiltRun(algorithm, curriculum, env)
+    callbacks = []
+    for name, node in (cfg.get("callbacks") or {}).items():
+        callbacks.append(build_component(node, f"callbacks.{name}"))
+        _require(callbacks[-1], Callback, f"callbacks.{name}")
+    return BuiltRun(algorithm, curriculum, env, callbacks)
 
 
 def _require(built: Any, protocol: type, group: str) -> None:
@@ -96,24 +100,44 @@ def _require(built: Any, protocol: type, group: str) -> None:
                                                f"{protocol.__module__}.{protocol.__name__}")
 
 
-def load_policy(run_dir: str, env: BatchedEnv, device: torch.device) -> nn.Module:
-    """The network of an A2C run, built for ``env`` from the run's saved config, with the
-    weights of its latest checkpoint."""
-    run = RunDir(run_dir)
-    cfg = run_config(run)
-    net = instantiate(cfg.agent.network)(env)
-    checkpoint = run.checkpoints().load_latest(
-        accept=lambda c: net.load_state_dict(c["algorithm"]["net"]))
-    if checkpoint is None:
-        raise FileNotFoundError(f"{run.path}: no checkpoint to load a policy from")
-    return net.to(device).eval()
+def load_run_inputs(cfg: DictConfig, env: BatchedEnv, device: torch.device) -> dict[str, Any]:
+    """The agent's constructor arguments read from other runs (its ``run_inputs`` whose
+    setting names a run), by argument. A file that cannot be loaded is a
+    :class:`CheckpointError` naming it."""
+    loaded = {}
+    for argument, run_input in run_inputs_of(import_target(cfg.agent._target_)).items():
+        if cfg.agent.get(run_input.setting):
+            path = input_file(cfg, run_input)
+            with tempfile.TemporaryDirectory() as folder:
+                if path is None:  # a run saved before it left the file: its checkpoint makes it
+                    path = _artifact_from_checkpoint(RunDir(cfg.agent[run_input.setting]),
+                                                     run_input.artifact, Path(folder))
+                loaded[argument] = _load(run_input, path, env, device)
+    return loaded
 
 
-# How each argument in RUN_INPUTS is loaded: (run dir or file, env, device) -> object.
-LOADERS: dict[str, Callable[[str, BatchedEnv, torch.device], Any]] = {
-    "env_model": lambda path, env, device: read_env_model(path, device),
-    "policy": load_policy,
-}
+def _artifact_from_checkpoint(run: RunDir, file: str, folder: Path) -> Path:
+    """``file``, as the algorithm of ``run`` saves it from its latest checkpoint, written into
+    ``folder`` (``run`` is not changed). The random state is left as it was."""
+    before = rng_state()
+    try:
+        algorithm = build_run(run_config(run), torch.device("cpu")).algorithm
+        run.checkpoints().load_latest(accept=lambda c: algorithm.load_state_dict(c["algorithm"]))
+        artifact = next(a for a in artifacts_of(type(algorithm)) if a.file == file)
+        return artifact.save(algorithm, folder / file)
+    finally:
+        set_rng_state(before)
+
+
+def _load(run_input: RunInput, path: Path, env: BatchedEnv, device: torch.device) -> Any:
+    try:
+        return run_input.load(path, env, device)
+    except FileNotFoundError:
+        raise
+    except UnsafeFileError as error:
+        raise CheckpointError(str(error)) from None
+    except Exception as error:
+        raise CheckpointError(f"{path}: unreadable file ({describe_error(error)})") from error
 
 
 def logger_sinks(cfg: DictConfig, run: RunDir, job_type: str) -> list[Sink]:

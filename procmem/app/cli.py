@@ -23,6 +23,7 @@ from omegaconf import DictConfig, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 from procmem.app.catalogue import ConfigError
+from procmem.run.callbacks import CallbackError
 from procmem.run.checkpoint import CheckpointError
 from procmem.run.lock import RunDirLocked
 from procmem.run.loggers import MetricsFileError
@@ -36,6 +37,7 @@ KNOWN_FAILURES: tuple[tuple[type[BaseException], str, int], ...] = (
     (RunDirLocked, "run dir error", 2),
     (NonFiniteError, "training stopped", 3),
     (CheckpointError, "checkpoint error", 4),
+    (CallbackError, "callback error", 70),
     (MetricsFileError, "metrics error", 4),
     (OSError, "file error", 74),
 )

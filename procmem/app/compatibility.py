@@ -2,11 +2,13 @@
 
 An agent declares the env capabilities it needs (``env_needs``), an env class the ones it
 offers (the protocols of :mod:`procmem.envs.protocols` it subclasses). A memory needs an
-agent that takes one, a curriculum an env with stages, ``agent.policy_run`` an A2C run on the
-same env and ``agent.env_model_run`` a run that saved an env model. Each mismatch is one line
+agent that takes one, a curriculum an env with stages, and a setting that reads another run
+(an agent's declared ``run_inputs``) a run on the same env that leaves the file it reads.
+Each component's own rules (its ``check_config`` hook) come next. Each mismatch is one line
 naming the choices and, where there are some, the options that would fit. What only the
-built env can tell (discrete actions, a network that reads its observations) is checked by
-:func:`check_built_env` right after the env is built, before the agent.
+built env can tell (discrete actions, a network that reads its observations: its
+``check_env`` hook) is checked by :func:`check_built_env` right after the env is built,
+before the agent. Nothing here names a family: see :mod:`procmem.algorithms.protocols`.
 """
 
 from __future__ import annotations
@@ -16,14 +18,15 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from procmem.algorithms.procedural import ProceduralMemoryAgent
+from procmem.algorithms.protocols import RunInput, artifacts_of, run_inputs_of
 from procmem.app.catalogue import ConfigError, choice, group_options, import_target
 from procmem.envs.protocols import CAPABILITIES, StagedEnv, offers
-from procmem.models.networks import NetworkMismatch, check_fits
 from procmem.run.run_dir import RunDir
-from procmem.skills.features import SituationEmbedding
+from procmem.settings import SettingError
+
+GROUPS_WITH_RULES = ("env", "agent", "memory", "curriculum")  # checked by their check_config
 
 
 class CombinationError(ConfigError):
@@ -67,11 +70,10 @@ def check_compatible(cfg: DictConfig) -> None:
             f"{choice('curriculum', cfg.curriculum)} needs {CAPABILITIES[StagedEnv]}; "
             f"{env_choice} has none: set curriculum=none, or pick one of "
             f"{', '.join(options_offering([StagedEnv]))}"))
-    if cfg.agent.get("policy_run"):
-        _check_policy_run(Path(cfg.agent.policy_run), cfg.env)
-    if cfg.agent.get("env_model_run"):
-        _check_env_model_run(Path(cfg.agent.env_model_run))
-    _check_embedding_dim(cfg)
+    for run_input in run_inputs_of(agent).values():
+        if cfg.agent.get(run_input.setting):
+            input_file(cfg, run_input)
+    _check_own_rules(cfg)
 
 
 def check_built_env(cfg: DictConfig, env: Any) -> None:
@@ -82,44 +84,60 @@ def check_built_env(cfg: DictConfig, env: Any) -> None:
             f"{choice('agent', cfg.agent)} needs discrete actions; {env_named(cfg.env)} "
             f"has {env.single_action_space}"))
     network = cfg.agent.get("network")
-    if network:
+    check_env = getattr(import_target(network._target_), "check_env", None) if network else None
+    if check_env is not None:
         try:
-            check_fits(import_target(network._target_), env)
-        except NetworkMismatch as error:
+            check_env(env)
+        except ValueError as error:
             raise CombinationError("agent.network", (
                 f"{choice('agent/network', network)} cannot read the observations of "
                 f"{env_named(cfg.env)}: {error}; pick another, or agent/network=auto"
             )) from None
 
 
-def _check_policy_run(path: Path, env: DictConfig) -> None:
-    run = RunDir(path)
+def input_file(cfg: DictConfig, run_input: RunInput) -> Path | None:
+    """The file the agent setting ``run_input.setting`` names: the file itself, or the
+    artifact in the run dir it names; ``None`` for a run saved before it left that file,
+    whose latest checkpoint can make it. Anything else is a :class:`ConfigError` naming the
+    setting: not a run dir, a run on another env, a run that leaves no such file."""
+    key, path = f"agent.{run_input.setting}", Path(cfg.agent[run_input.setting])
+    if path.is_file():
+        return path
+    run, file = RunDir(path), path / run_input.artifact
     if not run.config_file.is_file():
-        raise ConfigError("agent.policy_run", f"{path} is not a run dir (no {run.config_file})")
-    policy = run.config()
-    if "network" not in policy.agent:
-        raise ConfigError("agent.policy_run", f"{path} is not an A2C run (it has no "
-                                              "agent.network)")
-    if policy.env._target_ != env._target_:
-        raise ConfigError("agent.policy_run", f"{path} trained on {choice('env', policy.env)}; "
-                                              f"this run's env is {choice('env', env)}")
+        if file.is_file():  # a folder holding the file
+            return file
+        raise ConfigError(key, f"{path} is not a run dir and holds no {run_input.artifact}")
+    source = run.config()
+    if source.env._target_ != cfg.env._target_:
+        raise ConfigError(key, f"{path} trained on {choice('env', source.env)}; this run's "
+                               f"env is {choice('env', cfg.env)}")
+    if file.is_file():
+        return file
+    leaves = [artifact.file for artifact in artifacts_of(import_target(source.agent._target_))]
+    if run_input.artifact not in leaves:
+        raise ConfigError(key, f"{path} has no {run_input.artifact}: its "
+                               f"{choice('agent', source.agent)} leaves "
+                               f"{', '.join(leaves) or 'no files for other runs'}")
+    if not run.checkpoints().paths():
+        raise ConfigError(key, f"{path} has no {run_input.artifact} yet, and no checkpoint "
+                               "to make it from")
+    return None
 
 
-def _check_env_model_run(path: Path) -> None:
-    model = RunDir(path).env_model_file if path.is_dir() else path
-    if not model.is_file():
-        raise ConfigError("agent.env_model_run", f"{model} not found: give an "
-                                                 "agent=env_model run dir or its env_model.pt")
-
-
-def _check_embedding_dim(cfg: DictConfig) -> None:
-    """Subgoal keys need room in the memory's embeddings."""
-    agent, memory, min_dim = cfg.agent, cfg.memory, SituationEmbedding.MIN_DIM
-    if (import_target(agent._target_) is ProceduralMemoryAgent
-            and agent.get("extraction") == "subgoals" and memory
-            and memory.get("embedding_dim", min_dim) < min_dim):
-        raise ConfigError("memory.embedding_dim", f"{memory.embedding_dim} is too small: "
-                          f"agent.extraction=subgoals needs >= {min_dim}")
+def _check_own_rules(cfg: DictConfig) -> None:
+    """Each component's own config rules: its class's ``check_config`` hook, given the whole
+    run config as plain data."""
+    run = None
+    for group in GROUPS_WITH_RULES:
+        node = cfg.get(group)
+        check = getattr(import_target(node._target_), "check_config", None) if node else None
+        if check is not None:
+            run = run or OmegaConf.to_container(cfg, resolve=True)
+            try:
+                check(run)
+            except SettingError as error:
+                raise ConfigError(error.key, error.reason) from None
 
 
 def _class_of(cfg: DictConfig, group: str) -> type:

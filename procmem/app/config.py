@@ -30,8 +30,10 @@ from hydra.core.override_parser.types import ValueType
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from procmem.app.catalogue import CONFIG_DIR, ConfigError, group_options, import_target
+from procmem.algorithms.protocols import run_inputs_of
+from procmem.app.catalogue import CONFIG_DIR, ConfigError, group_options, import_target, run_config
 from procmem.app.compatibility import check_compatible
+from procmem.run.callbacks import Callback
 from procmem.run.run_dir import RunDir
 from procmem.run.runner import Runner
 from procmem.settings import (
@@ -47,21 +49,6 @@ from procmem.settings import (
 GROUPS = ("env", "agent", "memory", "curriculum", "logger")
 DEVICES = ("auto", "cpu", "cuda")
 # Constructor arguments the app loads from another run: config key -> argument.
-RUN_INPUTS = {"env_model_run": "env_model", "policy_run": "policy"}
-
-
-# Modules that moved when the library was laid out by role: the configs of run dirs written
-# before name their old paths (a policy_run, a resume, an evaluation).
-MOVED_MODULES = {
-    "procmem.agents.a2c": "procmem.algorithms.a2c",
-    "procmem.agents.i2a": "procmem.algorithms.i2a",
-    "procmem.agents.procedural": "procmem.algorithms.procedural",
-    "procmem.agents.env_model_trainer": "procmem.algorithms.env_model_training",
-    "procmem.agents.networks": "procmem.models.networks",
-    "procmem.memory.skill_library": "procmem.skills.library",
-    "procmem.curriculum": "procmem.curricula",
-    "procmem.logging": "procmem.run.loggers",
-}
 
 
 RUN_NAME = "${hydra:runtime.choices.agent}_${hydra:runtime.choices.env}"  # e.g. a2c_gridworld
@@ -79,13 +66,6 @@ class RunSettings:
     resume: str | None = None  # a run dir: continue that run from its last checkpoint
 
 
-def run_config(run: RunDir) -> DictConfig:
-    """The config ``run`` was started with, its ``_target_`` paths brought up to date."""
-    cfg = run.config()
-    _update_targets(cfg)
-    return cfg
-
-
 def resume_config(run: RunDir, overrides: Sequence[str]) -> DictConfig:
     """The config that continues the run in ``run``: the one it started with. Overrides
     besides ``resume=`` are refused: a run keeps its config for its life."""
@@ -97,23 +77,6 @@ def resume_config(run: RunDir, overrides: Sequence[str]) -> DictConfig:
     return run_config(run)
 
 
-def _update_targets(node: Any) -> None:
-    if isinstance(node, DictConfig):
-        target = node.get("_target_")
-        if isinstance(target, str):
-            module, _, name = target.rpartition(".")
-            node._target_ = f"{MOVED_MODULES.get(module, module)}.{name}"
-        for value in node.values():
-            _update_targets(value)
-
-
-def run_inputs_of(cls: type) -> dict[str, str]:
-    """The config keys of the constructor arguments of ``cls`` that the app loads from
-    another run (``env_model_run`` for ``env_model``), key -> argument."""
-    parameters = _constructor_parameters(cls)
-    return {key: argument for key, argument in RUN_INPUTS.items() if argument in parameters}
-
-
 def schema_node(target: type, target_path: str | None = None) -> dict[str, Any]:
     """The config node of a component with every default: ``_target_`` (when given), the
     settings, its nested components (``???``: picked by their own group) and the keys of
@@ -123,7 +86,7 @@ def schema_node(target: type, target_path: str | None = None) -> dict[str, Any]:
         node[name] = MISSING if setting.required else _plain(setting.default)
     if not dataclasses.is_dataclass(target):
         node.update({name: MISSING for name in components_of(target)})
-        node.update({key: None for key in run_inputs_of(target)})
+        node.update({run_input.setting: None for run_input in run_inputs_of(target).values()})
     return node
 
 
@@ -205,8 +168,24 @@ def check_config(cfg: DictConfig) -> None:
     for group in GROUPS:
         check_component(cfg[group], group)
     _check_node(Runner, cfg.trainer, "trainer")
-    top = [key for key in cfg.keys() if key not in (*GROUPS, "trainer", "hydra")]
+    for name, node in (cfg.get("callbacks") or {}).items():
+        _check_callback(node, f"callbacks.{name}")
+    top = [key for key in cfg.keys() if key not in (*GROUPS, "trainer", "callbacks", "hydra")]
     _check_node(RunSettings, OmegaConf.masked_copy(cfg, top), "")
+
+
+def _check_callback(node: DictConfig, prefix: str) -> None:
+    """A callback's node names a :class:`~procmem.run.callbacks.Callback` and its settings."""
+    target = node.get("_target_") if isinstance(node, DictConfig) else None
+    if target is not None:
+        try:
+            cls = import_target(target)
+        except ConfigError as error:
+            raise error.under(prefix) from None
+        if not (isinstance(cls, type) and issubclass(cls, Callback)):
+            raise ConfigError(f"{prefix}._target_", f"{cls.__name__} does not follow "
+                                                    f"{Callback.__module__}.{Callback.__name__}")
+    check_component(node, prefix)
 
 
 def check_component(node: DictConfig | None, prefix: str) -> None:
@@ -221,14 +200,15 @@ def check_component(node: DictConfig | None, prefix: str) -> None:
     except ConfigError as error:
         raise error.under(prefix) from None
     nested = components_of(cls)
-    for key, argument in run_inputs_of(cls).items():
-        value = node.get(key)
+    inputs = run_inputs_of(cls).values()
+    for run_input in inputs:
+        value = node.get(run_input.setting)
         if value is not None and not isinstance(value, str):
-            raise ConfigError(f"{prefix}.{key}", f"{value!r} must be a run dir (or null), "
-                                                 f"whose {argument} is loaded")
+            raise ConfigError(f"{prefix}.{run_input.setting}", f"{value!r} must be a run dir "
+                              f"(or its {run_input.artifact}), or null")
     settings = OmegaConf.create({key: value for key, value in node.items()
                                  if not key.startswith("_") and key not in nested
-                                 and key not in RUN_INPUTS})
+                                 and key not in {run_input.setting for run_input in inputs}})
     _check_node(cls, settings, prefix)
     for name in nested:
         if name not in node:

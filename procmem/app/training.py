@@ -137,9 +137,10 @@ def _run(cfg: DictConfig, run: RunDir, accepted: _Accepted, sinks: list[Sink],
         _log_start(cfg, run, checkpoint)
         logger = MetricLogger(run.metrics_file, sinks, resume_iteration=None
                               if checkpoint is None else checkpoint["iteration"])
+        callbacks = [*accepted.built.callbacks,
+                     *run_reporters(run, title=cfg.experiment_name)]
         runner = Runner(accepted.built.algorithm, accepted.built.curriculum, logger,
-                        run.checkpoints(), run_reporters(run, title=cfg.experiment_name),
-                        stop, **cfg.trainer)
+                        run.checkpoints(), callbacks, stop, **cfg.trainer)
         if checkpoint is not None:
             runner.continue_from(checkpoint)
         final = runner.run()
@@ -154,7 +155,7 @@ def _run(cfg: DictConfig, run: RunDir, accepted: _Accepted, sinks: list[Sink],
         heartbeat.end(FAILED, describe_error(error))
         raise
     _finish(logger, sinks, 0)
-    heartbeat.end(FINISHED)
+    heartbeat.end(FINISHED, runner.stop_reason)
     _log_result(final, runner.iteration)
     return final
 

@@ -10,6 +10,7 @@ values and the next state: ``forward(obs, state) -> (logits [B, A], values [B], 
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Any
 
 import numpy as np
@@ -342,3 +343,10 @@ def check_fits(network: Any, env: Any) -> None:
                                   + "; ".join(candidate.reads for candidate in NETWORKS))
     elif not network.accepts(env):
         raise NetworkMismatch(f"{network.__name__} reads {network.reads}, not {space}")
+
+
+# ``check_env(env)``: the hook the app calls on a network once the env is built (see
+# procmem.algorithms.protocols); it raises NetworkMismatch when the network cannot read it.
+for _network in (*NETWORKS, ToolAttentionPolicy):
+    _network.check_env = classmethod(check_fits)
+auto_network.check_env = functools.partial(check_fits, auto_network)

@@ -5,9 +5,9 @@ episode return whichever agent logged it). Scalars sit in fixed namespaces (``tr
 ``eval/``, ``memory/``, ``curriculum/``, ``envmodel/``, ``perf/``, and ``eval_<policy>/``
 for an evaluation by a policy other than the run's own); images, videos and tables
 logged to W&B sit under ``media/`` (runs) and ``compare/`` (comparisons). A key with a
-``{placeholder}`` stands for a family of keys (``eval/success_rate_stage{k}``). The README's
-metric table is :func:`markdown_table`; ``plots/training.png`` draws the metrics that have a
-``panel`` title, in this order.
+``{placeholder}`` stands for a family of keys (``eval/success_rate_stage{k}``). The
+documentation's metric reference is :func:`markdown_table`; ``plots/training.png`` draws the
+metrics that have a ``panel`` title, in this order.
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def panels(logged: set[str]) -> list[tuple[str, str]]:
 
 
 def markdown_table() -> str:
-    """The vocabulary as the README's Markdown table."""
+    """The vocabulary as a Markdown table (the documentation's metric reference)."""
     lines = ["| key | kind | meaning |", "|---|---|---|"]
     lines += [f"| `{m.key}` | {m.kind} | {m.meaning} |" for m in VOCABULARY]
     return "\n".join(lines)

@@ -1,5 +1,5 @@
-"""Reporters: what the runner calls when training ends, to draw and save what an algorithm
-offers (see :mod:`procmem.algorithms.protocols`).
+"""Reporters: end-of-training callbacks that draw and save what an algorithm offers (see
+:mod:`procmem.algorithms.protocols`).
 
 Each reporter asks the algorithm for its data through a protocol and does nothing when the
 algorithm does not offer it, so every run gets the same list (:func:`run_reporters`).
@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
 
 import numpy as np
 
-from procmem.algorithms.protocols import EnvModelLearner, EpisodeRecorder, Imaginer, SkillLearner
-from procmem.run.loggers import MetricLogger
+from procmem.algorithms.protocols import EpisodeRecorder, Imaginer, Tabulator, artifacts_of
+from procmem.run.callbacks import Callback, TrainingRun
 from procmem.run.metrics import panels
 from procmem.run.plots import plot_curves
 from procmem.run.render import save_gif, save_strip, to_rgb8, upscale
@@ -25,43 +24,38 @@ EPISODE_FPS = 10
 STRIP_FRAMES = 16
 
 
-class Reporter(Protocol):
-    """Called once, after the last training iteration."""
-
-    def on_train_end(self, algorithm: Any, logger: MetricLogger) -> None: ...
-
-
 @dataclass
-class SavedArtifacts:
-    """The run's artifacts for later runs: ``skills.json`` of a skill learner with a memory,
-    ``env_model.pt`` of an env-model learner."""
+class SavedArtifacts(Callback):
+    """The files the algorithm leaves for later runs (its declared ``artifacts``: a skill
+    library, an env model, a policy), saved in the run dir."""
 
     run: RunDir
 
-    def on_train_end(self, algorithm: Any, logger: MetricLogger) -> None:
-        if isinstance(algorithm, SkillLearner) and algorithm.memory is not None:
-            self.run.save_skills(algorithm.memory)
-        if isinstance(algorithm, EnvModelLearner):
-            self.run.save_env_model(algorithm.env_model)
+    def on_train_end(self, runner: TrainingRun) -> None:
+        for artifact in artifacts_of(type(runner.algorithm)):
+            artifact.save(runner.algorithm, self.run.path / artifact.file)
 
 
-class SkillTable:
-    """The skill library as the table ``media/skills``."""
+class Tables(Callback):
+    """The algorithm's tables (:class:`~procmem.algorithms.protocols.Tabulator`), logged."""
 
-    def on_train_end(self, algorithm: Any, logger: MetricLogger) -> None:
-        if isinstance(algorithm, SkillLearner) and algorithm.memory is not None:
-            logger.log_table("media/skills", algorithm.memory.to_records())
+    def on_train_end(self, runner: TrainingRun) -> None:
+        algorithm, logger = runner.algorithm, runner.logger
+        if isinstance(algorithm, Tabulator):
+            for key, rows in algorithm.tables().items():
+                logger.log_table(key, rows)
 
 
 @dataclass
-class TrainingCurves:
+class TrainingCurves(Callback):
     """``plots/training.png``: a panel per logged metric that has a panel title in the
     vocabulary (:mod:`procmem.run.metrics`), logged as ``media/training_curves``."""
 
     plots_dir: Path
     title: str
 
-    def on_train_end(self, algorithm: Any, logger: MetricLogger) -> None:
+    def on_train_end(self, runner: TrainingRun) -> None:
+        logger = runner.logger
         drawn = panels({key for row in logger.rows for key in row})
         if drawn:
             figure = plot_curves(logger.rows, drawn, self.plots_dir / "training.png",
@@ -70,13 +64,14 @@ class TrainingCurves:
 
 
 @dataclass
-class EpisodeAnimation:
+class EpisodeAnimation(Callback):
     """A recorded greedy episode as ``plots/episode.gif`` (logged as ``media/episode``) and
     its first frames as ``plots/episode_strip.png``."""
 
     plots_dir: Path
 
-    def on_train_end(self, algorithm: Any, logger: MetricLogger) -> None:
+    def on_train_end(self, runner: TrainingRun) -> None:
+        algorithm, logger = runner.algorithm, runner.logger
         frames = algorithm.record_episode() if isinstance(algorithm, EpisodeRecorder) else None
         if frames is None:
             return
@@ -87,12 +82,13 @@ class EpisodeAnimation:
 
 
 @dataclass
-class ImaginationStrip:
+class ImaginationStrip(Callback):
     """Real frames above imagined ones as ``plots/imagination.png`` (``media/imagination``)."""
 
     plots_dir: Path
 
-    def on_train_end(self, algorithm: Any, logger: MetricLogger) -> None:
+    def on_train_end(self, runner: TrainingRun) -> None:
+        algorithm, logger = runner.algorithm, runner.logger
         pair = algorithm.imagined_vs_real() if isinstance(algorithm, Imaginer) else None
         if pair is None:
             return
@@ -102,7 +98,7 @@ class ImaginationStrip:
         logger.log_image("media/imagination", path)
 
 
-def run_reporters(run: RunDir, title: str) -> list[Reporter]:
+def run_reporters(run: RunDir, title: str) -> list[Callback]:
     """The reporters of a training run in ``run``, its plots titled ``title``."""
-    return [SavedArtifacts(run), SkillTable(), TrainingCurves(run.plots_dir, title),
+    return [SavedArtifacts(run), Tables(), TrainingCurves(run.plots_dir, title),
             EpisodeAnimation(run.plots_dir), ImaginationStrip(run.plots_dir)]

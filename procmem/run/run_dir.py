@@ -16,8 +16,8 @@
       eval.json              what ``evaluate.py run=`` measured (eval_<policy>.json: with
                              a policy other than the run's own)
       evaluation/wandb/      the W&B runs of those evaluations
-      skills.json            the skill library at the end (skill-library agent)
-      env_model.pt           the trained environment model (``agent=env_model``)
+      <artifacts>            what the algorithm leaves for later runs (its ``artifacts``:
+                             skills.json, env_model.pt, policy.pt, ...)
 
 The jobs of a multirun are run dirs ``0``, ``1``, ... of one sweep dir, which holds
 ``multirun.yaml``. Everything a resume or a report reads is written atomically, and nothing
@@ -34,17 +34,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from procmem.io import atomic_write_json, atomic_write_text
-from procmem.models.env_model import EnvModel, load_env_model, save_env_model
-from procmem.run.checkpoint import CheckpointError, CheckpointManager
+from procmem.run.checkpoint import CheckpointManager
 from procmem.run.lock import RunLock
 from procmem.run.loggers import read_metrics
-from procmem.run.status import RunStatus, describe_error
-from procmem.safe_load import UnsafeFileError
-from procmem.skills.library import SkillLibrary
+from procmem.run.status import RunStatus
 
 CONFIG_FILE = Path(".hydra") / "config.yaml"
 OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
@@ -59,8 +55,6 @@ RUN_ID_FILE = "run_id"
 EARLIER_RUN_ID_FILE = Path(WANDB_DIR) / "train_run_id"  # where runs with W&B kept it before
 EVAL_FILE = "eval.json"
 EVALUATION_DIR = "evaluation"
-SKILLS_FILE = "skills.json"
-ENV_MODEL_FILE = "env_model.pt"
 SWEEP_MARKER = "multirun.yaml"
 LOCK_FILE = ".lock"
 
@@ -112,14 +106,6 @@ class RunDir:
         """``eval.json``, or ``eval_<policy>.json`` for an evaluation by a policy other than
         the run's own."""
         return self.path / (EVAL_FILE if policy is None else f"eval_{policy}.json")
-
-    @property
-    def skills_file(self) -> Path:
-        return self.path / SKILLS_FILE
-
-    @property
-    def env_model_file(self) -> Path:
-        return self.path / ENV_MODEL_FILE
 
     def is_empty(self) -> bool:
         """Whether the dir is missing or empty but for its lock file (a run may start
@@ -236,12 +222,6 @@ class RunDir:
     def write_evaluation(self, result: dict[str, Any], policy: str | None = None) -> Path:
         return atomic_write_json(self.eval_file(policy), result)
 
-    def save_skills(self, library: SkillLibrary) -> Path:
-        return library.save(self.skills_file)
-
-    def save_env_model(self, model: EnvModel) -> Path:
-        return save_env_model(model, self.env_model_file)
-
     def run_id(self) -> str | None:
         """The run's id, given when it was first claimed (:meth:`claim_id`), or ``None``
         (no run yet, or a run saved before ids without W&B)."""
@@ -277,19 +257,3 @@ def find_runs(path: str | os.PathLike) -> list[RunDir]:
                           f"{run.path}")
     return sorted(jobs, key=lambda j: (0, int(j.path.name), "") if j.path.name.isdigit()
                   else (1, 0, j.path.name))
-
-
-def read_env_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> EnvModel:
-    """The env model of a run dir (its ``env_model.pt``), or of such a file; an unreadable one
-    raises :class:`~procmem.run.checkpoint.CheckpointError` naming the file."""
-    path = Path(path)
-    if path.is_dir():
-        path = RunDir(path).env_model_file
-    try:
-        return load_env_model(path, device)
-    except FileNotFoundError:
-        raise
-    except UnsafeFileError as error:
-        raise CheckpointError(str(error)) from None
-    except Exception as error:
-        raise CheckpointError(f"{path}: unreadable env model ({describe_error(error)})") from error

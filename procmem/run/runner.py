@@ -13,10 +13,11 @@ from tqdm.auto import tqdm
 
 from procmem.algorithms.protocols import Algorithm
 from procmem.curricula import Curriculum
+from procmem.run.callbacks import Callback, CallbackError
 from procmem.run.checkpoint import CheckpointManager
 from procmem.run.loggers import MetricLogger
-from procmem.run.reporters import Reporter
 from procmem.run.signals import RunStopped, StopSignals
+from procmem.run.status import describe_error
 from procmem.runtime import (
     NonFiniteLossError,
     NonFiniteParametersError,
@@ -35,7 +36,7 @@ def _is_due(iteration: int, every: int, last: int) -> bool:
 @configurable
 class Runner:
     """Owns iterations, evaluation cadence, curriculum updates, logging, checkpoints and the
-    reports at the end, the same for every algorithm (the ``trainer`` settings).
+    callbacks, the same for every algorithm (the ``trainer`` settings).
 
     Runs ``iterations`` training iterations, or fewer when ``env_steps`` (0: no limit) is
     reached first: the iteration whose ``train/env_steps`` reaches it is the last, so runs of
@@ -45,8 +46,11 @@ class Runner:
     ``checkpoint_every`` (0: only after the last iteration; the last is always evaluated and
     saved), keeping the newest ``keep_checkpoints``. ``progress`` shows a progress bar with
     the latest value of ``objective``, the metric a run reports as its result (what a
-    sweeper optimises). ``curriculum`` may be ``None``; ``reporters`` draw and save what the
-    algorithm offers when training ends.
+    sweeper optimises). ``curriculum`` may be ``None``. ``callbacks``
+    (:mod:`procmem.run.callbacks`) are called after each iteration, evaluation and checkpoint
+    and at the end, in order (the reporters, which draw and save what the algorithm offers,
+    among them); one that calls :meth:`request_stop` ends training after the iteration, with
+    a checkpoint there, and the run ends ``finished`` with the reason (:attr:`stop_reason`).
 
     After each checkpoint the logger sends its rows on to the sinks (W&B). With ``stop``, a
     stop signal ends the run after the current iteration: it saves a checkpoint there and
@@ -59,7 +63,7 @@ class Runner:
         curriculum: Curriculum | None,
         logger: MetricLogger,
         checkpoints: CheckpointManager,
-        reporters: Sequence[Reporter] = (),
+        callbacks: Sequence[Callback] = (),
         stop: StopSignals | None = None,
         *,
         iterations: Annotated[int, AtLeast(1)] = 200,
@@ -76,7 +80,8 @@ class Runner:
         self.curriculum = curriculum
         self.logger = logger
         self.checkpoints = checkpoints
-        self.reporters = list(reporters)
+        self.callbacks = list(callbacks)
+        self.stop_reason: str | None = None
         self.stop = stop
         self.iterations = iterations
         self.env_steps = env_steps
@@ -99,6 +104,14 @@ class Runner:
         algorithm and curriculum already holding its state (:func:`load_state`)."""
         set_rng_state(checkpoint["rng"])
         self.iteration = int(checkpoint["iteration"])
+        for callback, state in zip(self.callbacks, checkpoint.get("callbacks") or (),
+                                   strict=False):
+            self._call(callback, "load_state_dict", state)
+
+    def request_stop(self, reason: str) -> None:
+        """End training after the current iteration (a callback's call): the run ends
+        ``finished``, with ``reason``."""
+        self.stop_reason = self.stop_reason or reason
 
     def save_checkpoint(self) -> Path:
         """Save the state after the current iteration, then send its rows to the sinks."""
@@ -108,12 +121,30 @@ class Runner:
                 "algorithm": self.algorithm.state_dict(),
                 "curriculum": None if self.curriculum is None else self.curriculum.state_dict(),
                 "rng": rng_state(),
+                "callbacks": [callback.state_dict() for callback in self.callbacks],
             },
             keep=self.keep_checkpoints,
         )
         self.logger.commit(self.iteration)
         log.info("checkpoint %d: %s", self.iteration, path)
+        self._notify("on_checkpoint", path)
         return path
+
+    def _notify(self, hook: str, *arguments: Any) -> None:
+        """Call ``hook`` of every callback with this runner and ``arguments``."""
+        for callback in self.callbacks:
+            self._call(callback, hook, self, *arguments)
+
+    @staticmethod
+    def _call(callback: Callback, hook: str, *arguments: Any) -> None:
+        """One callback's hook; its error is a :class:`CallbackError` naming it."""
+        try:
+            getattr(callback, hook)(*arguments)
+        except (RunStopped, CallbackError):
+            raise
+        except Exception as error:
+            raise CallbackError(f"callback {type(callback).__name__}.{hook}: "
+                                f"{describe_error(error)}") from error
 
     def _train_iteration(self) -> dict[str, float]:
         """One training iteration. A NaN or inf loss (raised by the algorithm before it
@@ -158,6 +189,7 @@ class Runner:
                     window_start, window_iteration = time.perf_counter(), self.iteration
                     self.logger.log(self.iteration, metrics)
                     final.update(metrics)
+                self._notify("on_iteration", metrics)
                 if _is_due(self.iteration, self.eval_every, last):
                     evaluation = self.algorithm.evaluate(self.eval_episodes)
                     if self.curriculum is not None:
@@ -166,18 +198,23 @@ class Runner:
                     self.logger.log(self.iteration, evaluation)
                     final.update(evaluation)
                     log.info("iteration %d: %s", self.iteration, format_values(evaluation))
+                    self._notify("on_evaluation", evaluation)
                 saved = _is_due(self.iteration, self.checkpoint_every, last)
                 if saved:
                     self.save_checkpoint()
                 bar.update(1)
                 bar.set_postfix(progress_postfix(final, self.objective), refresh=False)
+                if self.stop_reason is not None and self.iteration < last:  # ends here
+                    if not saved:
+                        self.save_checkpoint()
+                    log.info("%s", self.stop_reason)
+                    break
                 signum = None if self.stop is None else self.stop.requested
                 if signum is not None and self.iteration < last:  # stop here, saved
                     if not saved:
                         self.save_checkpoint()
                     raise RunStopped(signum, self.iteration)
-        for reporter in self.reporters:
-            reporter.on_train_end(self.algorithm, self.logger)
+        self._notify("on_train_end")
         return final
 
     def _budget_spent(self, metrics: Mapping[str, float]) -> bool:

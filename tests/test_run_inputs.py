@@ -1,0 +1,57 @@
+"""What an agent reads from another run (its declared ``run_inputs``) and each component's own
+config rules (its ``check_config`` hook) are checked by the app from the declarations, with
+one line naming the setting, before anything is built."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from procmem import app
+from procmem.run.run_dir import RunDir
+from procmem.skills.features import SituationEmbedding
+
+
+def saved_run(path: Path, *overrides: str) -> Path:
+    """A run dir holding only the config of ``overrides`` (no checkpoint, no files)."""
+    RunDir(path).write_config(app.compose_config(list(overrides)))
+    return path
+
+
+def refusal(*overrides: str) -> str:
+    with pytest.raises(app.ConfigError) as info:
+        app.check_config(app.compose_config(list(overrides)))
+    return str(info.value)
+
+
+def test_a_component_rule_is_checked_through_its_hook() -> None:
+    assert refusal("memory.embedding_dim=8") == (
+        f"memory.embedding_dim: 8 is too small: agent.extraction=subgoals needs >= "
+        f"{SituationEmbedding.MIN_DIM}")
+    app.check_config(app.compose_config(["memory.embedding_dim=8",
+                                         "agent.extraction=last_transitions"]))
+
+
+def test_a_setting_that_reads_another_run_names_what_is_wrong(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    a2c = saved_run(tmp_path / "a2c", "experiment=a2c_minipacman")
+    gridworld = saved_run(tmp_path / "grid", "agent=a2c", "memory=none")
+    i2a, env_model = "experiment=i2a_minipacman", "experiment=envmodel_minipacman"
+
+    assert refusal(i2a, f"agent.env_model_run={empty}") == (
+        f"agent.env_model_run: {empty} is not a run dir and holds no env_model.pt")
+    assert refusal(i2a, f"agent.env_model_run={a2c}") == (
+        f"agent.env_model_run: {a2c} has no env_model.pt: its agent=a2c leaves policy.pt")
+    assert refusal(env_model, f"agent.policy_run={gridworld}") == (
+        f"agent.policy_run: {gridworld} trained on env=gridworld; this run's env is "
+        "env=minipacman")
+    assert refusal(env_model, f"agent.policy_run={a2c}") == (
+        f"agent.policy_run: {a2c} has no policy.pt yet, and no checkpoint to make it from")
+
+
+def test_a_setting_that_reads_another_run_takes_the_file_itself(tmp_path: Path) -> None:
+    (tmp_path / "model.pt").write_bytes(b"")  # checked when loaded, not here
+    app.check_config(app.compose_config(["experiment=i2a_minipacman",
+                                         f"agent.env_model_run={tmp_path / 'model.pt'}"]))
