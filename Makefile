@@ -4,14 +4,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup train test test-all lint clean
+.PHONY: setup train test test-all lint docs docs-build clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e ".[dev,launchers,sweepers]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev,launchers,sweepers,docs]"
 	touch $(STAMP)
 
 train: setup
@@ -27,6 +27,14 @@ test-all: setup
 
 lint: setup
 	$(PY) -m ruff check procmem tests benchmarks train.py evaluate.py
+
+# The documentation site (mkdocs.yml): served at http://127.0.0.1:8000 and rebuilt on change;
+# docs-build builds it into build/site and fails on any warning (a broken link, say).
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve $(ARGS)
+
+docs-build: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict $(ARGS)
 
 clean:
 	rm -rf $(VENV) outputs

@@ -1,5 +1,5 @@
 """Bad inputs a user can give the command line: each ends in one line on stderr and its exit
-code, and changes no file (the README's table of faults and bad inputs lists them)."""
+code, and changes no file (the table of docs/faults.md lists them)."""
 
 from __future__ import annotations
 
@@ -200,13 +200,15 @@ def test_a_bad_input_is_one_line_and_its_exit_code_and_changes_nothing(
     assert sorted(os.listdir(tmp_path)) == entries  # no run dir or sweep dir was left
 
 
-def test_the_readme_lists_every_fault_and_bad_input_with_its_test() -> None:
-    """Each row of the README's table names the test that holds it; that test exists."""
-    readme = (ROOT / "README.md").read_text()
-    table = readme.split("### Faults and bad inputs", 1)[1].split("\n\n|", 1)[1]
-    rows = [line for line in ("|" + table).split("\n\n", 1)[0].splitlines()[2:]]
+def test_the_fault_page_lists_every_fault_and_bad_input_with_its_test() -> None:
+    """Each row of the table of docs/faults.md names the test that holds it; that test
+    exists."""
+    page = (ROOT / "docs" / "faults.md").read_text()
+    table = page[page.index("| fault or bad input |"):].split("\n\n", 1)[0]
+    rows = table.splitlines()[2:]
     named_tests = [re.findall(r"`(tests/\S+\.py)::(\w+)`", row) for row in rows]
-    assert all(named_tests), [row for row, named in zip(rows, named_tests) if not named]
+    assert all(named_tests), [row for row, named in zip(rows, named_tests, strict=True)
+                              if not named]
     for path, function in {test for named in named_tests for test in named}:
         assert re.search(rf"^def {function}\(", (ROOT / path).read_text(), re.MULTILINE), (
             f"{path}::{function}")

@@ -1,5 +1,6 @@
 """Any agent on any env it can learn from: every agent x env x memory x curriculum either
-trains a few iterations or stops with one config-error line, as the README's table says."""
+trains a few iterations or stops with one config-error line, as the table of what runs where
+(docs/concepts/agents.md) says."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from procmem.run.run_dir import RunDir
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["logger=none", "trainer.progress=false", "trainer.iterations=2", "trainer.eval_every=2",
         "trainer.eval_episodes=1", "trainer.checkpoint_every=0", "seed=0"]
-ENVS = {  # the README table's columns: how each env is picked, made small
+ENVS = {  # the table's columns: how each env is picked, made small
     "gridworld": ["env=gridworld", "env.max_steps=20"],
     "minigrid": ["env=minigrid", "env.max_steps=20"],
     "toolenv": ["env=toolenv", "env.num_envs=8"],
@@ -39,10 +40,10 @@ MEMORIES = ("none", "skill_library")
 CURRICULA = ("none", "staged")
 
 
-def readme_matrix() -> dict[tuple[str, str], bool]:
-    """The README's table of what runs where: (agent, env) -> runs."""
-    readme = (ROOT / "README.md").read_text()
-    table = readme[readme.index("| agent \\ env |"):].split("\n\n", 1)[0].splitlines()
+def documented_matrix() -> dict[tuple[str, str], bool]:
+    """The table of what runs where (docs/concepts/agents.md): (agent, env) -> runs."""
+    page = (ROOT / "docs" / "concepts" / "agents.md").read_text()
+    table = page[page.index("| agent \\ env |"):].split("\n\n", 1)[0].splitlines()
     envs = [cell.strip() for cell in table[0].strip("|").split("|")[1:]]
     matrix = {}
     for line in table[2:]:
@@ -53,9 +54,9 @@ def readme_matrix() -> dict[tuple[str, str], bool]:
 
 
 def expected_to_run(agent: str, env: str, memory: str, curriculum: str) -> bool:
-    """The table, with the README's rules for memory (only the skill-library agent keeps
+    """The table, with the page's rules for memory (only the skill-library agent keeps
     one) and curricula (only envs with stages)."""
-    return (readme_matrix()[(agent, env)] and (memory == "none" or agent == "procedural")
+    return (documented_matrix()[(agent, env)] and (memory == "none" or agent == "procedural")
             and (curriculum == "none" or env in ("toolenv", "expressions")))
 
 
@@ -72,8 +73,8 @@ def attempt(overrides: list[str], run_dir: Path) -> str | None:
     return None
 
 
-def test_the_readme_table_covers_every_agent_and_env():
-    assert set(readme_matrix()) == set(product(AGENTS, ENVS))
+def test_the_documented_table_covers_every_agent_and_env():
+    assert set(documented_matrix()) == set(product(AGENTS, ENVS))
 
 
 @pytest.mark.slow

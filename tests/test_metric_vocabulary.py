@@ -1,8 +1,9 @@
-"""One metric vocabulary: every key a run of any family logs is in the table the README
-publishes and the plots read."""
+"""One metric vocabulary: every key a run of any family logs is in the table the plots read
+and the documentation's metric reference (generated from it at every build) publishes."""
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
 from pathlib import Path
 
@@ -57,8 +58,14 @@ def test_a_key_outside_the_vocabulary_is_refused_by_the_check():
     assert metric_of("eval/success_rate_stage") is None
 
 
-def test_the_readme_publishes_the_vocabulary():
-    assert markdown_table() in (ROOT / "README.md").read_text()
+def test_the_metric_reference_publishes_the_vocabulary():
+    spec = importlib.util.spec_from_file_location("reference_pages",
+                                                  ROOT / "docs" / "reference_pages.py")
+    pages = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pages)
+    page = pages.PAGES["reference/metrics.md"]()
+    assert markdown_table() in page
+    assert all(f"| `{metric.key}` | {metric.kind} |" in page for metric in VOCABULARY)
 
 
 def test_the_vocabulary_has_no_duplicates_and_known_namespaces():

@@ -1,5 +1,6 @@
-"""The README's sweep commands, run as written (with tiny budgets) from a fresh working dir:
-a sweep command the README shows that cannot start fails the suite."""
+"""The documented sweep commands, run as written (with tiny budgets) from a fresh working dir:
+a sweep command that the documentation (docs/ and README.md) shows and that cannot start
+fails the suite."""
 
 from __future__ import annotations
 
@@ -14,37 +15,40 @@ import pytest
 
 from helpers import ROOT, run_cli
 
-# Set on every command, in place of the README's value where it gives one: a budget of a few
+# Set on every command, in place of the documented value where it gives one: a budget of a few
 # iterations, and no W&B files.
 BUDGET = {"trainer.iterations": "2", "trainer.env_steps": "0", "trainer.eval_every": "2",
           "trainer.eval_episodes": "1", "trainer.checkpoint_every": "2",
           "trainer.progress": "false", "logger": "none", "hydra.sweeper.n_trials": "2"}
 # Commands that need a cluster this machine does not have, by what marks them.
 NEEDS_A_CLUSTER = ("hydra.launcher.ray.init.address=auto", "hydra/launcher=submitit_slurm")
-# The README's stand-ins for an environment model run (made tiny by a fixture).
+# The documentation's stand-ins for an environment model run (made tiny by a fixture).
 ENV_MODEL_RUN = ("<step 2 run dir>", "<env model run>")
-# The Sweeps section's commands on the default launcher are fast; the rest (launchers,
-# sweepers, env models, and the sweeps of other sections, which run more jobs) are slow.
-SWEEPS_SECTION = "## Sweeps\n"
+# The sweeps page's commands on the default launcher are fast; the rest (launchers,
+# sweepers, env models, and the sweeps of other pages, which run more jobs) are slow.
+SWEEPS_PAGE = ROOT / "docs" / "how-to" / "sweeps.md"
+# Where sweep commands are shown: every page of the documentation site, and the README.
+PAGES = sorted((ROOT / "docs").rglob("*.md")) + [ROOT / "README.md"]
 
 
-def readme_sweep_commands() -> list[str]:
-    """Every ``python train.py -m ...`` command in the README, in code blocks (continuation
-    lines joined, trailing comments dropped) and in inline code."""
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    lines = [line for block in re.findall(r"```bash\n(.*?)```", readme, flags=re.S)
-             for line in block.replace("\\\n", " ").splitlines()]
-    lines += re.findall(r"`([^`\n]*python train\.py -m [^`\n]*)`", readme)
-    commands = []
-    for line in lines:
-        line = re.sub(r"\s+#.*$", "", line).strip()
-        if re.match(r"^(\w+=\S+ )*python train\.py -m ", line):
-            commands.append(" ".join(line.split()))
-    return commands
+def documented_sweep_commands() -> list[str]:
+    """Every ``python train.py -m ...`` command of :data:`PAGES`, in code blocks (continuation
+    lines joined, trailing comments dropped) and in inline code, each once."""
+    commands: dict[str, None] = {}
+    for page in PAGES:
+        text = page.read_text(encoding="utf-8")
+        lines = [line for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+                 for line in block.replace("\\\n", " ").splitlines()]
+        lines += re.findall(r"`([^`\n]*python train\.py -m [^`\n]*)`", text)
+        for line in lines:
+            line = re.sub(r"\s+#.*$", "", line).strip()
+            if re.match(r"^(\w+=\S+ )*python train\.py -m ", line):
+                commands[" ".join(line.split())] = None
+    return list(commands)
 
 
 def _budgeted(arguments: list[str]) -> list[str]:
-    """The arguments with :data:`BUDGET` in place of the values the README gives (and added
+    """The arguments with :data:`BUDGET` in place of the values the page gives (and added
     where it gives none; the trial count only for sweeps with a sweeper)."""
     given = {word.partition("=")[0] for word in arguments}
     kept = [word for word in arguments if word.partition("=")[0] not in BUDGET]
@@ -65,18 +69,17 @@ def _expected_jobs(arguments: list[str]) -> int:
     return count
 
 
-COMMANDS = readme_sweep_commands()
+COMMANDS = documented_sweep_commands()
 RUNNABLE = [c for c in COMMANDS if not any(mark in c for mark in NEEDS_A_CLUSTER)]
 
 
-def test_the_readme_shows_sweeps_and_only_the_cluster_ones_are_left_out() -> None:
+def test_the_documentation_shows_sweeps_and_only_the_cluster_ones_are_left_out() -> None:
     assert len(COMMANDS) >= 11
     assert len(COMMANDS) - len(RUNNABLE) == len(NEEDS_A_CLUSTER)
 
 
 def _is_slow(command: str) -> bool:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    sweeps = readme.split(SWEEPS_SECTION, 1)[1].split("\n## ", 1)[0]
+    sweeps = SWEEPS_PAGE.read_text(encoding="utf-8")
     return ("hydra/launcher=" in command or "hydra/sweeper=" in command
             or command not in " ".join(sweeps.split()))
 
@@ -90,7 +93,7 @@ def runnable_params() -> list:
 @pytest.fixture(scope="module")
 def env_model_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny environment model run, trained on a tiny A2C policy run."""
-    policy, model = (tmp_path_factory.mktemp("readme") / name for name in ("policy", "model"))
+    policy, model = (tmp_path_factory.mktemp("docs") / name for name in ("policy", "model"))
     tiny = ["logger=none", "trainer.progress=false", "trainer.iterations=2",
             "trainer.checkpoint_every=2", "env.num_envs=2"]
     run_cli("train.py", "experiment=a2c_minipacman", *tiny, f"hydra.run.dir={policy}")
@@ -100,7 +103,7 @@ def env_model_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize("command", runnable_params())
-def test_a_readme_sweep_command_starts_and_runs_every_job(
+def test_a_documented_sweep_command_starts_and_runs_every_job(
         command: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     for stand_in in ENV_MODEL_RUN:
         if stand_in in command:
