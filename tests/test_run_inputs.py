@@ -4,6 +4,7 @@ one line naming the setting, before anything is built."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -55,3 +56,29 @@ def test_a_setting_that_reads_another_run_takes_the_file_itself(tmp_path: Path) 
     (tmp_path / "model.pt").write_bytes(b"")  # checked when loaded, not here
     app.check_config(app.compose_config(["experiment=i2a_minipacman",
                                          f"agent.env_model_run={tmp_path / 'model.pt'}"]))
+
+
+# Run dirs written by the version before algorithms declared their files (tiny A2C and
+# env-model runs on MiniPacman, made by commit e4acd46): no policy.pt, no run_id.
+EARLIER = Path(__file__).parent / "data" / "earlier_runs"
+
+
+def test_run_dirs_of_an_earlier_version_evaluate_and_serve_later_runs(tmp_path: Path) -> None:
+    runs = Path(shutil.copytree(EARLIER, tmp_path / "earlier"))
+    before = sorted(p.relative_to(runs) for p in runs.rglob("*"))
+    tiny = ["logger=none", "trainer.progress=false", "trainer.iterations=1",
+            "trainer.eval_every=1", "trainer.eval_episodes=1", "env.num_envs=2"]
+
+    result, _ = app.evaluate_run(runs / "a2c_minipacman", episodes=1, log=False)
+    assert result["iteration"] == 2 and "eval/episode_return" in result
+    app.train(app.compose_config(["experiment=envmodel_minipacman", *tiny,
+                                  "agent.collect_steps=2", "agent.channels=4",
+                                  f"agent.policy_run={runs / 'a2c_minipacman'}"]),
+              tmp_path / "env_model")
+    app.train(app.compose_config(["experiment=i2a_minipacman", *tiny, "agent.depth=1",
+                                  f"agent.env_model_run={runs / 'envmodel_minipacman'}"]),
+              tmp_path / "i2a")
+
+    assert RunDir(tmp_path / "i2a").status().status == "finished"
+    after = sorted(p.relative_to(runs) for p in runs.rglob("*"))
+    assert set(after) - set(before) == {Path("a2c_minipacman/eval.json")}  # read, not changed
