@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from procmem.curricula import AdaptiveCurriculum, StagedCurriculum
-from procmem.run.callbacks import Callback
+from procmem.run.callbacks import Callback, EarlyStopping
 from procmem.run.checkpoint import CheckpointManager
 from procmem.run.loggers import MetricLogger, read_metrics
 from procmem.run.runner import Runner, progress_postfix
@@ -387,3 +387,21 @@ def test_the_progress_bar_names_eval_and_train_figures_apart():
                "eval/episode_return": 2.0}
     assert progress_postfix(metrics, "eval/episode_return") == {
         "eval/episode_return": "2", "train/episode_return": "1.23", "eval/success_rate": "0.5"}
+
+
+def test_a_callback_that_stops_training_decides_the_same_after_a_resume(tmp_path):
+    def stopping_runner(run_dir, **settings):
+        patience = EarlyStopping(metric="train/done", mode="min", patience=3)
+        return make_runner(run_dir, callbacks=(patience,), checkpoint_every=2, **settings)
+
+    full = stopping_runner(tmp_path / "full")
+    full.run()
+    assert (full.iteration, full.stop_reason) == (4, "early stopping: train/done did not "
+                                                     "improve on 1 for 3 values, at iteration 4")
+    assert checkpoint_iterations(full) == [2, 4]  # it ends where it stopped, saved
+
+    shutil.copytree(tmp_path / "full", tmp_path / "resumed")
+    resumed = stopping_runner(tmp_path / "resumed", resume_iteration=2)
+    resumed.restore(CheckpointManager.load(full.checkpoints.paths()[0]))
+    resumed.run()  # its callback remembers the best and the count: it stops at 4 too
+    assert (resumed.iteration, resumed.stop_reason) == (full.iteration, full.stop_reason)
