@@ -8,8 +8,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from procmem import app
+from procmem.algorithms.policy_file import load_policy
 from procmem.run.run_dir import RunDir
 from procmem.skills.features import SituationEmbedding
 
@@ -82,3 +84,9 @@ def test_run_dirs_of_an_earlier_version_evaluate_and_serve_later_runs(tmp_path: 
     assert RunDir(tmp_path / "i2a").status().status == "finished"
     after = sorted(p.relative_to(runs) for p in runs.rglob("*"))
     assert set(after) - set(before) == {Path("a2c_minipacman/eval.json")}  # read, not changed
+
+
+def test_a_policy_file_can_name_only_a_network(tmp_path: Path) -> None:
+    torch.save({"network": "os.system", "settings": {}, "weights": {}}, tmp_path / "policy.pt")
+    with pytest.raises(ValueError, match=r"policy.pt: names os.system, which is not a network"):
+        load_policy(tmp_path / "policy.pt", None, torch.device("cpu"))
