@@ -87,6 +87,7 @@ def test_early_stopping_ends_the_run_at_its_threshold(tmp_path: Path) -> None:
     assert (run_dir / "skills.json").is_file()  # the end-of-training callbacks ran
 
 
+@pytest.mark.slow
 def test_a_failing_callback_is_one_line_naming_it(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     result = train(tmp_path, "+callbacks.boom._target_=mine.callbacks.Boom",

@@ -143,7 +143,8 @@ def other_agents_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return RunDir(run_dir).checkpoints().latest()
 
 
-@pytest.mark.parametrize("stamped", [True, False], ids=["stamped", "written before stamps"])
+@pytest.mark.parametrize("stamped", [pytest.param(True, marks=pytest.mark.slow), False],
+                         ids=["stamped", "written before stamps"])
 def test_another_runs_checkpoint_is_refused_before_any_file_changes(
         finished_run: Path, other_agents_checkpoint: Path, tmp_path: Path, stamped: bool
 ) -> None:
@@ -177,6 +178,7 @@ def test_another_runs_checkpoint_is_refused_before_any_file_changes(
     assert wandb_summary(run_dir)["summary"]["iteration"] == 12
 
 
+@pytest.mark.slow
 def test_a_checkpoint_written_before_stamps_still_resumes(finished_run: Path, tmp_path: Path
                                                           ) -> None:
     run_dir = stopped_copy(finished_run, tmp_path / "run")
