@@ -220,16 +220,16 @@ def config_reference() -> str:
     out += ["## callbacks", "",
             "Training callbacks (`procmem/run/callbacks.py`), any number at once: "
             "`callbacks=[<option>,...]`, or `+callbacks.<name>._target_=<class>` for your own. "
-            "Each option file holds its callback under its name.", ""]
-    for option in group_options_all("callbacks"):
+            "Each option's keys are under `callbacks.<option>.`.", ""]
+    for option, target in group_options("callbacks"):
         comment, values = option_file("callbacks", option)
-        node = values[option]
         out += [f"### callbacks={option} {{#{anchor('callbacks', option)}}}", ""]
         if comment:
             out += [comment, ""]
-        out += [f"Builds `{node['_target_']}`.", "",
-                settings_table(f"callbacks.{option}.", import_target(node["_target_"]),
-                               {k: v for k, v in node.items() if k != "_target_"}), ""]
+        out += [f"Builds `{target}`.", "",
+                settings_table(f"callbacks.{option}.", import_target(target),
+                               {k: v for k, v in values.items()
+                                if k not in ("defaults", "_target_")}), ""]
     out += ["## experiment", "",
             "Presets of the groups above (`experiment=<name>`; none by default). Each file as "
             "it is in `conf/experiment/`.", ""]

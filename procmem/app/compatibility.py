@@ -21,7 +21,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from procmem.algorithms.protocols import RunInput, artifacts_of, run_inputs_of
-from procmem.app.catalogue import ConfigError, choice, group_options, import_target
+from procmem.app.catalogue import ConfigError, choice, group_options, import_target, run_config
 from procmem.envs.protocols import CAPABILITIES, StagedEnv, offers
 from procmem.run.run_dir import RunDir
 from procmem.settings import SettingError
@@ -108,7 +108,7 @@ def input_file(cfg: DictConfig, run_input: RunInput) -> Path | None:
         if file.is_file():  # a folder holding the file
             return file
         raise ConfigError(key, f"{path} is not a run dir and holds no {run_input.artifact}")
-    source = run.config()
+    source = run_config(run)  # class paths of earlier versions brought up to date
     if source.env._target_ != cfg.env._target_:
         raise ConfigError(key, f"{path} trained on {choice('env', source.env)}; this run's "
                                f"env is {choice('env', cfg.env)}")
