@@ -135,3 +135,28 @@ def test_early_stopping_by_patience_resumes_to_the_same_decision() -> None:
 def test_early_stopping_needs_a_rule() -> None:
     with pytest.raises(SettingError, match="^threshold: set a threshold, or a patience above 0"):
         EarlyStopping()
+
+
+def test_early_stopping_waits_for_a_full_window_of_episodes() -> None:
+    callback = EarlyStopping(metric="train/success_rate", threshold=0.9, min_episodes=100)
+    stops = []
+    for iteration, (episodes, rate) in enumerate([(16, 1.0), (64, 1.0), (96, 0.95),
+                                                  (112, 0.85), (128, 0.92)], 1):
+        runner = SimpleNamespace(iteration=iteration, request_stop=stops.append)
+        callback.on_iteration(runner, {"train/episodes": episodes, "train/success_rate": rate})
+    assert stops == ["early stopping: train/success_rate reached 0.92 (threshold 0.9) at "
+                     "iteration 5"]
+
+
+def test_a_run_stopped_early_by_a_training_metric_is_evaluated_at_its_last_iteration(
+        tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    result = train(tmp_path, "callbacks=[early_stopping]", "trainer.eval_every=0",
+                   "trainer.log_every=5", "callbacks.early_stopping.metric=train/episodes",
+                   "callbacks.early_stopping.threshold=6", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    last = rows[-1]["iteration"]
+    assert last < 12  # stopped before the budget
+    assert any(r["iteration"] == last and "train/episodes" in r for r in rows)  # logged
+    assert any(r["iteration"] == last and "eval/success_rate" in r for r in rows)  # evaluated

@@ -148,7 +148,8 @@ def built_directly(cls: type, changed: dict, cfg: DictConfig, directory: Path) -
 
     made = {"env": env, "eval_env": env, "device": lambda: torch.device("cpu"),
             "seed": lambda: cfg.seed, "directory": lambda: directory, "run_id": lambda: "x",
-            "memory": lambda: import_target(cfg.memory._target_)("cpu", **plain(cfg.memory)),
+            "memory": lambda: (import_target(cfg.memory._target_)("cpu", **plain(cfg.memory))
+                               if cfg.memory else None),
             "network": lambda: partial(import_target(cfg.agent.network._target_),
                                        **plain(cfg.agent.network))}
     parameters = inspect.signature(cls).parameters
@@ -285,9 +286,17 @@ def test_a_target_that_does_not_follow_its_groups_protocol_is_a_config_error():
 
 
 def test_memory_for_an_agent_without_one_is_a_config_error():
-    cfg = compose_config(["experiment=model_native_toolenv", "memory=skill_library"])
+    cfg = compose_config(["experiment=i2a_minipacman", "memory=skill_library"])
     with pytest.raises(ConfigError, match="^memory=skill_library needs an agent that keeps a "
-                                          "memory; agent=a2c keeps none: set memory=none$"):
+                                          "memory; agent=i2a keeps none: set memory=none$"):
+        check_config(cfg)
+
+
+def test_memory_on_an_env_without_subgoal_events_is_a_config_error():
+    cfg = compose_config(["experiment=model_native_toolenv", "memory=skill_library"])
+    with pytest.raises(ConfigError, match="^memory=skill_library needs subgoal events .key, "
+                                          "door, goal.; env=toolenv has none: set memory=none, "
+                                          "or pick one of gridworld, minigrid$"):
         check_config(cfg)
 
 

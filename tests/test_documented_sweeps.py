@@ -24,6 +24,9 @@ BUDGET = {"trainer.iterations": "2", "trainer.env_steps": "0", "trainer.eval_eve
 NEEDS_A_CLUSTER = ("hydra.launcher.ray.init.address=auto", "hydra/launcher=submitit_slurm")
 # The documentation's stand-ins for an environment model run (made tiny by a fixture).
 ENV_MODEL_RUN = ("<step 2 run dir>", "<env model run>")
+# ... and for skill-library runs whose library another run loads, by the env they learnt on.
+LIBRARY_RUNS = {"<DoorKey-5x5 library run>": ["env=minigrid"],
+                "<8x8 gridworld library run>": ["env=gridworld"]}
 # The sweeps page's commands on the default launcher are fast; the rest (launchers,
 # sweepers, env models, and the sweeps of other pages, which run more jobs) are slow.
 SWEEPS_PAGE = ROOT / "docs" / "how-to" / "sweeps.md"
@@ -102,12 +105,28 @@ def env_model_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return model
 
 
+@pytest.fixture(scope="module")
+def library_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny skill-library runs, one per stand-in of :data:`LIBRARY_RUNS`."""
+    runs = {}
+    for stand_in, env in LIBRARY_RUNS.items():
+        runs[stand_in] = tmp_path_factory.mktemp("library") / "run"
+        run_cli("train.py", "agent=procedural", *env, "env.num_envs=4", "logger=none",
+                "trainer.progress=false", "trainer.iterations=4", "trainer.eval_every=0",
+                f"hydra.run.dir={runs[stand_in]}")
+    return runs
+
+
 @pytest.mark.parametrize("command", runnable_params())
 def test_a_documented_sweep_command_starts_and_runs_every_job(
         command: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     for stand_in in ENV_MODEL_RUN:
         if stand_in in command:
             command = command.replace(stand_in, str(request.getfixturevalue("env_model_run")))
+    for stand_in in LIBRARY_RUNS:
+        if stand_in in command:
+            command = command.replace(stand_in,
+                                      str(request.getfixturevalue("library_runs")[stand_in]))
     words = shlex.split(command)
     environment = dict(word.split("=", 1) for word in words[:words.index("python")])
     assert words[words.index("python"):][:2] == ["python", "train.py"]

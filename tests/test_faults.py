@@ -45,6 +45,8 @@ KILLED_RUNS = {
                              "trainer.eval_every=10", "trainer.eval_episodes=3"],
     "a2c_minigrid": ["trainer.iterations=120", "trainer.checkpoint_every=7",
                      "trainer.eval_every=40", "trainer.eval_episodes=4"],
+    "a2c_skills_gridworld": ["trainer.iterations=90", "trainer.checkpoint_every=7",
+                             "trainer.eval_every=30", "trainer.eval_episodes=4"],
 }
 
 

@@ -54,9 +54,10 @@ def documented_matrix() -> dict[tuple[str, str], bool]:
 
 
 def expected_to_run(agent: str, env: str, memory: str, curriculum: str) -> bool:
-    """The table, with the page's rules for memory (only the skill-library agent keeps
-    one) and curricula (only envs with stages)."""
-    return (documented_matrix()[(agent, env)] and (memory == "none" or agent == "procedural")
+    """The table, with the page's rules for memory (the skill-library agent and A2C carry
+    one, on envs with subgoal events) and curricula (only envs with stages)."""
+    carries = agent in ("procedural", "a2c") and env in ("gridworld", "minigrid")
+    return (documented_matrix()[(agent, env)] and (memory == "none" or carries)
             and (curriculum == "none" or env in ("toolenv", "expressions")))
 
 
@@ -94,9 +95,13 @@ REFUSED_ON_THE_COMMAND_LINE = [
     (["agent=procedural", "env=minipacman"],
      "config error: agent=procedural needs subgoal events (key, door, goal); env=minipacman "
      "has none; envs with them: gridworld, minigrid"),
-    pytest.param(["agent=a2c", "env=gridworld", "memory=skill_library"],
+    pytest.param(["agent=a2c", "env=minipacman", "memory=skill_library"],
+                 "config error: memory=skill_library needs subgoal events (key, door, goal); "
+                 "env=minipacman has none: set memory=none, or pick one of gridworld, minigrid",
+                 marks=pytest.mark.slow),
+    pytest.param(["agent=i2a", "env=minipacman", "memory=skill_library"],
                  "config error: memory=skill_library needs an agent that keeps a memory; "
-                 "agent=a2c keeps none: set memory=none", marks=pytest.mark.slow),
+                 "agent=i2a keeps none: set memory=none", marks=pytest.mark.slow),
     pytest.param(["agent=a2c", "env=minipacman", "curriculum=staged"],
                  "config error: curriculum=staged needs problems in stages; env=minipacman has "
                  "none: set curriculum=none, or pick one of expressions, toolenv",

@@ -23,6 +23,7 @@ RUNS = {
     "procedural_gridworld_original": [],
     "procedural_minigrid": [],
     "a2c_minigrid": ["env.num_envs=2", "env.max_steps=20"],
+    "a2c_skills_gridworld": ["env.num_envs=4", "env.size=5", "env.max_steps=30"],
     "a2c_minigrid_image": ["env.num_envs=2"],
     "a2c_cartpole": ["env.num_envs=2"],
     "model_native_toolenv": ["env.num_envs=8"],

@@ -19,13 +19,24 @@ from procmem.algorithms.evaluation import (
     explain_policy,
     record_episode,
 )
+from procmem.algorithms.option_rollouts import DecisionCollector, evaluate_options, masked_logits
 from procmem.algorithms.policy_file import save_policy
 from procmem.algorithms.protocols import Artifact
 from procmem.algorithms.rollouts import Field, RolloutStorage
-from procmem.envs.protocols import BatchedEnv
+from procmem.algorithms.skill_kit import (
+    POLICIES_FILE,
+    POLICY_DEFAULTS,
+    SKILL_KINDS,
+    SkillKit,
+    check_saved_kit,
+    library_metrics,
+)
+from procmem.algorithms.skill_options import NUM_SKILL_ACTIONS, SkillOptions
+from procmem.envs.protocols import BatchedEnv, SubgoalEnv
 from procmem.models.observations import Observations, as_tensors, copy_observations, take_rows
 from procmem.runtime import check_finite, step_checked
 from procmem.settings import Above, AtLeast, AtMost, Component, OneOf, configurable
+from procmem.skills.library import LIBRARY_FILE, SkillLibrary
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop}
 
@@ -80,11 +91,23 @@ class A2C:
     reports the stochastic policy's scores. Envs with stages report the success rate of
     every eval stage, others the episode return and steps, and success where the env
     reports it; ``train/success_rate`` too needs it.
+
+    With a ``memory`` (a skill library, on envs with subgoal events) the policy also
+    chooses skills as options (:mod:`procmem.algorithms.skill_options`): one action per
+    subgoal, available where the library holds an applicable skill, run as ``skill_kind``
+    skills of at most ``skill_step_budget`` steps (0: four times the grid size). Rollouts
+    then count decisions (:mod:`procmem.algorithms.option_rollouts`) and the library grows
+    from the learner's own episodes.
     """
 
     env_needs: tuple[type, ...] = ()  # any env with discrete actions its network reads
-    # policy.pt: the trained network, for later runs (agent.policy_run of agent=env_model)
-    artifacts = (Artifact("policy.pt", lambda a2c, path: save_policy(a2c.network, a2c.net, path)),)
+    # policy.pt: the trained network, for later runs (agent.policy_run of agent=env_model);
+    # with a memory, its skills too
+    artifacts = (Artifact("policy.pt", lambda a2c, path: save_policy(a2c.network, a2c.net, path)),
+                 Artifact(LIBRARY_FILE, lambda a2c, path: None if a2c.kit is None
+                          else a2c.kit.memory.save(path), only_with="memory"),
+                 Artifact(POLICIES_FILE, lambda a2c, path: None if a2c.kit is None
+                          else a2c.kit.save_policies(path), only_with="memory"))
 
     def __init__(
         self,
@@ -93,6 +116,7 @@ class A2C:
         device: torch.device,
         seed: int,
         network: Annotated[NetworkFactory, Component()],
+        memory: SkillLibrary | None = None,
         *,
         n_steps: RolloutSteps = 5,
         gamma: Discount = 0.99,
@@ -105,6 +129,8 @@ class A2C:
         bootstrap_truncated: bool = True,
         stats_window: Annotated[int, AtLeast(1)] = 100,
         eval_policy: EvalPolicy = "greedy",
+        skill_kind: Annotated[str, OneOf(SKILL_KINDS)] = "closed_loop",
+        skill_step_budget: Annotated[int, AtLeast(0)] = 0,
     ) -> None:
         self.env, self.eval_env = env, eval_env
         self.device, self.seed = device, seed
@@ -116,14 +142,26 @@ class A2C:
         self.stats_window = stats_window
         self.eval_policy = eval_policy
         self.network = network
+        self.memory, self.kit, self.collector = memory, None, None
+        if memory is not None:
+            if not isinstance(env, SubgoalEnv):
+                raise ValueError(f"a skill library needs subgoal events; {type(env).__name__} "
+                                 "has none")
+            self.kit = SkillKit(memory, env, device, seed, closed_loop=skill_kind == "closed_loop",
+                                **POLICY_DEFAULTS)
+            budget = skill_step_budget or 4 * env.size
+            self.options = SkillOptions(self.kit, env, gamma, budget, learn=True)
+            self.eval_options = (self.kit, eval_env, gamma, budget)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.net = network(env).to(device)
+            self.net = network(env if memory is None else _WithSkillActions(env)).to(device)
         self.optimizer = OPTIMIZERS[optimizer](self.trained_parameters(), lr=lr)
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.rollout = RolloutStorage(n_steps * env.num_envs, self.rollout_fields(), device)
         self.obs, _ = env.reset(seed=seed)
         self.state = self.net.initial_state(env.num_envs)
+        if memory is not None:
+            self.collector = DecisionCollector(self.options, n_steps, self.state.shape[1], device)
         self.episode_return = np.zeros(env.num_envs)
         self.finished: list[tuple[float, float]] = []  # (return, correct) of recent episodes
         self.episodes = 0  # finished episodes, all told
@@ -133,7 +171,48 @@ class A2C:
 
     def train_iteration(self) -> dict[str, float]:
         start = time.perf_counter()
-        log_probs, values, entropies = [], [], []  # the loss's terms, with their gradients
+        if self.collector is None:
+            log_probs, values_t, entropy_t, returns, samples = self._step_terms()
+        else:
+            log_probs, values_t, entropy_t, returns, samples = self._decision_terms()
+        advantages = (returns - values_t).detach()
+        if self.normalize_advantages:
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        policy_loss = -(log_probs * advantages).mean()
+        value_loss = (returns - values_t).pow(2).mean()
+        entropy = entropy_t.mean()
+        loss = policy_loss + self.value_coef * value_loss - self.entropy_coef * entropy
+        check_finite("the A2C loss", loss)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = nn.utils.clip_grad_norm_(self.trained_parameters(), self.max_grad_norm)
+        check_finite("the A2C gradient norm", grad_norm)
+        step_checked(self.optimizer, "A2C")
+        self.state = self.state.detach()
+        self.env_steps += samples
+        metrics = {
+            "train/loss_policy": policy_loss.item(),
+            "train/loss_value": value_loss.item(),
+            "train/entropy": entropy.item(),
+            "train/grad_norm": float(grad_norm),
+            "train/env_steps": float(self.env_steps),
+            "train/episodes": float(self.episodes),
+            **self.auxiliary_updates(),
+        }
+        if self.kit is not None:
+            metrics.update(self._memory_metrics())
+        metrics["perf/sps"] = samples / (time.perf_counter() - start)
+        if self.finished:
+            recent = np.array(self.finished[-self.stats_window:])
+            metrics["train/episode_return"] = float(recent[:, 0].mean())
+            if not np.isnan(recent[:, 1]).all():  # the env reports which episodes succeeded
+                metrics["train/success_rate"] = float(np.nanmean(recent[:, 1]))
+        return metrics
+
+    def _step_terms(self) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
+        """Collect ``n_steps`` steps of every env: the loss's log-probabilities, values and
+        entropies (with their gradients) and returns ``[T, B]``, and the env steps taken."""
+        log_probs, values, entropies = [], [], []
         for _ in range(self.n_steps):
             obs_tensors = as_tensors(self.obs, self.device)
             logits, value, self.state = self.net(obs_tensors, self.state)
@@ -157,39 +236,27 @@ class A2C:
         rewards, dones = (self.rollout.get(name).view(self.n_steps, -1)
                           for name in ("reward", "done"))
         returns = n_step_returns(rewards, dones, bootstrap, self.gamma)
-        values_t = torch.stack(values)
-        advantages = (returns - values_t).detach()
-        if self.normalize_advantages:
-            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-        policy_loss = -(torch.stack(log_probs) * advantages).mean()
-        value_loss = (returns - values_t).pow(2).mean()
-        entropy = torch.stack(entropies).mean()
-        loss = policy_loss + self.value_coef * value_loss - self.entropy_coef * entropy
-        check_finite("the A2C loss", loss)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(self.trained_parameters(), self.max_grad_norm)
-        check_finite("the A2C gradient norm", grad_norm)
-        step_checked(self.optimizer, "A2C")
-        self.state = self.state.detach()
-        samples = self.n_steps * self.env.num_envs
-        self.env_steps += samples
-        metrics = {
-            "train/loss_policy": policy_loss.item(),
-            "train/loss_value": value_loss.item(),
-            "train/entropy": entropy.item(),
-            "train/grad_norm": float(grad_norm),
-            "train/env_steps": float(self.env_steps),
-            "train/episodes": float(self.episodes),
-            **self.auxiliary_updates(),
-        }
-        metrics["perf/sps"] = samples / (time.perf_counter() - start)
-        if self.finished:
-            recent = np.array(self.finished[-self.stats_window:])
-            metrics["train/episode_return"] = float(recent[:, 0].mean())
-            if not np.isnan(recent[:, 1]).all():  # the env reports which episodes succeeded
-                metrics["train/success_rate"] = float(np.nanmean(recent[:, 1]))
-        return metrics
+        return (torch.stack(log_probs), torch.stack(values), torch.stack(entropies), returns,
+                self.n_steps * self.env.num_envs)
+
+    def _decision_terms(self) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
+        """Collect a rollout of decisions among actions and skills; the same terms, one per
+        decision, from the network run on the inputs each decision was chosen from."""
+        batch, samples = self.collector.collect(self)
+        logits, values, _ = self.net(batch.obs, batch.states)
+        dist = torch.distributions.Categorical(logits=masked_logits(logits, batch.masks))
+        return dist.log_prob(batch.actions), values, dist.entropy(), batch.returns, samples
+
+    def _memory_metrics(self) -> dict[str, float]:
+        """The library's statistics, how much skills did in the episodes that ended since
+        the last update, and the policies' cloning losses."""
+        episodes, self.options.finished = self.options.finished, []
+        for episode in episodes:
+            self.finished.append((episode["reward"], episode["success"]))
+        self.episodes += len(episodes)
+        self.finished = self.finished[-self.stats_window:]
+        return {**library_metrics(self.kit.memory), **self.options.metrics("memory", episodes),
+                **self.kit.train_policies()}
 
     def trained_parameters(self) -> list[nn.Parameter]:
         """The parameters the A2C loss trains (all of the network's here)."""
@@ -217,6 +284,9 @@ class A2C:
     def evaluate(self, episodes: int) -> dict[str, float]:
         """Episodes of the ``eval_policy``: the success rate per eval stage, or return, steps
         and success (:func:`~procmem.algorithms.evaluation.evaluate_policy`)."""
+        if self.kit is not None:
+            return evaluate_options(SkillOptions(*self.eval_options, learn=False), self.net,
+                                    self.device, self.seed, episodes, self.eval_policy)
         return evaluate_policy(self.eval_env, self.net, self.device, self.seed, episodes,
                                self.eval_policy)
 
@@ -238,6 +308,9 @@ class A2C:
             "finished": list(self.finished),
             "env_steps": self.env_steps,
             "episodes": self.episodes,
+            **({} if self.kit is None else {"memory": self.kit.memory.state_dict(),
+                                            "policies": self.kit.state_dict(),
+                                            "decisions": self.collector.state_dict()}),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -251,6 +324,15 @@ class A2C:
         self.finished = [tuple(e) for e in state["finished"]]
         self.env_steps = int(state["env_steps"])
         self.episodes = int(state["episodes"])
+        if self.kit is not None:
+            self.kit.memory.load_state_dict(state["memory"])
+            self.kit.load_state_dict(state["policies"])
+            self.collector.load_state_dict(state["decisions"])
+
+    @classmethod
+    def check_config(cls, run: Mapping[str, Any]) -> None:
+        """A loaded library (``memory.load``) holds subgoal skills this run can use."""
+        check_saved_kit(run, run["agent"].get("skill_kind", "closed_loop"))
 
     def record_episode(self, max_frames: int = 300) -> np.ndarray | None:
         """The frames ``[T, 3, H, W]`` of one greedy episode of eval env 0 (a fixed seed; at
@@ -283,3 +365,15 @@ class A2C:
             _, value, _ = self.net(final_obs, state)
             values[index] = value.cpu().numpy()
         return values
+
+
+class _WithSkillActions:
+    """``env`` as a network sees it when skills are actions too: ``num_actions`` grows by
+    one per subgoal skill; everything else is the env's."""
+
+    def __init__(self, env: SubgoalEnv) -> None:
+        self._env = env
+        self.num_actions = env.num_actions + NUM_SKILL_ACTIONS
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._env, name)

@@ -11,19 +11,31 @@ import torch
 
 from procmem.algorithms.evaluation import episode_metrics
 from procmem.algorithms.protocols import Artifact, require_env
-from procmem.envs.keydoor import FLAG_NAMES, FLAGS, SUBGOALS
+from procmem.algorithms.skill_kit import (
+    EVENTS,
+    POLICIES_FILE,
+    POLICY_DEFAULTS,
+    SKILL_KINDS,
+    SUBGOAL_OF_NAME,
+    CloningBatch,
+    CloningRate,
+    CloningSteps,
+    DemoBuffer,
+    Hidden,
+    KeyLengthscale,
+    SkillKit,
+    check_saved_kit,
+    library_metrics,
+    preconditions,
+)
+from procmem.envs.keydoor import FLAGS, SUBGOALS
 from procmem.envs.protocols import SubgoalEnv
-from procmem.models.skill_policies import SubgoalPolicies
-from procmem.settings import Above, AtLeast, AtMost, OneOf, SettingError, configurable
+from procmem.settings import AtLeast, AtMost, OneOf, SettingError, configurable
 from procmem.skills.explorers import EXPLORERS, Explorer, make_explorer
 from procmem.skills.features import SituationEmbedding, StateEmbedding, next_subgoal
-from procmem.skills.library import SkillLibrary
-from procmem.skills.segments import subgoal_segments
+from procmem.skills.library import LIBRARY_FILE, SkillLibrary
 
 EXTRACTIONS = ("last_transitions", "subgoals")
-SKILL_KINDS = ("open_loop", "closed_loop")
-EVENTS = tuple(subgoal.event for subgoal in SUBGOALS)
-_SUBGOAL_OF_NAME = {subgoal.name: index for index, subgoal in enumerate(SUBGOALS)}
 _SUCCESS = EVENTS.index("success")
 _EVAL_SEED_OFFSET = 1_000_003
 
@@ -122,12 +134,16 @@ class ProceduralMemoryAgent:
     ``key_lengthscale`` is the distance in cells over which subgoal keys stay similar; the
     ``bc_*`` settings shape and train the closed-loop policies (hidden units, Adam learning
     rate, cloning steps after each batch of episodes, batch size, transitions kept per
-    subgoal). Without a memory (``memory=None``) the agent only explores.
+    subgoal). The ``train/...`` episode metrics are means over the iteration's episodes, or
+    with ``stats_window`` over the last that many training episodes, as A2C reports them. Without a memory (``memory=None``) the agent only
+    explores.
     """
 
     env_needs = (SubgoalEnv,)
-    artifacts = (Artifact("skills.json", lambda agent, path: None if agent.memory is None
-                          else agent.memory.save(path)),)
+    artifacts = (Artifact(LIBRARY_FILE, lambda agent, path: None if agent.memory is None
+                          else agent.memory.save(path), only_with="memory"),
+                 Artifact(POLICIES_FILE, lambda agent, path: None if agent.kit is None
+                          else agent.kit.save_policies(path), only_with="memory"))
 
     def __init__(
         self,
@@ -144,12 +160,13 @@ class ProceduralMemoryAgent:
         min_success_steps: Annotated[int, AtLeast(1)] = 3,
         retrieval_threshold: Annotated[float, AtLeast(-1.0), AtMost(1.0)] = -1.0,
         skill_step_budget: Annotated[int, AtLeast(0)] = 0,
-        key_lengthscale: Annotated[float, Above(0.0)] = 0.5,
-        bc_hidden: Annotated[int, AtLeast(1)] = 64,
-        bc_lr: Annotated[float, Above(0.0)] = 3e-3,
-        bc_steps: Annotated[int, AtLeast(1)] = 20,
-        bc_batch_size: Annotated[int, AtLeast(1)] = 256,
-        bc_buffer_size: Annotated[int, AtLeast(1)] = 4000,
+        key_lengthscale: KeyLengthscale = POLICY_DEFAULTS["key_lengthscale"],
+        bc_hidden: Hidden = POLICY_DEFAULTS["bc_hidden"],
+        bc_lr: CloningRate = POLICY_DEFAULTS["bc_lr"],
+        bc_steps: CloningSteps = POLICY_DEFAULTS["bc_steps"],
+        bc_batch_size: CloningBatch = POLICY_DEFAULTS["bc_batch_size"],
+        bc_buffer_size: DemoBuffer = POLICY_DEFAULTS["bc_buffer_size"],
+        stats_window: Annotated[int, AtLeast(1)] | None = None,
     ) -> None:
         require_env(self, env)
         if skill_kind == "closed_loop" and extraction != "subgoals":
@@ -165,14 +182,21 @@ class ProceduralMemoryAgent:
         self.skill_step_budget = skill_step_budget or 4 * env.size
         self.seed = seed
         dim = memory.embedding_dim if memory is not None else 16
+        self.kit = (SkillKit(memory, env, device, seed, closed_loop=skill_kind == "closed_loop",
+                             key_lengthscale=key_lengthscale, bc_hidden=bc_hidden, bc_lr=bc_lr,
+                             bc_steps=bc_steps, bc_batch_size=bc_batch_size,
+                             bc_buffer_size=bc_buffer_size)
+                    if memory is not None and extraction == "subgoals" else None)
         self.embed = (StateEmbedding(env.size, dim, seed, device) if extraction == EXTRACTIONS[0]
+                      else self.kit.embed if self.kit is not None
                       else SituationEmbedding(dim, seed, device, key_lengthscale))
-        self.policies = (SubgoalPolicies(env.num_actions, device, seed, bc_hidden, bc_lr,
-                                         bc_buffer_size, bc_steps, bc_batch_size)
-                         if memory is not None and skill_kind == "closed_loop" else None)
+        self.policies = None if self.kit is None else self.kit.policies
         self.rng = np.random.default_rng(seed)
         self.stream = _Stream.start(env, seed)
         self.env_steps = 0
+        self.stats_window = stats_window
+        self.recent: list[dict[str, float]] = []  # the last stats_window training episodes
+        self.episodes = 0
         self._learning_metrics: dict[str, float] = {}
 
     # --- the algorithm protocol ---------------------------------------------------------------
@@ -181,8 +205,13 @@ class ProceduralMemoryAgent:
         """Collect ``num_envs`` episodes, turning what they achieved into skills."""
         episodes = self._collect(self.env, self.stream, self.explorer, self.rng,
                                  self.env.num_envs, learn=True)
-        metrics = {**episode_metrics("train", episodes),
-                   "train/env_steps": float(self.env_steps)}
+        self.episodes += len(episodes)
+        if self.stats_window is not None:
+            self.recent = (self.recent + episodes)[-self.stats_window:]
+        metrics = {**episode_metrics("train", episodes if self.stats_window is None
+                                     else self.recent),
+                   "train/env_steps": float(self.env_steps),
+                   "train/episodes": float(self.episodes)}
         if self.memory is not None:
             metrics["memory/reuse_rate"] = _reuse_rate(episodes)
             metrics.update(self._library_metrics())
@@ -209,22 +238,30 @@ class ProceduralMemoryAgent:
 
     @classmethod
     def check_config(cls, run: Mapping[str, Any]) -> None:
-        """Subgoal keys need room in the memory's embeddings (``memory.embedding_dim``)."""
+        """Subgoal keys need room in the memory's embeddings (``memory.embedding_dim``); a
+        loaded library (``memory.load``) holds subgoal skills this run can use."""
         memory, min_dim = run.get("memory") or {}, SituationEmbedding.MIN_DIM
-        if (run["agent"].get("extraction") == "subgoals"
+        agent = run["agent"]
+        if (agent.get("extraction") == "subgoals"
                 and memory.get("embedding_dim", min_dim) < min_dim):
             raise SettingError("memory.embedding_dim", f"{memory['embedding_dim']} is too "
                                f"small: agent.extraction=subgoals needs >= {min_dim}")
+        if memory.get("load") and agent.get("extraction") == "last_transitions":
+            raise SettingError("memory.load", "a saved library starts runs that key skills on "
+                                              "situations: set agent.extraction=subgoals")
+        check_saved_kit(run, agent.get("skill_kind", "closed_loop"))
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "memory": None if self.memory is None else self.memory.state_dict(),
-            "policies": None if self.policies is None else self.policies.state_dict(),
+            "policies": None if self.kit is None else self.kit.state_dict(),
             "env": self.env.state_dict(),
             "stream": self.stream.state_dict(),
             "explorer": self.explorer.state_dict(),
             "rng": self.rng.bit_generator.state,
             "env_steps": self.env_steps,
+            "recent": list(self.recent),
+            "episodes": self.episodes,
             "learning_metrics": dict(self._learning_metrics),
         }
 
@@ -233,13 +270,14 @@ class ProceduralMemoryAgent:
             raise ValueError("the checkpoint and this agent disagree on having a memory")
         if self.memory is not None:
             self.memory.load_state_dict(state["memory"])
-        if self.policies is not None:
-            self.policies.load_state_dict(state["policies"])
+        if self.kit is not None:
+            self.kit.load_state_dict(state["policies"])
         self.env.load_state_dict(state["env"])
         self.stream = _Stream.from_state_dict(state["stream"])
         self.explorer.load_state_dict(state["explorer"])
         self.rng.bit_generator.state = state["rng"]
         self.env_steps = int(state["env_steps"])
+        self.recent, self.episodes = list(state["recent"]), int(state["episodes"])
         self._learning_metrics = dict(state["learning_metrics"])
 
     # --- acting -------------------------------------------------------------------------------
@@ -295,8 +333,8 @@ class ProceduralMemoryAgent:
                 "success": float(info["success"][i]),
                 "skill_steps": int(stream.skill_steps[i]),
             })
-        if learn and self.policies is not None and len(finished):
-            self._learning_metrics.update(self.policies.train())
+        if learn and self.kit is not None and len(finished):
+            self._learning_metrics.update(self.kit.train_policies())
         stream.end_episodes(ended)
         explorer.reset(ended)
         stream.obs = obs
@@ -340,7 +378,7 @@ class ProceduralMemoryAgent:
     def _plan(self, stream: _Stream, row: int, index: int) -> None:
         """Make env ``row`` run skill ``index``."""
         skill = self.memory[index]
-        subgoal = _SUBGOAL_OF_NAME.get(skill.name, -1)
+        subgoal = SUBGOAL_OF_NAME.get(skill.name, -1)
         stream.plan_skill[row] = index
         stream.plan_position[row] = 0
         stream.plan_event[row] = _SUCCESS if self.extraction == EXTRACTIONS[0] else subgoal
@@ -361,36 +399,26 @@ class ProceduralMemoryAgent:
                 self._add_last_transitions(stream, i, length, final_obs)
             return
         obs = np.concatenate([stream.trajectory_obs[i, :length], final_obs[None]])
-        events = {name: stream.trajectory_events[i, :length, k] for k, name in enumerate(EVENTS)}
-        for segment in subgoal_segments(obs, stream.trajectory_actions[i, :length], events):
-            subgoal = np.array([_SUBGOAL_OF_NAME[segment.subgoal.name]])
-            self.memory.add(segment.subgoal.name, segment.actions.tolist(),
-                            _preconditions(segment.obs[0]),
-                            self.embed(segment.obs[:1], subgoal)[0])
-            if self.policies is not None:
-                self.policies.add(segment)
+        self.kit.learn_episode(obs, stream.trajectory_actions[i, :length],
+                               stream.trajectory_events[i, :length])
 
     def _add_last_transitions(self, stream: _Stream, i: int, length: int,
                               final_obs: np.ndarray) -> None:
         """The original: the last transitions of a successful episode, named by what they did."""
         n = min(self.skill_length, length)
         start_obs = stream.trajectory_obs[i, length - n]
-        preconditions = _preconditions(start_obs)
-        if final_obs[FLAGS[1]] and not preconditions["door_open"]:
+        flags = preconditions(start_obs)
+        if final_obs[FLAGS[1]] and not flags["door_open"]:
             name = "open_door_sequence"
-        elif final_obs[FLAGS[0]] and not preconditions["has_key"]:
+        elif final_obs[FLAGS[0]] and not flags["has_key"]:
             name = "acquire_key"
         else:
             name = f"navigate_{n}_steps"
         actions = stream.trajectory_actions[i, length - n : length].tolist()
-        self.memory.add(name, actions, preconditions, self.embed(start_obs[None])[0])
+        self.memory.add(name, actions, flags, self.embed(start_obs[None])[0])
 
     def _library_metrics(self) -> dict[str, float]:
-        return {f"memory/{key}": float(value) for key, value in self.memory.stats().items()}
-
-
-def _preconditions(obs_row: np.ndarray) -> dict[str, bool]:
-    return {name: bool(obs_row[column]) for name, column in zip(FLAG_NAMES, FLAGS, strict=True)}
+        return library_metrics(self.memory)
 
 
 def _reuse_rate(episodes: list[dict[str, float]]) -> float:

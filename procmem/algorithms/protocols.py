@@ -31,10 +31,12 @@ from procmem.envs.protocols import CAPABILITIES
 class Artifact:
     """A file an algorithm leaves in its run dir for later runs: ``save(algorithm, path)``
     writes it and returns the path, or ``None`` when the algorithm has nothing to save
-    (a skill agent without memory)."""
+    (a skill agent without memory); ``only_with`` names the config group (``memory``)
+    without which a run never leaves it."""
 
     file: str
     save: Callable[[Any, Path], Path | None]
+    only_with: str | None = None  # a config group the run must use for it to leave the file
 
 
 @dataclass(frozen=True)

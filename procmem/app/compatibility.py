@@ -1,7 +1,7 @@
 """Which group choices work together, checked before anything is built.
 
-An agent declares the env capabilities it needs (``env_needs``), an env class the ones it
-offers (the protocols of :mod:`procmem.envs.protocols` it subclasses). A memory needs an
+An agent or a memory declares the env capabilities it needs (``env_needs``), an env class
+the ones it offers (the protocols of :mod:`procmem.envs.protocols` it subclasses). A memory needs an
 agent that takes one, a curriculum an env with stages, and a setting that reads another run
 (an agent's declared ``run_inputs``) a run on the same env that leaves the file it reads.
 Each component's own rules (its ``check_config`` hook) come next. Each mismatch is one line
@@ -65,6 +65,13 @@ def check_compatible(cfg: DictConfig) -> None:
         raise CombinationError("memory", (
             f"{choice('memory', cfg.memory)} needs an agent that keeps a memory; "
             f"{agent_choice} keeps none: set memory=none"))
+    memory_needs = getattr(_class_of(cfg, "memory"), "env_needs", ()) if cfg.memory else ()
+    missing = [need for need in memory_needs if not offers(env, need)]
+    if missing:
+        raise CombinationError("memory", (
+            f"{choice('memory', cfg.memory)} needs "
+            f"{_words(CAPABILITIES[need] for need in missing)}; {env_choice} has none: set "
+            f"memory=none, or pick one of {', '.join(options_offering(memory_needs))}"))
     if cfg.curriculum and not offers(env, StagedEnv):
         raise CombinationError("curriculum", (
             f"{choice('curriculum', cfg.curriculum)} needs {CAPABILITIES[StagedEnv]}; "
@@ -114,7 +121,8 @@ def input_file(cfg: DictConfig, run_input: RunInput) -> Path | None:
                                f"env is {choice('env', cfg.env)}")
     if file.is_file():
         return file
-    leaves = [artifact.file for artifact in artifacts_of(import_target(source.agent._target_))]
+    leaves = [artifact.file for artifact in artifacts_of(import_target(source.agent._target_))
+              if artifact.only_with is None or source.get(artifact.only_with)]
     if run_input.artifact not in leaves:
         raise ConfigError(key, f"{path} has no {run_input.artifact}: its "
                                f"{choice('agent', source.agent)} leaves "

@@ -63,6 +63,7 @@ class SubgoalPolicies:
         self.buffers = [_DemoBuffer(buffer_size) for _ in SUBGOALS]
         self.generator = torch.Generator().manual_seed(seed)
         self._fresh: set[int] = set()
+        self.loaded: set[int] = set()  # subgoals whose policy came trained from another run
 
     def add(self, segment: Segment) -> None:
         index = _SUBGOAL_INDEX[segment.subgoal.name]
@@ -71,7 +72,7 @@ class SubgoalPolicies:
         self._fresh.add(index)
 
     def trained(self, subgoal: int) -> bool:
-        return self.buffers[subgoal].size > 0
+        return self.buffers[subgoal].size > 0 or subgoal in self.loaded
 
     def train(self) -> dict[str, float]:
         """Clone the subgoals that got new demonstrations; return their mean losses.
@@ -117,6 +118,7 @@ class SubgoalPolicies:
                          "size": b.size, "next": b.next} for b in self.buffers],
             "generator": self.generator.get_state(),
             "fresh": sorted(self._fresh),
+            "loaded": sorted(self.loaded),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -128,3 +130,4 @@ class SubgoalPolicies:
             buffer.size, buffer.next = int(saved["size"]), int(saved["next"])
         self.generator.set_state(state["generator"])
         self._fresh = set(state["fresh"])
+        self.loaded = set(state.get("loaded", ()))

@@ -66,7 +66,8 @@ class EarlyStopping(Callback):
     ``mode="max"``, at or below with ``"min"``), or when it has not improved by more than
     ``min_delta`` on its best for ``patience`` values in a row (0: no patience rule). It
     reads the metric wherever it is logged: evaluations for ``eval/...``, iterations for
-    ``train/...``."""
+    ``train/...``. With ``min_episodes``, values count only once ``train/episodes`` has
+    reached it (a training mean over a window of episodes, once the window is full)."""
 
     def __init__(
         self,
@@ -76,15 +77,18 @@ class EarlyStopping(Callback):
         mode: Annotated[str, OneOf(("max", "min"))] = "max",
         patience: Annotated[int, AtLeast(0)] = 0,
         min_delta: Annotated[float, AtLeast(0.0)] = 0.0,
+        min_episodes: Annotated[int, AtLeast(0)] = 0,
     ) -> None:
         if threshold is None and patience == 0:
             raise SettingError("threshold", "set a threshold, or a patience above 0")
         self.metric, self.threshold, self.mode = metric, threshold, mode
         self.patience, self.min_delta = patience, min_delta
+        self.min_episodes, self.episodes = min_episodes, 0.0
         self.best: float | None = None
         self.stale = 0  # values in a row without an improvement on the best
 
     def on_iteration(self, runner: TrainingRun, metrics: dict[str, float]) -> None:
+        self.episodes = metrics.get("train/episodes", self.episodes)
         self._see(runner, metrics)
 
     def on_evaluation(self, runner: TrainingRun, metrics: dict[str, float]) -> None:
@@ -92,7 +96,7 @@ class EarlyStopping(Callback):
 
     def _see(self, runner: TrainingRun, metrics: dict[str, float]) -> None:
         value = metrics.get(self.metric)
-        if value is None or not math.isfinite(value):
+        if value is None or not math.isfinite(value) or self.episodes < self.min_episodes:
             return
         sign = 1.0 if self.mode == "max" else -1.0
         if self.best is None or sign * (value - self.best) > self.min_delta:
@@ -108,7 +112,8 @@ class EarlyStopping(Callback):
                                 f"{runner.iteration}")
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "stale": self.stale}
+        return {"best": self.best, "stale": self.stale, "episodes": self.episodes}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.stale = state["best"], int(state["stale"])
+        self.episodes = float(state.get("episodes", 0.0))

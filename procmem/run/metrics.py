@@ -69,6 +69,8 @@ VOCABULARY: tuple[Metric, ...] = (
     Metric("eval/episode_steps", "mean length of evaluation episodes"),
     Metric("eval/solved_steps", "mean length of solved evaluation episodes"),
     Metric("eval/reuse_rate", "share of evaluation steps taken by skills"),
+    Metric("eval/skill_decision_share", "share of the evaluation's decisions that chose a "
+                                        "skill (A2C with skills as options)"),
     Metric("eval_{policy}/{name}", "`evaluate.py run= eval_policy=<policy>` with a policy other "
            "than the run's own (`agent.eval_policy`): the `eval/{name}` of that policy"),
     Metric("eval/envmodel/rollout_pixel_accuracy_{k}", "pixels right after k open-loop steps"),
@@ -84,6 +86,9 @@ VOCABULARY: tuple[Metric, ...] = (
     Metric("memory/retrievals", "retrievals so far"),
     Metric("memory/hits", "retrievals that found a usable skill"),
     Metric("memory/hit_rate", "hits / retrievals"),
+    Metric("memory/skill_decision_share", "share of this iteration's decisions that chose a "
+                                          "skill (A2C with skills as options)"),
+    Metric("memory/loaded_skills", "skills of the library the run started from (memory.load)"),
     Metric("memory/bc_loss_{subgoal}", "cloning loss of a closed-loop subgoal policy"),
     # --- curriculum -------------------------------------------------------------------------
     Metric("curriculum/stage", "newest stage trained"),

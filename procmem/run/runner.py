@@ -49,8 +49,10 @@ class Runner:
     sweeper optimises). ``curriculum`` may be ``None``. ``callbacks``
     (:mod:`procmem.run.callbacks`) are called after each iteration, evaluation and checkpoint
     and at the end, in order (the reporters, which draw and save what the algorithm offers,
-    among them); one that calls :meth:`request_stop` ends training after the iteration, with
-    a checkpoint there, and the run ends ``finished`` with the reason (:attr:`stop_reason`).
+    among them); one that calls :meth:`request_stop` ends training after the iteration,
+    which is then logged, evaluated and saved as the last one (a request from an
+    evaluation's hook: saved), and the run ends ``finished`` with the reason
+    (:attr:`stop_reason`).
 
     After each checkpoint the logger sends its rows on to the sinks (W&B). With ``stop``, a
     stop signal ends the run after the current iteration: it saves a checkpoint there and
@@ -182,6 +184,9 @@ class Runner:
                     self.curriculum.on_iteration(self.iteration, self.iterations)
                 metrics = self._train_iteration()
                 last = self.iteration if self._budget_spent(metrics) else self.iterations
+                self._notify("on_iteration", metrics)
+                if self.stop_reason is not None:  # a callback ends training here
+                    last = self.iteration
                 if _is_due(self.iteration, self.log_every, last):
                     elapsed = time.perf_counter() - window_start
                     rate = (self.iteration - window_iteration) / max(elapsed, 1e-9)
@@ -189,7 +194,6 @@ class Runner:
                     window_start, window_iteration = time.perf_counter(), self.iteration
                     self.logger.log(self.iteration, metrics)
                     final.update(metrics)
-                self._notify("on_iteration", metrics)
                 if _is_due(self.iteration, self.eval_every, last):
                     evaluation = self.algorithm.evaluate(self.eval_episodes)
                     if self.curriculum is not None:
@@ -204,7 +208,7 @@ class Runner:
                     self.save_checkpoint()
                 bar.update(1)
                 bar.set_postfix(progress_postfix(final, self.objective), refresh=False)
-                if self.stop_reason is not None and self.iteration < last:  # ends here
+                if self.stop_reason is not None and self.iteration < self.iterations:
                     if not saved:
                         self.save_checkpoint()
                     log.info("%s", self.stop_reason)

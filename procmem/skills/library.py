@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from procmem.envs.protocols import SubgoalEnv
 from procmem.settings import (
     Above,
     AtLeast,
@@ -71,6 +72,7 @@ from procmem.skills.storage import Skill, SkillStorage, skill_record
 
 _MAX_PRECONDITION_KEYS = 63  # preconditions are packed into one int64 code per skill
 MAX_EMBEDDING_DIM = 1 << 16  # bounds what even an empty library file makes the index allocate
+LIBRARY_FILE = "skills.json"  # a library's file in a run dir
 
 
 @configurable
@@ -85,7 +87,15 @@ class SkillLibrary(SkillStorage):
     library exactly, catching near-duplicates an approximate probe missed. With a
     ``capacity``, adding a new skill to a full library first evicts the skill ranked lowest
     by ``eviction`` (see :func:`~procmem.skills.eviction.eviction_scores`).
+
+    ``load`` (a run dir or a library file) starts the library with the skills and counters
+    of a saved one (its embedding size and precondition keys must match; this library's
+    own settings stay), recorded in :attr:`loaded_from`. A ``frozen`` library is used as
+    it is: :meth:`add` and :meth:`merge_duplicates` change nothing (uses are still counted).
     """
+
+    env_needs = (SubgoalEnv,)  # its keys and preconditions are those of subgoal situations
+    unsaved_settings = ("load", "frozen")  # how a run uses a library, not saved with it
 
     def __init__(
         self,
@@ -100,6 +110,8 @@ class SkillLibrary(SkillStorage):
         eviction: Annotated[str, OneOf(EVICTION_POLICIES)] = "utility",
         recency_halflife: Annotated[float, Above(0.0)] = 1000.0,
         merge_every: Annotated[int, AtLeast(0)] = 0,
+        load: str | None = None,
+        frozen: bool = False,
     ) -> None:
         keys = tuple(precondition_keys)
         if len(set(keys)) != len(keys):
@@ -119,6 +131,11 @@ class SkillLibrary(SkillStorage):
         device = torch.device(device)
         super().__init__(device, make_index(index, embedding_dim, device), keys)
         self._zero_counters()
+        self.frozen = frozen
+        self.loaded_from: Path | None = None
+        self.loaded_skills = 0
+        if load:
+            self._take_skills_of(library_file(load))
 
     def __len__(self) -> int:
         return self._size
@@ -163,6 +180,8 @@ class SkillLibrary(SkillStorage):
         The returned index is alive: a due sweep runs before the skill is added, and an
         eviction only removes other skills.
         """
+        if self.frozen:
+            return -1, False
         actions = check_actions(actions, "actions")
         code = self._precondition_code(preconditions)
         vector = self._unit_embedding(embedding)
@@ -194,7 +213,7 @@ class SkillLibrary(SkillStorage):
         takes the other's counters. Returns how many skills merged away.
         """
         slots = self._live_slots()
-        if len(slots) < 2:
+        if len(slots) < 2 or self.frozen:
             return 0
         slots = slots[torch.argsort(self._support[slots], descending=True, stable=True)]
         vectors = self._vector_index.vectors(slots).to(self.device)
@@ -299,6 +318,17 @@ class SkillLibrary(SkillStorage):
             "hit_rate": self._hits / self._retrievals if self._retrievals else 0.0,
         }
 
+    def names(self) -> list[str]:
+        """The names of the stored skills, in index order."""
+        return [self._names[slot] for slot in self._live_slots().tolist()]
+
+    def name_of(self, index: int) -> str:
+        """The name of skill ``index`` (``IndexError`` for a dead or unknown one)."""
+        slot = int(self._slots_of(torch.tensor([index], device=self.device)).item())
+        if slot < 0:
+            raise IndexError(f"skill {index} is not stored")
+        return self._names[slot]
+
     def to_records(self) -> list[dict[str, Any]]:
         """One plain dict per stored skill, in index order, e.g. for a results table."""
         return [skill_record(skill) for skill in self._snapshots(self._live_slots())]
@@ -359,6 +389,17 @@ class SkillLibrary(SkillStorage):
             library = cls(**settings, device=device)
             library._load(file_state(data, settings, counters), file_field)
         return library
+
+    def _take_skills_of(self, path: Path) -> None:
+        """Start with the skills and counters of the library file ``path``; this library's
+        search settings stay."""
+        top_k, merge_threshold = self.top_k, self.merge_threshold
+        with file_errors(path):
+            data = read_library_file(path)
+            settings, counters = file_header(data, type(self))
+            self._load(file_state(data, settings, counters), file_field)
+        self.top_k, self.merge_threshold = top_k, merge_threshold
+        self.loaded_from, self.loaded_skills = path, len(self)
 
     def _load(self, state: Mapping[str, Any], field: FieldName) -> None:
         """Check every field of ``state`` (named by ``field``), then replace the contents."""
@@ -475,6 +516,18 @@ class SkillLibrary(SkillStorage):
                 f"query must have shape [{batch}, {self.embedding_dim}], got {list(queries.shape)}"
             )
         return torch.nn.functional.normalize(queries, dim=1)
+
+
+def library_file(load: str | os.PathLike) -> Path:
+    """The library file ``memory.load`` names: the file itself, or ``skills.json`` in the run
+    dir it names; ``FileNotFoundError`` naming it where there is none."""
+    path = Path(load).expanduser()
+    if path.is_dir():
+        path = path / LIBRARY_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{load}: no skill library there (a run dir holding "
+                                f"{LIBRARY_FILE}, or the file itself)")
+    return path.resolve()
 
 
 def _check_search_settings(top_k: int, merge_threshold: float) -> None:

@@ -69,7 +69,9 @@ def file_header(data: dict[str, Any], component: type) -> tuple[dict[str, Any], 
     setting present and checked as ``component``'s constructor checks them."""
     check_format_version(data.get("format_version"))
     settings = _json_object(data["settings"], "settings")
-    missing = [name for name in settings_of(component) if name not in settings]
+    unsaved = getattr(component, "unsaved_settings", ())  # settings of a run, not of a file
+    missing = [name for name in settings_of(component)
+               if name not in settings and name not in unsaved]
     if missing:
         raise SkillLibraryError(f"settings: missing field {missing[0]!r}")
     try:

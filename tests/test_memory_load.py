@@ -1,0 +1,110 @@
+"""memory.load and memory.frozen: a run starts from the skills another run learnt."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from procmem import app
+from procmem.app import ConfigError
+from procmem.run.run_dir import RunDir
+from tests.helpers import run_cli
+
+GRID = ["env=gridworld", "env.size=5"]
+SMALL = ["env.num_envs=4", "logger=none",
+         "trainer.progress=false", "trainer.eval_every=0", "trainer.eval_episodes=2",
+         "trainer.checkpoint_every=0", "seed=0"]
+
+
+def train(directory: Path, *overrides: str) -> RunDir:
+    app.train(app.compose_config([*GRID, *SMALL, *overrides]), directory)
+    return RunDir(directory)
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    """A skill-library run on 5x5 layouts: skills.json and skill_policies.pt."""
+    directory = tmp_path_factory.mktemp("source") / "run"
+    train(directory, "agent=procedural", "trainer.iterations=12")
+    assert (directory / "skills.json").is_file() and (directory / "skill_policies.pt").is_file()
+    return directory
+
+
+def saved_skills(run: Path) -> int:
+    return len(json.loads((run / "skills.json").read_text())["skills"])
+
+
+@pytest.mark.parametrize("agent", ["a2c", "procedural"])
+def test_a_frozen_loaded_library_is_used_as_it_is(source, tmp_path, agent):
+    run = train(tmp_path / "run", f"agent={agent}", "memory=skill_library",
+                f"memory.load={source}", "memory.frozen=true", "trainer.iterations=6",
+                "env.size=7")  # another layout size: the keys mean the same
+    rows = [row for row in run.metrics() if "memory/skills" in row]
+    size = saved_skills(source)
+    assert all(row["memory/loaded_skills"] == size for row in rows)
+    assert all(row["memory/skills"] == size for row in rows)  # nothing added or merged
+    assert rows[-1]["memory/skill_uses"] > 0
+    assert saved_skills(tmp_path / "run") == size
+    assert run.config().memory.load == str(source)
+
+
+def test_a_loaded_library_that_is_not_frozen_keeps_learning(source, tmp_path):
+    run = train(tmp_path / "run", "agent=procedural", f"memory.load={source}/skills.json",
+                "trainer.iterations=6")
+    rows = [row for row in run.metrics() if "memory/skills" in row]
+    assert rows[0]["memory/loaded_skills"] == saved_skills(source)
+    assert rows[-1]["memory/merges"] > json.loads(
+        (source / "skills.json").read_text())["counters"]["merges"]
+
+
+def refusal(*overrides: str, env: tuple[str, ...] = tuple(GRID)) -> str:
+    with pytest.raises(ConfigError) as error:
+        app.check_config(app.compose_config([*env, *SMALL, *overrides]))
+    return str(error.value)
+
+
+def test_a_damaged_library_file_is_one_line_exit_2_and_no_run_dir(source, tmp_path):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(source, damaged)
+    (damaged / "skills.json").write_text('{"format_version": 2, "skills": [')
+    run_dir = tmp_path / "never"
+    result = run_cli("train.py", "agent=a2c", "memory=skill_library", f"memory.load={damaged}",
+                     *GRID, *SMALL, f"hydra.run.dir={run_dir}", check=False)
+    assert result.returncode == 2
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("config error: memory.load: ") and "skills.json: not valid JSON" in line
+    assert not run_dir.exists()
+
+
+def test_damaged_policies_are_refused_naming_the_file(source, tmp_path):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(source, damaged)
+    (damaged / "skill_policies.pt").write_bytes(b"not a torch file")
+    assert "skill_policies.pt: unreadable" in refusal("agent=a2c", "memory=skill_library",
+                                                      f"memory.load={damaged}")
+
+
+@pytest.mark.parametrize(("overrides", "reason"), [
+    (["memory.embedding_dim=32"], "keys of size 64; memory.embedding_dim is 32"),
+    (["env=minigrid", "env.max_steps=20"],
+     "learnt on procmem.envs.gridworld.GridWorld; this run's env is "
+     "procmem.envs.minigrid.MiniGridEnv"),
+    (["memory.load=/no/such/run"], "/no/such/run: no skill library there"),
+])
+def test_a_library_whose_keys_mean_something_else_is_refused(source, overrides, reason):
+    env = () if "env=minigrid" in overrides else tuple(GRID)
+    error = refusal("agent=a2c", "memory=skill_library", f"memory.load={source}", *overrides,
+                    env=env)
+    assert error.startswith("memory.load: ")
+    assert reason in error and "\n" not in error
+
+
+def test_skills_of_another_subgoal_set_are_refused(tmp_path):
+    original = train(tmp_path / "original", "agent=procedural", "agent.extraction=last_transitions",
+                     "agent.skill_kind=open_loop", "trainer.iterations=12")
+    assert saved_skills(original.path) > 0
+    error = refusal("agent=procedural", f"memory.load={original.path}")
+    assert "skills of another subgoal set" in error
