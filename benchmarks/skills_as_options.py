@@ -45,8 +45,8 @@ def group_of(run: RunDir, sweep: Path) -> tuple[str, int]:
 
 def table(sweeps: list[Path], metric: str, target: float, min_episodes: int
           ) -> dict[str, dict[int, tuple]]:
-    """Per job group and seed: steps to the target, the last value, the env steps run and
-    the final evaluation's success rate."""
+    """Per job group and seed: steps to the target, the last value, the env steps run, the
+    final evaluation's success rate and the episodes run."""
     groups: dict[str, dict[int, tuple]] = defaultdict(dict)
     for sweep in sweeps:
         for job in sorted(p for p in sweep.iterdir() if (p / ".hydra").is_dir()):
@@ -57,8 +57,51 @@ def table(sweeps: list[Path], metric: str, target: float, min_episodes: int
             final_eval = [r for r in rows if "eval/success_rate" in r]
             groups[name][seed] = (*steps_to_target(rows, metric, target, min_episodes),
                                   train[-1]["train/env_steps"] if train else 0.0,
-                                  final_eval[-1]["eval/success_rate"] if final_eval else None)
+                                  final_eval[-1]["eval/success_rate"] if final_eval else None,
+                                  train[-1].get("train/episodes", 0.0) if train else 0.0)
     return groups
+
+
+def cell(seed: tuple, min_episodes: int) -> str:
+    """A seed's entry: the steps to the target, else what it reached and when."""
+    steps, last, ran, _, episodes = seed
+    if steps is not None:
+        return f"{steps:,.0f}"
+    if episodes < min_episodes:
+        return f"- ({episodes:.0f} episodes in {ran:,.0f})"
+    return f"- ({last:.2f} at {ran:,.0f})"
+
+
+def plot(sweeps: list[Path], metric: str, target: float, min_episodes: int, out: Path) -> None:
+    """Training curves over env steps: per job group the mean over seeds (a run that stopped
+    at the target holds its last value) and the range, with the target as a line. The first
+    points average fewer than ``min_episodes`` episodes."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs: dict[str, list[tuple[np.ndarray, np.ndarray]]] = defaultdict(list)
+    for sweep in sweeps:
+        for job in sorted(p for p in sweep.iterdir() if (p / ".hydra").is_dir()):
+            rows = [r for r in RunDir(job).metrics() if metric in r and "train/env_steps" in r]
+            if rows:
+                runs[group_of(RunDir(job), sweep)[0]].append(
+                    (np.array([r["train/env_steps"] for r in rows]),
+                     np.array([r[metric] for r in rows])))
+    figure, axes = plt.subplots(figsize=(8, 4.5))
+    for name, curves in sorted(runs.items()):
+        grid = np.geomspace(min(c[0][0] for c in curves), max(c[0][-1] for c in curves), 200)
+        values = np.stack([np.interp(grid, steps, value) for steps, value in curves])
+        line, = axes.plot(grid, values.mean(axis=0), label=f"{name} (n={len(curves)})")
+        axes.fill_between(grid, values.min(axis=0), values.max(axis=0), alpha=0.2,
+                          color=line.get_color())
+    axes.axhline(target, color="grey", linestyle=":", linewidth=1)
+    axes.set(xscale="log", xlabel="env steps",
+             ylabel=f"{metric} (last {min_episodes} episodes)")
+    axes.legend(fontsize=7, loc="upper left")
+    figure.tight_layout()
+    figure.savefig(out, dpi=110)
+    print(f"\ncurves: {out}")
 
 
 def mean_steps(seeds: dict[int, tuple]) -> float | None:
@@ -75,6 +118,7 @@ def main() -> None:
                         help="the metric counts once this many episodes have ended")
     parser.add_argument("--baseline", help="group whose steps the ratios divide")
     parser.add_argument("--against", nargs="*", default=[], help="groups compared with it")
+    parser.add_argument("--plot", type=Path, help="write the training curves to this file")
     args = parser.parse_args()
     groups = table(args.sweeps, args.metric, args.target, args.min_episodes)
     print(f"env steps until {args.metric} >= {args.target} over >= {args.min_episodes} "
@@ -83,13 +127,14 @@ def main() -> None:
           + " | mean | final eval success |")
     print("|---|" + "---|" * (len(next(iter(groups.values()))) + 2))
     for name, seeds in sorted(groups.items()):
-        cells = [f"{s[0]:,.0f}" if s[0] is not None else f"- ({s[1]:.2f} at {s[2]:,.0f})"
-                 for _, s in sorted(seeds.items())]
+        cells = [cell(s, args.min_episodes) for _, s in sorted(seeds.items())]
         mean = mean_steps(seeds)
         evals = [s[3] for s in seeds.values() if s[3] is not None]
         print(f"| `{name}` | " + " | ".join(cells)
               + f" | {'-' if mean is None else f'{mean:,.0f}'} | "
               + (f"{np.mean(evals):.2f}" if evals else "-") + " |")
+    if args.plot:
+        plot(args.sweeps, args.metric, args.target, args.min_episodes, args.plot)
     if args.baseline:
         base = groups[args.baseline]
         for name in args.against:

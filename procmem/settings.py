@@ -188,7 +188,8 @@ class Setting:
 
 def settings_of(target: type | Callable[..., Any]) -> dict[str, Setting]:
     """The settings of a component: the keyword-only parameters of a class's constructor
-    (with those of its base class where the constructor forwards ``**kwargs`` to it), of a
+    (with those of its base class where the constructor forwards ``**kwargs`` to it, but
+    the base's settings it names in a ``withheld_settings`` class attribute), of a
     function, or the fields of a dataclass."""
     if dataclasses.is_dataclass(target):
         hints = typing.get_type_hints(target, include_extras=True)
@@ -221,7 +222,9 @@ def _class_settings(cls: type) -> dict[str, Setting]:
     bases = owner.__mro__[1:]
     if not forwards or not bases or bases[0] is object:
         return own
-    return {**_class_settings(bases[0]), **own}
+    withheld = owner.__dict__.get("withheld_settings", ())  # base settings it never passes
+    inherited = {k: v for k, v in _class_settings(bases[0]).items() if k not in withheld}
+    return {**inherited, **own}
 
 
 @functools.cache

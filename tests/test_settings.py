@@ -136,3 +136,12 @@ def test_setting_errors_name_the_key_under_a_prefix_and_survive_pickling():
     assert str(error.under("env")) == "env.size: 0 is out of range"
     again = pickle.loads(pickle.dumps(error.under("env")))
     assert (again.key, again.reason) == ("env.size", "0 is out of range")
+
+
+def test_a_subclass_withholds_the_base_settings_it_never_passes():
+    from procmem.algorithms.a2c import A2C
+    from procmem.algorithms.i2a import I2A
+
+    assert {"skill_kind", "skill_step_budget"} <= settings_of(A2C).keys()
+    assert not {"skill_kind", "skill_step_budget"} & settings_of(I2A).keys()
+    assert {"n_steps", "gamma", "depth"} <= settings_of(I2A).keys()

@@ -200,7 +200,7 @@ class A2C:
             **self.auxiliary_updates(),
         }
         if self.kit is not None:
-            metrics.update(self._memory_metrics())
+            metrics.update(self._learn_skills())
         metrics["perf/sps"] = samples / (time.perf_counter() - start)
         if self.finished:
             recent = np.array(self.finished[-self.stats_window:])
@@ -222,7 +222,7 @@ class A2C:
             done = terminated | truncated
             self._track_episodes(reward, done, info)
             if self.bootstrap_truncated:
-                reward = reward + self.gamma * self._final_values(truncated & ~terminated, info)
+                reward = reward + self.gamma * self.final_values(truncated & ~terminated, info)
             log_probs.append(dist.log_prob(action))
             entropies.append(dist.entropy())
             values.append(value)
@@ -247,9 +247,10 @@ class A2C:
         dist = torch.distributions.Categorical(logits=masked_logits(logits, batch.masks))
         return dist.log_prob(batch.actions), values, dist.entropy(), batch.returns, samples
 
-    def _memory_metrics(self) -> dict[str, float]:
-        """The library's statistics, how much skills did in the episodes that ended since
-        the last update, and the policies' cloning losses."""
+    def _learn_skills(self) -> dict[str, float]:
+        """Clone the subgoal policies from the demonstrations of the episodes that ended
+        since the last update; count those episodes; return the library's statistics, how
+        much skills did in them and the cloning losses."""
         episodes, self.options.finished = self.options.finished, []
         for episode in episodes:
             self.finished.append((episode["reward"], episode["success"]))
@@ -354,7 +355,7 @@ class A2C:
         self.episode_return[done] = 0.0
 
     @torch.no_grad()
-    def _final_values(self, rows: np.ndarray, info: dict[str, Any]) -> np.ndarray:
+    def final_values(self, rows: np.ndarray, info: dict[str, Any]) -> np.ndarray:
         """Value estimates of the final observations of the envs in mask ``rows`` (0 elsewhere),
         from the recurrent state the episode had reached."""
         values = np.zeros(len(rows), dtype=np.float32)

@@ -74,7 +74,7 @@ class DecisionCollector:
             gain = outcome.gain
             cut = outcome.truncated & outcome.ended
             if cut.any() and learner.bootstrap_truncated:  # a time limit the obs may not show
-                gain = gain + learner.gamma ** outcome.steps * learner._final_values(cut, info)
+                gain = gain + learner.gamma ** outcome.steps * learner.final_values(cut, info)
             ended.append((rows, count[rows].copy(), gain[rows],
                           learner.gamma ** outcome.steps[rows], outcome.episode_end[rows],
                           self.start_obs[rows].copy(), self.start_state[rows].clone(),
