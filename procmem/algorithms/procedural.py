@@ -135,8 +135,8 @@ class ProceduralMemoryAgent:
     ``bc_*`` settings shape and train the closed-loop policies (hidden units, Adam learning
     rate, cloning steps after each batch of episodes, batch size, transitions kept per
     subgoal). The ``train/...`` episode metrics are means over the iteration's episodes, or
-    with ``stats_window`` over the last that many training episodes, as A2C reports them. Without a memory (``memory=None``) the agent only
-    explores.
+    with ``stats_window`` over the last that many training episodes, as A2C reports them.
+    Without a memory (``memory=None``) the agent only explores.
     """
 
     env_needs = (SubgoalEnv,)
