@@ -11,7 +11,7 @@ import pytest
 from procmem import app
 from procmem.app import ConfigError
 from procmem.run.run_dir import RunDir
-from tests.helpers import run_cli
+from helpers import run_cli, wandb_summary
 
 GRID = ["env=gridworld", "env.size=5"]
 SMALL = ["env.num_envs=4", "logger=none",
@@ -108,3 +108,11 @@ def test_skills_of_another_subgoal_set_are_refused(tmp_path):
     assert saved_skills(original.path) > 0
     error = refusal("agent=procedural", f"memory.load={original.path}")
     assert "skills of another subgoal set" in error
+
+
+@pytest.mark.slow
+def test_the_loaded_library_s_size_is_in_the_wandb_summary(source, tmp_path):
+    run = train(tmp_path / "run", "agent=a2c", "memory=skill_library", f"memory.load={source}",
+                "trainer.iterations=3", "logger=wandb")
+    summary = wandb_summary(run.path)["summary"]
+    assert summary["memory/loaded_skills"] == saved_skills(source)

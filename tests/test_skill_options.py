@@ -156,3 +156,25 @@ def test_a2c_without_a_memory_is_unchanged_by_the_options():
     agent = _a2c(None)
     assert agent.kit is None and agent.net.policy.out_features == agent.env.num_actions
     assert not any(k.startswith("memory/") for k in agent.train_iteration())
+
+
+def test_a_rollout_of_decisions_discounts_each_env_s_chain_by_its_skills_lengths():
+    env, eval_env = (GridWorld(num_envs=4, layout="fixed", size=5) for _ in range(2))
+    agent = A2C(env, eval_env, CPU, 0, KeyDoorMLPPolicy, SkillLibrary(embedding_dim=32),
+                n_steps=2, gamma=GAMMA, skill_kind="open_loop")
+    kit = agent.kit
+    kit.memory.add("acquire_key", TO_THE_KEY, {"has_key": False, "door_open": False},
+                   kit.embed(agent.obs[:1], np.array([0]))[0])
+    kit.memory.frozen = True  # the one skill above stays the only one
+    with torch.no_grad():
+        agent.net.policy.bias[env.num_actions] = 50.0  # the skill, wherever it is available
+    batch, steps = agent.collector.collect(agent)
+    twin = GridWorld(num_envs=1, layout="fixed", size=5)
+    twin.reset(seed=0)
+    gain = sum(GAMMA ** i * twin.step(np.array([a]))[1][0] for i, a in enumerate(TO_THE_KEY))
+    assert steps == 6 * 4  # a 5-step skill, then one primitive, in every env
+    assert batch.actions[:4].tolist() == [env.num_actions] * 4  # the skills end first
+    assert (batch.actions[4:] < env.num_actions).all()
+    # R(skill) = G + gamma^5 R(next decision): the next decision is discounted by its length
+    assert batch.returns[:4].tolist() == pytest.approx(
+        (gain + GAMMA ** 5 * batch.returns[4:]).tolist(), rel=1e-5)
