@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from procmem import app
 from procmem.app import ConfigError
@@ -116,3 +118,24 @@ def test_the_loaded_library_s_size_is_in_the_wandb_summary(source, tmp_path):
                 "trainer.iterations=3", "logger=wandb")
     summary = wandb_summary(run.path)["summary"]
     assert summary["memory/loaded_skills"] == saved_skills(source)
+
+
+class _PlantedCode:
+    """Loading a pickle of this runs ``touch <marker>``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_planted_code_in_the_policies_file_never_runs(source, tmp_path):
+    planted = tmp_path / "planted"
+    shutil.copytree(source, planted)
+    marker = tmp_path / "marker"
+    torch.save({"format_version": 1, "policies": _PlantedCode(marker)},
+               planted / "skill_policies.pt")
+    error = refusal("agent=a2c", "memory=skill_library", f"memory.load={planted}")
+    assert "skill_policies.pt: unreadable (UnsafeFileError" in error
+    assert "posix.system" in error and not marker.exists()
