@@ -74,8 +74,8 @@ def cell(seed: tuple, min_episodes: int) -> str:
 
 def plot(sweeps: list[Path], metric: str, target: float, min_episodes: int, out: Path) -> None:
     """Training curves over env steps: per job group the mean over seeds (a run that stopped
-    at the target holds its last value) and the range, with the target as a line. The first
-    points average fewer than ``min_episodes`` episodes."""
+    at the target holds its last value) and the range, with the target as a line. Curves
+    start at a fifth of ``min_episodes`` episodes, so their first points average fewer."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -83,7 +83,8 @@ def plot(sweeps: list[Path], metric: str, target: float, min_episodes: int, out:
     runs: dict[str, list[tuple[np.ndarray, np.ndarray]]] = defaultdict(list)
     for sweep in sweeps:
         for job in sorted(p for p in sweep.iterdir() if (p / ".hydra").is_dir()):
-            rows = [r for r in RunDir(job).metrics() if metric in r and "train/env_steps" in r]
+            rows = [r for r in RunDir(job).metrics() if metric in r
+                    and r.get("train/episodes", 0) >= min_episodes // 5]
             if rows:
                 runs[group_of(RunDir(job), sweep)[0]].append(
                     (np.array([r["train/env_steps"] for r in rows]),

@@ -102,9 +102,10 @@ class StepOutcome:
 
 class SkillOptions:
     """The decisions of ``env``'s envs with the skills of ``kit`` as options (see the module
-    docstring): ``skill_kind`` ``"closed_loop"`` or ``"open_loop"``, a skill's steps capped
-    at ``step_budget``, rewards discounted by ``gamma``. With ``learn`` (training) finished
-    episodes become skills and skill uses are counted; evaluation learns nothing."""
+    docstring): closed-loop skills where the kit holds subgoal policies, else open-loop ones,
+    a skill's steps capped at ``step_budget``, rewards discounted by ``gamma``. With
+    ``learn`` (training) finished episodes become skills and skill uses are counted;
+    evaluation learns nothing."""
 
     def __init__(self, kit: SkillKit, env: Any, gamma: float, step_budget: int,
                  learn: bool) -> None:
