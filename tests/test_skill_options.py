@@ -119,14 +119,14 @@ def test_choosing_a_skill_where_none_is_available_is_refused():
 
 
 def _a2c(memory: SkillLibrary | None, seed: int = 0) -> A2C:
-    env, eval_env = GridWorld(num_envs=8, size=5), GridWorld(num_envs=4, size=5)
+    env, eval_env = (GridWorld(num_envs=n, size=5, max_steps=60) for n in (8, 4))
     return A2C(env, eval_env, CPU, seed, KeyDoorMLPPolicy, memory, n_steps=4)
 
 
 def test_a2c_with_skills_chooses_among_actions_and_skills_and_grows_its_library():
     agent = _a2c(SkillLibrary(embedding_dim=32))
     assert agent.net.policy.out_features == agent.env.num_actions + NUM_SKILL_ACTIONS
-    history = [agent.train_iteration() for _ in range(60)]
+    history = [agent.train_iteration() for _ in range(30)]
     assert history[-1]["memory/skills"] > 0
     assert any(m["memory/skill_decision_share"] > 0 for m in history)
     assert {"memory/reuse_rate", "memory/hit_rate", "memory/skill_uses", "memory/merges",
