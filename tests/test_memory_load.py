@@ -11,8 +11,12 @@ import pytest
 import torch
 
 from procmem import app
+from procmem.algorithms.skill_kit import POLICY_DEFAULTS, SkillKit
 from procmem.app import ConfigError
+from procmem.envs.gridworld import GridWorld
 from procmem.run.run_dir import RunDir
+from procmem.skills.library import SkillLibrary
+
 from helpers import run_cli, wandb_summary
 
 GRID = ["env=gridworld", "env.size=5"]
@@ -139,3 +143,13 @@ def test_planted_code_in_the_policies_file_never_runs(source, tmp_path):
     error = refusal("agent=a2c", "memory=skill_library", f"memory.load={planted}")
     assert "skill_policies.pt: unreadable (UnsafeFileError" in error
     assert "posix.system" in error and not marker.exists()
+
+
+def test_a_loaded_library_brings_the_features_its_policies_read(tmp_path):
+    original = train(tmp_path / "original", "agent=procedural", "agent.skill_features=direction",
+                     "trainer.iterations=12")
+    library = SkillLibrary(load=str(original.path))
+    kit = SkillKit(library, GridWorld(size=9), torch.device("cpu"), 5, closed_loop=True,
+                   **POLICY_DEFAULTS)  # this run asks for nothing: the file says direction
+    assert kit.skill_features == kit.policies.features == "direction"
+    assert kit.key_seed == 0 and kit.policies.loaded == {0, 1, 2}

@@ -4,7 +4,12 @@ import numpy as np
 import torch
 
 from procmem.envs.keydoor import FIELD, NO_DIRECTION, OBS_FIELDS
-from procmem.skills.features import SituationEmbedding, next_subgoal, policy_features
+from procmem.skills.features import (
+    SituationEmbedding,
+    next_subgoal,
+    num_policy_features,
+    policy_features,
+)
 from procmem.skills.segments import shortest_path, state_keys, subgoal_segments
 
 UP, DOWN, LEFT, RIGHT, PICKUP, OPEN = range(6)
@@ -95,3 +100,13 @@ def test_policy_features_depend_on_offsets_not_absolute_cells():
     a = policy_features(obs_row(0, 0, key=(2, 1))[None], np.array([0]))
     b = policy_features(obs_row(3, 3, key=(5, 4))[None], np.array([0]))
     assert np.array_equal(a, b)
+
+
+def test_direction_features_are_the_same_near_and_far_so_skills_carry_to_larger_grids():
+    near = policy_features(obs_row(0, 0, key=(2, 1))[None], np.array([0]), "direction")
+    far = policy_features(obs_row(0, 0, key=(13, 9))[None], np.array([0]), "direction")
+    np.testing.assert_array_equal(near, far)
+    assert near.shape[1] == num_policy_features("direction") == num_policy_features("offset") - 2
+    near_offset, far_offset = (policy_features(obs_row(0, 0, key=key)[None], np.array([0]))
+                               for key in ((2, 1), (13, 9)))
+    assert not np.array_equal(near_offset, far_offset)  # "offset" reads the distance too

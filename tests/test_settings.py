@@ -143,5 +143,5 @@ def test_a_subclass_withholds_the_base_settings_it_never_passes():
     from procmem.algorithms.i2a import I2A
 
     assert {"skill_kind", "skill_step_budget"} <= settings_of(A2C).keys()
-    assert not {"skill_kind", "skill_step_budget"} & settings_of(I2A).keys()
+    assert not {"skill_kind", "skill_step_budget", "skill_features"} & settings_of(I2A).keys()
     assert {"n_steps", "gamma", "depth"} <= settings_of(I2A).keys()

@@ -27,6 +27,7 @@ from procmem.algorithms.skill_kit import (
     POLICIES_FILE,
     POLICY_DEFAULTS,
     SKILL_KINDS,
+    SkillFeatures,
     SkillKit,
     check_saved_kit,
     library_metrics,
@@ -95,7 +96,8 @@ class A2C:
     With a ``memory`` (a skill library, on envs with subgoal events) the policy also
     chooses skills as options (:mod:`procmem.algorithms.skill_options`): one action per
     subgoal, available where the library holds an applicable skill, run as ``skill_kind``
-    skills of at most ``skill_step_budget`` steps (0: four times the grid size). Rollouts
+    skills of at most ``skill_step_budget`` steps (0: four times the grid size), whose
+    policies read ``skill_features`` of their target. Rollouts
     then count decisions (:mod:`procmem.algorithms.option_rollouts`) and the library grows
     from the learner's own episodes.
     """
@@ -131,6 +133,7 @@ class A2C:
         eval_policy: EvalPolicy = "greedy",
         skill_kind: Annotated[str, OneOf(SKILL_KINDS)] = "closed_loop",
         skill_step_budget: Annotated[int, AtLeast(0)] = 0,
+        skill_features: SkillFeatures = "offset",
     ) -> None:
         self.env, self.eval_env = env, eval_env
         self.device, self.seed = device, seed
@@ -148,7 +151,7 @@ class A2C:
                 raise ValueError(f"a skill library needs subgoal events; {type(env).__name__} "
                                  "has none")
             self.kit = SkillKit(memory, env, device, seed, closed_loop=skill_kind == "closed_loop",
-                                **POLICY_DEFAULTS)
+                                skill_features=skill_features, **POLICY_DEFAULTS)
             budget = skill_step_budget or 4 * env.size
             self.options = SkillOptions(self.kit, env, gamma, budget, learn=True)
             self.eval_options = (self.kit, eval_env, gamma, budget)

@@ -68,7 +68,7 @@ class I2A(A2C):
 
     env_needs = (PixelEnv, EventRewardEnv)
     # A2C's settings for skills as options: I2A carries no memory
-    withheld_settings = ("skill_kind", "skill_step_budget")
+    withheld_settings = ("skill_kind", "skill_step_budget", "skill_features")
     artifacts = ()  # its network reads imagined rollouts: no policy for other runs
     run_inputs = {"env_model": RunInput("env_model_run", "env_model.pt",
                                         lambda path, env, device: load_env_model(path, device))}

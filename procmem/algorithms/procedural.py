@@ -23,6 +23,7 @@ from procmem.algorithms.skill_kit import (
     DemoBuffer,
     Hidden,
     KeyLengthscale,
+    SkillFeatures,
     SkillKit,
     check_saved_kit,
     library_metrics,
@@ -134,8 +135,10 @@ class ProceduralMemoryAgent:
     ``key_lengthscale`` is the distance in cells over which subgoal keys stay similar; the
     ``bc_*`` settings shape and train the closed-loop policies (hidden units, Adam learning
     rate, cloning steps after each batch of episodes, batch size, transitions kept per
-    subgoal). The ``train/...`` episode metrics are means over the iteration's episodes, or
-    with ``stats_window`` over the last that many training episodes, as A2C reports them.
+    subgoal) and ``skill_features`` what they read of the target (``"direction"``: no
+    distance, so they carry to larger grids). The ``train/...`` episode metrics are means
+    over the iteration's episodes, or with ``stats_window`` over the last that many
+    training episodes, as A2C reports them.
     Without a memory (``memory=None``) the agent only explores.
     """
 
@@ -167,6 +170,7 @@ class ProceduralMemoryAgent:
         bc_batch_size: CloningBatch = POLICY_DEFAULTS["bc_batch_size"],
         bc_buffer_size: DemoBuffer = POLICY_DEFAULTS["bc_buffer_size"],
         stats_window: Annotated[int, AtLeast(1)] | None = None,
+        skill_features: SkillFeatures = "offset",
     ) -> None:
         require_env(self, env)
         if skill_kind == "closed_loop" and extraction != "subgoals":
@@ -185,7 +189,7 @@ class ProceduralMemoryAgent:
         self.kit = (SkillKit(memory, env, device, seed, closed_loop=skill_kind == "closed_loop",
                              key_lengthscale=key_lengthscale, bc_hidden=bc_hidden, bc_lr=bc_lr,
                              bc_steps=bc_steps, bc_batch_size=bc_batch_size,
-                             bc_buffer_size=bc_buffer_size)
+                             bc_buffer_size=bc_buffer_size, skill_features=skill_features)
                     if memory is not None and extraction == "subgoals" else None)
         self.embed = (StateEmbedding(env.size, dim, seed, device) if extraction == EXTRACTIONS[0]
                       else self.kit.embed if self.kit is not None

@@ -24,8 +24,8 @@ from procmem.envs.keydoor import FLAG_NAMES, FLAGS, SUBGOALS
 from procmem.io import atomic_torch_save
 from procmem.models.skill_policies import SubgoalPolicies
 from procmem.safe_load import load_data_file
-from procmem.settings import Above, AtLeast, SettingError
-from procmem.skills.features import SituationEmbedding
+from procmem.settings import Above, AtLeast, OneOf, SettingError
+from procmem.skills.features import POLICY_FEATURE_KINDS, SituationEmbedding
 from procmem.skills.library import SkillLibrary, library_file
 from procmem.skills.segments import subgoal_segments
 
@@ -42,6 +42,7 @@ CloningRate = Annotated[float, Above(0.0)]
 CloningSteps = Annotated[int, AtLeast(1)]
 CloningBatch = Annotated[int, AtLeast(1)]
 DemoBuffer = Annotated[int, AtLeast(1)]
+SkillFeatures = Annotated[str, OneOf(POLICY_FEATURE_KINDS)]
 POLICY_DEFAULTS = {"key_lengthscale": 0.5, "bc_hidden": 64, "bc_lr": 3e-3, "bc_steps": 20,
                    "bc_batch_size": 256, "bc_buffer_size": 4000}
 
@@ -62,25 +63,28 @@ def library_metrics(memory: SkillLibrary) -> dict[str, float]:
 
 class SkillKit:
     """``memory`` with its situation keys and, with ``closed_loop``, one cloned policy per
-    subgoal (``bc_*``: hidden units, learning rate, steps, batch, buffer).
+    subgoal (``bc_*``: hidden units, learning rate, steps, batch, buffer) reading
+    ``skill_features`` of its target.
 
     :meth:`learn_episode` cuts an episode into subgoal segments, adds each to the library
     and to its subgoal's demonstrations; a frozen library (``memory.frozen``) learns
     nothing, neither skills nor policies. A library loaded from another run
-    (``memory.loaded_from``) brings its keys' seed and lengthscale and its policies from the
-    ``skill_policies.pt`` beside it, so its keys mean what they meant there.
+    (``memory.loaded_from``) brings its keys' seed and lengthscale, its policies and the
+    features they read from the ``skill_policies.pt`` beside it, so its keys and policies
+    mean what they meant there.
     """
 
     def __init__(self, memory: SkillLibrary, env: Any, device: torch.device, seed: int, *,
                  closed_loop: bool, key_lengthscale: float, bc_hidden: int, bc_lr: float,
-                 bc_steps: int, bc_batch_size: int, bc_buffer_size: int) -> None:
+                 bc_steps: int, bc_batch_size: int, bc_buffer_size: int,
+                 skill_features: str = "offset") -> None:
         self.memory = memory
         self.env_target = f"{type(env).__module__}.{type(env).__qualname__}"
         self.num_actions = env.num_actions
         saved = None if memory.loaded_from is None else read_policies(memory.loaded_from)
         if saved is not None:
             seed, key_lengthscale = saved["key_seed"], saved["key_lengthscale"]
-            bc_hidden = saved["hidden"]
+            bc_hidden, skill_features = saved["hidden"], saved["features"]
             if saved["num_actions"] != env.num_actions:
                 raise ValueError(f"{saved['path']}: its policies act with "
                                  f"{saved['num_actions']} actions; this env has "
@@ -88,8 +92,10 @@ class SkillKit:
         self.key_seed, self.key_lengthscale = seed, key_lengthscale
         self.embed = SituationEmbedding(memory.embedding_dim, seed, device, key_lengthscale)
         self.policies = (SubgoalPolicies(env.num_actions, device, seed, bc_hidden, bc_lr,
-                                         bc_buffer_size, bc_steps, bc_batch_size)
+                                         bc_buffer_size, bc_steps, bc_batch_size,
+                                         skill_features)
                          if closed_loop else None)
+        self.skill_features = skill_features
         self.hidden = bc_hidden
         if saved is not None and self.policies is not None:
             if saved["policies"] is None:
@@ -138,6 +144,7 @@ class SkillKit:
             "key_lengthscale": self.key_lengthscale,
             "embedding_dim": self.memory.embedding_dim,
             "hidden": self.hidden,
+            "features": self.skill_features,
             "policies": None if self.policies is None else self.policies.nets.state_dict(),
         }, path)
 
@@ -160,8 +167,12 @@ def read_policies(library: Path) -> dict[str, Any]:
         saved = load_data_file(path)
         if saved["format_version"] != POLICIES_FORMAT_VERSION:
             raise ValueError(f"unsupported format_version {saved['format_version']!r}")
+        if saved["features"] not in POLICY_FEATURE_KINDS:
+            raise ValueError(f"features: {saved['features']!r} is not one of "
+                             f"{', '.join(POLICY_FEATURE_KINDS)}")
         for key, kind in (("env", str), ("num_actions", int), ("key_seed", int),
-                          ("key_lengthscale", float), ("embedding_dim", int), ("hidden", int)):
+                          ("key_lengthscale", float), ("embedding_dim", int), ("hidden", int),
+                          ("features", str)):
             if not isinstance(saved[key], kind):
                 raise ValueError(f"{key}: {saved[key]!r} is not a {kind.__name__}")
     except Exception as error:  # a damaged file: whatever torch or the checks raise

@@ -12,7 +12,7 @@ from torch import nn
 
 from procmem.envs.keydoor import SUBGOALS
 from procmem.runtime import check_finite, step_checked
-from procmem.skills.features import POLICY_FEATURES, policy_features
+from procmem.skills.features import num_policy_features, policy_features
 from procmem.skills.segments import Segment
 
 _SUBGOAL_INDEX = {subgoal.name: i for i, subgoal in enumerate(SUBGOALS)}
@@ -21,8 +21,8 @@ _SUBGOAL_INDEX = {subgoal.name: i for i, subgoal in enumerate(SUBGOALS)}
 class _DemoBuffer:
     """A ring buffer of (features, action) pairs of one subgoal."""
 
-    def __init__(self, capacity: int) -> None:
-        self.features = np.zeros((capacity, POLICY_FEATURES), dtype=np.float32)
+    def __init__(self, capacity: int, width: int) -> None:
+        self.features = np.zeros((capacity, width), dtype=np.float32)
         self.actions = np.zeros(capacity, dtype=np.int64)
         self.size = 0
         self.next = 0
@@ -43,24 +43,28 @@ class SubgoalPolicies:
     ``buffer_size`` transitions are kept, so demonstrations produced by the skills themselves,
     which are shorter, gradually replace the first ones found by exploration). After each
     batch of new demonstrations, ``train`` takes ``bc_steps`` cross-entropy steps per
-    subgoal that received some.
+    subgoal that received some. The policies read ``features`` of the target (see
+    :data:`~procmem.skills.features.POLICY_FEATURE_KINDS`).
     """
 
     def __init__(self, num_actions: int, device: torch.device, seed: int, hidden: int,
-                 lr: float, buffer_size: int, bc_steps: int, batch_size: int) -> None:
+                 lr: float, buffer_size: int, bc_steps: int, batch_size: int,
+                 features: str = "offset") -> None:
         self.device = device
+        self.features = features
+        width = num_policy_features(features)
         self.bc_steps = bc_steps
         self.batch_size = batch_size
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.nets = nn.ModuleList(
-                nn.Sequential(nn.Linear(POLICY_FEATURES, hidden), nn.ReLU(),
+                nn.Sequential(nn.Linear(width, hidden), nn.ReLU(),
                               nn.Linear(hidden, hidden), nn.ReLU(),
                               nn.Linear(hidden, num_actions))
                 for _ in SUBGOALS
             ).to(device)
         self.optimizer = torch.optim.Adam(self.nets.parameters(), lr=lr, foreach=True)
-        self.buffers = [_DemoBuffer(buffer_size) for _ in SUBGOALS]
+        self.buffers = [_DemoBuffer(buffer_size, width) for _ in SUBGOALS]
         self.generator = torch.Generator().manual_seed(seed)
         self._fresh: set[int] = set()
         self.loaded: set[int] = set()  # subgoals whose policy came trained from another run
@@ -68,7 +72,8 @@ class SubgoalPolicies:
     def add(self, segment: Segment) -> None:
         index = _SUBGOAL_INDEX[segment.subgoal.name]
         subgoals = np.full(len(segment.actions), index)
-        self.buffers[index].add(policy_features(segment.obs, subgoals), segment.actions)
+        self.buffers[index].add(policy_features(segment.obs, subgoals, self.features),
+                                segment.actions)
         self._fresh.add(index)
 
     def trained(self, subgoal: int) -> bool:
@@ -105,7 +110,7 @@ class SubgoalPolicies:
     @torch.no_grad()
     def act(self, obs: np.ndarray, subgoals: np.ndarray) -> np.ndarray:
         """Greedy actions ``[B]`` for rows of ``obs`` pursuing ``subgoals``."""
-        x = torch.as_tensor(policy_features(obs, subgoals), device=self.device)
+        x = torch.as_tensor(policy_features(obs, subgoals, self.features), device=self.device)
         logits = torch.stack([net(x) for net in self.nets])  # [S, B, A]
         chosen = logits[torch.as_tensor(subgoals, device=self.device), torch.arange(len(obs))]
         return chosen.argmax(dim=1).cpu().numpy()

@@ -35,13 +35,21 @@ def _direction_one_hot(obs: np.ndarray) -> np.ndarray:
     return (heading[:, None] == np.arange(NUM_DIRECTIONS)[None, :]).astype(np.float32)
 
 
-def policy_features(obs: np.ndarray, subgoals: np.ndarray) -> np.ndarray:
-    """Inputs of a closed-loop skill policy: target offset (raw, signs, distance-one and
-    on-target flags), heading, blocked neighbours and the state flags."""
+# What a closed-loop skill policy reads of the target: "offset" its offset in cells (scaled
+# by 1/8) and its direction; "direction" only its direction, so a grid of any size looks
+# like the one the policy learnt on.
+POLICY_FEATURE_KINDS = ("offset", "direction")
+
+
+def policy_features(obs: np.ndarray, subgoals: np.ndarray, kind: str = "offset") -> np.ndarray:
+    """Inputs of a closed-loop skill policy: the target's offset (with ``kind="offset"``),
+    its direction (signs of the offset), distance-one and on-target flags, the heading,
+    blocked neighbours and the state flags."""
     offset = target_offsets(obs, subgoals).astype(np.float32)
     distance = np.abs(offset).sum(axis=1, keepdims=True)
+    scaled = [offset / 8.0] if kind == "offset" else []
     return np.concatenate([
-        offset / 8.0,
+        *scaled,
         np.sign(offset),
         (distance == 1).astype(np.float32),
         (distance == 0).astype(np.float32),
@@ -51,7 +59,9 @@ def policy_features(obs: np.ndarray, subgoals: np.ndarray) -> np.ndarray:
     ], axis=1)
 
 
-POLICY_FEATURES = 2 + 2 + 1 + 1 + NUM_DIRECTIONS + len(BLOCKED) + len(FLAGS)
+def num_policy_features(kind: str) -> int:
+    """The width of :func:`policy_features` of ``kind``."""
+    return (2 if kind == "offset" else 0) + 2 + 1 + 1 + NUM_DIRECTIONS + len(BLOCKED) + len(FLAGS)
 
 
 class SituationEmbedding:
