@@ -148,6 +148,7 @@ def test_early_stopping_waits_for_a_full_window_of_episodes() -> None:
                      "iteration 5"]
 
 
+@pytest.mark.slow
 def test_a_run_stopped_early_by_a_training_metric_is_evaluated_at_its_last_iteration(
         tmp_path: Path) -> None:
     run_dir = tmp_path / "run"

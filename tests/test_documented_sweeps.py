@@ -25,8 +25,9 @@ NEEDS_A_CLUSTER = ("hydra.launcher.ray.init.address=auto", "hydra/launcher=submi
 # The documentation's stand-ins for an environment model run (made tiny by a fixture).
 ENV_MODEL_RUN = ("<step 2 run dir>", "<env model run>")
 # ... and for skill-library runs whose library another run loads, by the env they learnt on.
-LIBRARY_RUNS = {"<DoorKey-5x5 library run>": ["env=minigrid"],
-                "<8x8 gridworld library run>": ["env=gridworld"]}
+LIBRARY_RUNS = {"<DoorKey-8x8 library run>": ["env=minigrid",
+                                               "env.env_id=MiniGrid-DoorKey-8x8-v0",
+                                               "agent.skill_features=direction"]}
 # The sweeps page's commands on the default launcher are fast; the rest (launchers,
 # sweepers, env models, and the sweeps of other pages, which run more jobs) are slow.
 SWEEPS_PAGE = ROOT / "docs" / "how-to" / "sweeps.md"
@@ -144,6 +145,7 @@ def test_a_documented_sweep_command_starts_and_runs_every_job(
         assert '"status": "finished"' in (job / "status.json").read_text()
 
 
+@pytest.mark.slow
 def test_a_sweep_over_agents_is_named_after_the_agents_and_holds_each_job(
         tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m",

@@ -36,6 +36,7 @@ def running_run(finished_run: Path, tmp_path: Path) -> Path:
     return run_dir
 
 
+@pytest.mark.slow
 def test_evaluating_a_running_run_records_and_prints_that_it_is_in_progress(running_run):
     result = run_cli("evaluate.py", f"run={running_run}", "episodes=1", "log=false")
 

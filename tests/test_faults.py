@@ -280,8 +280,8 @@ def snapshot(run_dir: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("damage", [
-    "truncated", *(pytest.param(d, marks=pytest.mark.slow) for d in ("garbage", "empty",
-                                                                      "foreign"))])
+    *(pytest.param(d, marks=pytest.mark.slow) for d in ("truncated", "garbage", "empty",
+                                                        "foreign"))])
 def test_a_damaged_latest_checkpoint_stops_resume_naming_it_and_keeps_the_previous(
     finished_run: Path, tmp_path: Path, damage: str
 ) -> None:

@@ -80,7 +80,7 @@ def test_data_a_run_saves_loads_back_as_it_was(tmp_path: Path) -> None:
     assert (loaded["text"], loaded["nothing"]) == (b"ab", b"")
 
 
-@pytest.mark.parametrize("command", ["evaluate", "resume"])
+@pytest.mark.parametrize("command", [pytest.param("evaluate", marks=pytest.mark.slow), "resume"])
 def test_a_planted_newest_checkpoint_is_refused_and_its_code_never_runs(
         finished_run: Path, tmp_path: Path, command: str) -> None:
     run_dir = stopped_copy(finished_run, tmp_path / "run")
@@ -143,7 +143,8 @@ def other_agents_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return RunDir(run_dir).checkpoints().latest()
 
 
-@pytest.mark.parametrize("stamped", [pytest.param(True, marks=pytest.mark.slow), False],
+@pytest.mark.parametrize("stamped", [pytest.param(True, marks=pytest.mark.slow),
+                                     pytest.param(False, marks=pytest.mark.slow)],
                          ids=["stamped", "written before stamps"])
 def test_another_runs_checkpoint_is_refused_before_any_file_changes(
         finished_run: Path, other_agents_checkpoint: Path, tmp_path: Path, stamped: bool

@@ -106,8 +106,9 @@ REFUSED_ON_THE_COMMAND_LINE = [
                  "config error: curriculum=staged needs problems in stages; env=minipacman has "
                  "none: set curriculum=none, or pick one of expressions, toolenv",
                  marks=pytest.mark.slow),
-    (["experiment=a2c_minipacman", "agent/network=tool_gru"],
-     "config error: agent/network=tool_gru cannot read the observations of env=minipacman: "),
+    pytest.param(["experiment=a2c_minipacman", "agent/network=tool_gru"],
+                 "config error: agent/network=tool_gru cannot read the observations of "
+                 "env=minipacman: ", marks=pytest.mark.slow),
 ]
 
 
