@@ -115,6 +115,9 @@ class SkillOptions:
         self.now = _Decisions.start(env)
         self.finished: list[dict[str, float]] = []  # episodes ended, oldest first
         self.decisions = np.zeros(2, dtype=np.int64)  # decisions begun, of them skills
+        # subgoal of each skill index, -1 for another name, -2 not looked up yet (a skill's
+        # name never changes and an index is never reused)
+        self._subgoal_of_index = np.zeros(0, dtype=np.int64)
 
     # --- choosing -------------------------------------------------------------------------
 
@@ -133,7 +136,7 @@ class SkillOptions:
         indices, _ = memory.retrieve(obs[:, FLAGS].astype(bool), kit.embed(obs),
                                      record=self.learn)
         indices = indices.cpu().numpy()
-        subgoals = _subgoals_of(memory, indices)
+        subgoals = self._subgoals_of(indices)
         usable = (indices >= 0) & ~np.take_along_axis(now.failed_skills[rows],
                                                       np.maximum(indices, 0), 1)
         ready = kit.ready() & ~(now.failed_policies[rows] if kit.policies is not None
@@ -185,6 +188,18 @@ class SkillOptions:
             else:
                 actions[rows] = now.plan[rows, now.steps[rows]]
         return actions
+
+    def _subgoals_of(self, indices: np.ndarray) -> np.ndarray:
+        """The subgoal (index into ``SUBGOALS``) of each retrieved skill index, -1 for none;
+        names are looked up once per skill."""
+        memory, table = self.kit.memory, self._subgoal_of_index
+        if len(table) < memory.next_index:
+            table = np.concatenate([table, np.full(memory.next_index - len(table), -2)])
+        new = np.unique(indices[(indices >= 0) & (table[np.maximum(indices, 0)] == -2)])
+        for index in new:  # skills seen for the first time
+            table[index] = SUBGOAL_OF_NAME.get(memory.name_of(int(index)), -1)
+        self._subgoal_of_index = table
+        return np.where(indices >= 0, table[np.maximum(indices, 0)], -1)
 
     # --- stepping -------------------------------------------------------------------------
 
@@ -267,10 +282,4 @@ class SkillOptions:
         self.decisions = np.array(state["decisions"])
 
 
-def _subgoals_of(memory: Any, indices: np.ndarray) -> np.ndarray:
-    """The subgoal (index into ``SUBGOALS``) of each retrieved skill index, -1 for none."""
-    subgoals = np.full(indices.shape, -1, dtype=np.int64)
-    for index in np.unique(indices[indices >= 0]):
-        subgoals[indices == index] = SUBGOAL_OF_NAME.get(memory.name_of(int(index)), -1)
-    return subgoals
 
