@@ -1,24 +1,27 @@
 """Training speed of I2A and its baselines on MiniPacman: frames per second and ratios.
 
-Builds ``agent=i2a`` with ``imagination=learned`` (the env model of ``--env-model-run``, or
-an untrained one of the default ``agent=env_model`` size: its weights change the cost only
-through how often rollouts coincide), ``copy`` and ``none`` on
-the ``i2a_minipacman`` settings (16 envs x 5 steps per update, depth 5) and times A2C
-updates of each, side by side in one process, on the given device, for each thread count;
-the runs are repeated ``--repeats`` times, interleaved, and each figure is the best of its
-repeats (this machine's speed drifts by a quarter from minute to minute).
-Each agent runs on today's code (``after``) and on the code before imagination was made
-faster (``before``: the env model run as its plain layers, :meth:`EnvModel.forward_unfused`,
-its pixel classes by ``argmax`` and masked writes, on every row of every call, neither once
-per distinct row (:func:`~procmem.models.distinct.per_distinct_row`) nor remembered
-between calls (:class:`~procmem.models.row_memory.RowMemory`), and the rollout policy and
-the encoder likewise on every frame and rollout even where they coincide), so the speed-up
-is measured in one run.
+Builds ``agent=i2a`` four ways (:data:`AGENTS`): the standard agent (``imagination=none``),
+the copy model, I2A with the pixel env model (the model of ``--env-model-run``) and I2A
+with the state-space model, imagining in its latent space (the model of ``--ssm-run``);
+without a run, an untrained model of the default ``agent=env_model`` size (its weights
+change the cost only through how often pixel rollouts coincide). On the ``i2a_minipacman``
+settings (16 envs x 5 steps per update, depth 5) it times A2C updates of each, side by side
+in one process, on the given device, for each thread count; the runs are repeated
+``--repeats`` times, interleaved, and each figure is the best of its repeats (this
+machine's speed drifts by a quarter from minute to minute). The table gives each agent's
+share of the standard agent's frames per second.
 
-    python benchmarks/i2a_speed.py
-    python benchmarks/i2a_speed.py --env-model-run outputs/runs/envmodel_minipacman/<run>
-    python benchmarks/i2a_speed.py --updates 40 --threads 2 --depth 3 --device cuda
-"""
+``--code before`` also runs the pixel imagination as it was before it was made faster (the
+env model run as its plain layers, :meth:`EnvModel.forward_unfused`, its pixel classes by
+``argmax`` and masked writes, on every row of every call, neither once per distinct row
+(:func:`~procmem.models.distinct.per_distinct_row`) nor remembered between calls
+(:class:`~procmem.models.row_memory.RowMemory`), and the rollout policy and the encoder
+likewise on every frame and rollout even where they coincide), so that speed-up is
+measured in one run too.
+
+    python benchmarks/i2a_speed.py --env-model-run <pixel run> --ssm-run <ssm run>
+    python benchmarks/i2a_speed.py --threads 1 --code before after --agents pixel copy standard
+    python benchmarks/i2a_speed.py --updates 40 --threads 2 --depth 3 --device cuda"""
 
 from __future__ import annotations
 
@@ -37,9 +40,11 @@ from procmem import app
 from procmem.app.build import build_run
 from procmem.models import env_model, imagination, pixel_classes
 from procmem.models.env_model import EnvModel
-from procmem.models.env_model_file import load_env_model, save_env_model
+from procmem.models.env_model_file import env_model_kind, load_env_model, save_env_model
 
-IMAGINATION = ("learned", "copy", "none")
+# name: (agent.imagination, agent.model)
+AGENTS = {"standard": ("none", None), "copy": ("copy", None), "pixel": ("learned", "pixel"),
+          "ssm": ("learned", "ssm")}
 CODE = ("before", "after")
 
 
@@ -94,13 +99,17 @@ def no_groups(keys: torch.Tensor) -> None:
     return None
 
 
-def frames_per_second(imagination: str, model_path: Path, updates: int, depth: int,
+def frames_per_second(agent_name: str, model_paths: dict[str, Path], updates: int, depth: int,
                       device: torch.device) -> float:
-    """Env frames per second of ``updates`` A2C updates (after one warm-up update); for a
-    learned env model that remembers predictions, it also prints the share of rows its
-    memory answered."""
-    cfg = app.compose_config(["experiment=i2a_minipacman", f"agent.imagination={imagination}",
-                              f"agent.env_model_run={model_path}", f"agent.depth={depth}"])
+    """Env frames per second of ``updates`` A2C updates (after one warm-up update) of one of
+    :data:`AGENTS`; for a pixel env model that remembers predictions, it also prints the
+    share of rows its memory answered."""
+    imagination, model = AGENTS[agent_name]
+    overrides = ["experiment=i2a_minipacman", f"agent.imagination={imagination}",
+                 f"agent.depth={depth}"]
+    if model is not None:
+        overrides += [f"agent.model={model}", f"agent.env_model_run={model_paths[model]}"]
+    cfg = app.compose_config(overrides)
     agent = build_run(cfg, device).algorithm
     agent.train_iteration()
     frames = cfg.agent.n_steps * cfg.env.num_envs * updates
@@ -117,51 +126,66 @@ def frames_per_second(imagination: str, model_path: Path, updates: int, depth: i
     return speed
 
 
+def model_file(parser: argparse.ArgumentParser, option: str, path: Path | None, kind: str,
+               folder: Path, device: torch.device) -> Path:
+    """The env model file of ``--<option>`` (a run dir or its ``env_model.pt``), checked to
+    hold a ``kind`` model; without one, an untrained model of the default size saved in
+    ``folder``."""
+    if path is None:
+        cfg = app.compose_config(["experiment=envmodel_minipacman", "env.num_envs=1",
+                                  f"agent.model={kind}"])
+        model = build_run(cfg, device).algorithm.env_model
+        return save_env_model(model, folder / f"{kind}.pt")
+    if path.is_dir():
+        path = path / "env_model.pt"
+    try:
+        found = env_model_kind(load_env_model(path))
+    except Exception as error:
+        parser.error(f"--{option}: {path}: unreadable env model ({type(error).__name__}: "
+                     f"{error})")
+    if found != kind:
+        parser.error(f"--{option}: {path}: holds an env model of kind {found}, not {kind}")
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--updates", type=int, default=20)
     parser.add_argument("--depth", type=int, default=5)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--code", nargs="+", choices=CODE, default=list(CODE))
+    parser.add_argument("--code", nargs="+", choices=CODE, default=["after"])
+    parser.add_argument("--agents", nargs="+", choices=list(AGENTS), default=list(AGENTS))
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--env-model-run", type=Path, help="a trained env model's run dir")
+    parser.add_argument("--env-model-run", type=Path, help="a trained pixel env model's run dir")
+    parser.add_argument("--ssm-run", type=Path, help="a trained state-space model's run dir")
     args = parser.parse_args()
-    if args.env_model_run is not None:
-        if args.env_model_run.is_dir():
-            args.env_model_run = args.env_model_run / "env_model.pt"
-        try:
-            load_env_model(args.env_model_run)
-        except Exception as error:
-            parser.error(f"--env-model-run: {args.env_model_run}: unreadable env model "
-                         f"({type(error).__name__}: {error})")
     device = torch.device(args.device)
     speeds = {}
     with tempfile.TemporaryDirectory() as folder:
-        path = args.env_model_run
-        if path is None:
-            cfg = app.compose_config(["experiment=envmodel_minipacman", "env.num_envs=1"])
-            model = build_run(cfg, device).algorithm.env_model
-            path = save_env_model(model, Path(folder) / "env_model.pt")
+        paths = {"pixel": model_file(parser, "env-model-run", args.env_model_run, "pixel",
+                                     Path(folder), device),
+                 "ssm": model_file(parser, "ssm-run", args.ssm_run, "ssm", Path(folder), device)}
         for _ in range(args.repeats):
             for threads in args.threads:
                 torch.set_num_threads(threads)
                 for version in args.code:
                     with code(version):
-                        for name in IMAGINATION:
-                            speed = frames_per_second(name, path, args.updates, args.depth,
+                        for name in args.agents:
+                            speed = frames_per_second(name, paths, args.updates, args.depth,
                                                       device)
                             key = (threads, version, name)
                             speeds[key] = max(speed, speeds.get(key, 0.0))
                             print(f"  {version} code, {threads} thread(s), {name}: "
                                   f"{speed:,.0f} frames/s", flush=True)
-    slowest = speeds[args.threads[0], args.code[0], "learned"]
-    print(f"device {device}, depth {args.depth}, {args.updates} updates of 16 envs x 5 steps")
-    print(f"| code | threads | imagination | frames/s | x {args.code[0]} learned, "
-          f"{args.threads[0]} thread(s) |")
+    print(f"device {device}, depth {args.depth}, {args.updates} updates of 16 envs x 5 steps, "
+          f"best of {args.repeats}")
+    print("| code | threads | agent | frames/s | share of standard |")
     print("|---|---|---|---|---|")
     for (threads, version, name), speed in speeds.items():
-        print(f"| {version} | {threads} | {name} | {speed:,.0f} | {speed / slowest:.2f} |")
+        standard = speeds.get((threads, version, "standard"))
+        share = "-" if standard is None else f"{speed / standard:.2f}"
+        print(f"| {version} | {threads} | {name} | {speed:,.0f} | {share} |")
 
 
 if __name__ == "__main__":

@@ -364,10 +364,13 @@ def test_the_speed_benchmarks_old_path_runs_every_row_and_its_new_path_distinct_
 @pytest.mark.slow
 def test_the_speed_benchmark_times_every_agent_before_and_after():
     out = run_cli("benchmarks/i2a_speed.py", "--updates", "1", "--repeats", "1", "--threads",
-                  "1", "--depth", "1").stdout
+                  "1", "--depth", "1", "--code", "before", "after").stdout
     assert re.search(r"env model: \d+% of the rows it was asked for answered from memory", out)
-    rows = [line.split("|")[1:4] for line in out.splitlines() if line.startswith("| ")][1:]
-    assert sorted((code.strip(), name.strip()) for code, _, name in rows) == sorted(
-        (code, name) for code in ("before", "after") for name in ("learned", "copy", "none"))
+    rows = [line.split("|")[1:6] for line in out.splitlines() if line.startswith("| ")][1:]
+    assert sorted((code.strip(), name.strip()) for code, _, name, _, _ in rows) == sorted(
+        (code, name) for code in ("before", "after")
+        for name in ("standard", "copy", "pixel", "ssm"))
+    shares = {(code.strip(), name.strip()): share.strip() for code, _, name, _, share in rows}
+    assert shares["after", "standard"] == "1.00" and float(shares["after", "ssm"]) > 0
     bad = run_cli("benchmarks/i2a_speed.py", "--env-model-run", "README.md", check=False)
     assert bad.returncode == 2 and "--env-model-run: README.md: unreadable env model" in bad.stderr

@@ -34,6 +34,13 @@ held-out transition, and open-loop ``eval/envmodel/rollout_pixel_accuracy_{k}`` 
 windows of :data:`ROLLOUT_STEPS` steps (a window is kept up to the step where an episode
 ended; later steps start from a reset frame and are masked).
 
+**Sequences.** The state-space model (``model=ssm``) trains on ``batch_size`` windows of
+``sequence_length`` consecutive steps of one env (:func:`sequence_rows`); a step after an
+episode's end in its window is masked (its frame is no longer the one the previous step
+led to), and the loss is its open-loop rollout's at every step. The held-out metrics are
+the same for both models: a state-space model's one-step accuracies are its rollouts of
+one step, its open-loop ones its latent rollouts decoded.
+
 The trained model is :attr:`EnvModelTrainer.env_model`; a run saves it as its
 ``env_model.pt`` for I2A.
 """
@@ -57,15 +64,17 @@ from procmem.algorithms.rollouts import Field, RolloutStorage
 from procmem.envs.minipacman import PILL_POWER
 from procmem.envs.protocols import EventRewardEnv, PixelEnv
 from procmem.models.env_model import EnvModel
-from procmem.models.env_model_file import save_env_model
+from procmem.models.env_model_file import ENV_MODELS, save_env_model
 from procmem.models.env_model_loss import rollout_accuracy
+from procmem.models.state_space_model import StateSpaceModel
 from procmem.runtime import check_finite, step_checked
-from procmem.settings import Above, AtLeast, configurable
+from procmem.settings import Above, AtLeast, OneOf, configurable
 
 EVAL_SEGMENT_STEPS = 64  # batch steps per held-out segment
 EVAL_SEED_OFFSET = 7919
 ROLLOUT_STEPS = 5  # open-loop accuracy after 1..ROLLOUT_STEPS imagined steps
 EVAL_CHUNK = 1024  # transitions per forward pass in evaluation
+ENV_MODEL_KINDS = tuple(ENV_MODELS)  # pixel, ssm
 RANDOM_POLICY_WARNING = (
     "agent=env_model has no policy_run: the env model trains on data from a uniformly "
     "random policy"
@@ -84,11 +93,18 @@ def decode_frames(codes: np.ndarray) -> np.ndarray:
 
 @configurable
 class EnvModelTrainer:
-    """Trains an :class:`EnvModel` (``channels`` planes, ``blocks`` pool-and-inject blocks,
-    ``event_coef`` the weight of the event loss) from a replay ring of ``buffer_size`` env
-    transitions: ``collect_steps`` batch steps, then ``updates_per_iteration`` Adam steps on
-    ``batch_size`` transitions each, at ``lr`` decayed over ``lr_decay_iterations``; see the
-    module docstring."""
+    """Trains an env model from a replay ring of ``buffer_size`` env transitions:
+    ``collect_steps`` batch steps, then ``updates_per_iteration`` Adam steps on
+    ``batch_size`` transitions (or sequences) each, at ``lr`` decayed over
+    ``lr_decay_iterations``; see the module docstring.
+
+    ``model`` picks the env model: ``pixel``, an :class:`EnvModel` (``channels`` planes,
+    ``blocks`` pool-and-inject blocks), trained on single transitions; or ``ssm``, a
+    :class:`~procmem.models.state_space_model.StateSpaceModel` (a state of ``latent_size``
+    numbers, ``channels`` planes in its encoder and decoder), trained on sequences of
+    ``sequence_length`` steps of one env, open loop, scored at every step. ``event_coef``
+    weighs the event loss; ``blocks`` is the pixel model's only, ``latent_size`` and
+    ``sequence_length`` the state-space model's only."""
 
     env_needs = (PixelEnv, EventRewardEnv)
     artifacts = (Artifact("env_model.pt",
@@ -103,6 +119,7 @@ class EnvModelTrainer:
         seed: int,
         policy: nn.Module | None = None,
         *,
+        model: Annotated[str, OneOf(ENV_MODEL_KINDS)] = "pixel",
         channels: Annotated[int, AtLeast(1)] = 16,
         blocks: Annotated[int, AtLeast(0)] = 2,
         lr: Annotated[float, Above(0.0)] = 1e-3,
@@ -112,6 +129,8 @@ class EnvModelTrainer:
         updates_per_iteration: Annotated[int, AtLeast(1)] = 2,
         event_coef: Annotated[float, AtLeast(0.0)] = 1.0,
         lr_decay_iterations: Annotated[int, AtLeast(0)] = 0,
+        latent_size: Annotated[int, AtLeast(1)] = 128,
+        sequence_length: Annotated[int, AtLeast(1)] = 5,
     ) -> None:
         require_env(self, env)
         self.env, self.eval_env = env, eval_env
@@ -119,10 +138,16 @@ class EnvModelTrainer:
         self.batch_size = batch_size
         self.collect_steps = collect_steps
         self.updates_per_iteration = updates_per_iteration
+        # the pixel model learns one step at a time; the state-space model whole sequences
+        self.sequence_length = sequence_length if model == "ssm" else 1
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.env_model = EnvModel(int(env.num_actions), channels, blocks,
-                                      event_coef).to(self.device)
+            if model == "ssm":
+                self.env_model = StateSpaceModel(int(env.num_actions), tuple(env.obs_shape),
+                                                 latent_size, channels, event_coef)
+            else:
+                self.env_model = EnvModel(int(env.num_actions), channels, blocks, event_coef)
+            self.env_model.to(self.device)
         self.optimizer = torch.optim.Adam(self.env_model.parameters(), lr=lr)
         self.lr, self.lr_decay_iterations = lr, lr_decay_iterations
         self.policy = None if policy is None else policy.to(self.device).eval()
@@ -152,8 +177,7 @@ class EnvModelTrainer:
         self.env_model.train()
         totals: dict[str, float] = {}
         for _ in range(self.updates_per_iteration):
-            rows = self.replay.sample(self.rng, self.batch_size)
-            loss, metrics = self.env_model.loss(*self._batch(rows),
+            loss, metrics = self.env_model.loss(*self._sample_batch(),
                                                 reward_vector=self.reward_vector)
             check_finite("the env model loss", loss)
             self.optimizer.zero_grad(set_to_none=True)
@@ -281,12 +305,44 @@ class EnvModelTrainer:
             logits, _, state = self.policy(torch.as_tensor(obs, device=self.device), state)
         return choose_actions(logits, "sample", generator), state
 
+    def _sample_batch(self) -> tuple[Tensor, ...]:
+        """``batch_size`` transitions drawn from the replay, as the tensors of the model's
+        ``loss``: one step each, or sequences of ``sequence_length`` steps of one env
+        (:func:`sequence_rows`), their first frames and ``[B, T, ...]`` actions, next frames,
+        events and masks (a step is real while the env did not reset before it)."""
+        if self.sequence_length == 1:
+            return self._batch(self.replay.sample(self.rng, self.batch_size))
+        frames, actions, next_frames, events, mask = self._batch(sequence_rows(
+            self.replay, self.rng, self.batch_size, self.sequence_length, self.env.num_envs))
+        continues = (next_frames[:, :-1] == frames[:, 1:]).flatten(2).all(2)
+        mask[:, 1:] &= continues
+        mask = torch.cummin(mask.to(torch.uint8), dim=1).values.bool()
+        return frames[:, 0], actions, next_frames, events, mask
+
     def _batch(self, rows: np.ndarray) -> tuple[Tensor, ...]:
-        """The replay's transitions at ``rows`` as the tensors of :meth:`EnvModel.loss`."""
+        """The replay's transitions at ``rows`` (of any shape) as tensors on the device:
+        frames, actions, next frames, events and masks, frames decoded to float32."""
         batch = self.replay.rows(rows)
         return tuple(torch.as_tensor(decode_frames(batch[name]) if name.endswith("frames")
                                      else batch[name], device=self.device)
                      for name in ("frames", "actions", "next_frames", "events", "mask"))
+
+
+def sequence_rows(replay: RolloutStorage, rng: np.random.Generator, count: int, length: int,
+                  num_envs: int) -> np.ndarray:
+    """Ring indices ``[count, length]`` of ``count`` windows of ``length`` consecutive steps
+    of one env each, drawn uniformly from the held rows: the replay appends a whole batch
+    step (``num_envs`` rows) at a time, so an env's next step is ``num_envs`` rows on. A
+    window may cross an episode's end (the caller masks what follows it); it never reaches
+    past the newest row."""
+    span = (length - 1) * num_envs
+    if replay.size <= span:
+        raise ValueError(f"the replay holds {replay.size} rows, too few for sequences of "
+                         f"{length} steps of {num_envs} envs")
+    oldest = replay.position if replay.size == replay.capacity else 0
+    starts = rng.integers(0, replay.size - span, size=count)
+    steps = np.arange(length) * num_envs
+    return (oldest + starts[:, None] + steps) % replay.capacity
 
 
 def transition_fields(env: EventRewardEnv, frame_dtype: Any) -> dict[str, Field]:

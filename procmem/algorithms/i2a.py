@@ -25,21 +25,26 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from procmem.algorithms.a2c import A2C, LearningRate
-from procmem.algorithms.env_model_training import EnvModelTrainer, next_frames_of
+from procmem.algorithms.env_model_training import (
+    ENV_MODEL_KINDS,
+    EnvModelTrainer,
+    next_frames_of,
+)
 from procmem.algorithms.evaluation import RECORD_SEED_OFFSET, policy_steps
 from procmem.algorithms.protocols import RunInput, require_env
 from procmem.algorithms.rollouts import Field
 from procmem.envs.protocols import EventRewardEnv, PixelEnv
 from procmem.models.env_model import EnvModel
-from procmem.models.env_model_file import load_env_model
+from procmem.models.env_model_file import env_model_kind, load_env_model
 from procmem.models.i2a import IMAGINATION, I2APolicy
+from procmem.models.state_space_model import StateSpaceModel
 from procmem.runtime import check_finite, step_checked
 from procmem.settings import AtLeast, OneOf, SettingError, configurable
 
 PRETRAIN_WARNING = (
-    "agent=i2a has no env_model_run: pretraining an env model for {iterations} iterations "
-    "on random-policy data first (train one with experiment=envmodel_minipacman and pass its "
-    "run dir as agent.env_model_run)"
+    "agent=i2a has no env_model_run: pretraining a {model} env model for {iterations} "
+    "iterations on random-policy data first (train one with experiment=envmodel_minipacman "
+    "agent.model={model} and pass its run dir as agent.env_model_run)"
 )
 
 
@@ -56,7 +61,10 @@ class I2A(A2C):
     """A2C on an :class:`~procmem.models.i2a.I2APolicy`, with the rollout policy distilled
     and, optionally, the env model fine-tuned (see the module docstring).
 
-    ``imagination``, ``depth``, ``channels``, ``hidden`` and ``code_size`` shape the network;
+    ``model`` is the kind of env model that imagines (``pixel`` or ``ssm``, the state-space
+    model, which imagines in its latent space); the file of ``agent.env_model_run`` must
+    hold that kind. ``imagination``, ``depth``, ``channels``, ``hidden`` and ``code_size``
+    shape the network;
     the rollout policy is distilled with Adam at ``distill_lr`` and a fine-tuned env model
     trains at ``env_model_lr``. ``env_model`` is the trained model that imagines (the app
     loads it from ``agent.env_model_run``). Without one, ``imagination="learned"`` first
@@ -82,6 +90,7 @@ class I2A(A2C):
         env_model: EnvModel | None = None,
         *,
         imagination: Annotated[str, OneOf(IMAGINATION)] = "learned",
+        model: Annotated[str, OneOf(ENV_MODEL_KINDS)] = "pixel",
         depth: Annotated[int, AtLeast(1)] = 5,
         channels: Annotated[int, AtLeast(1)] = 16,
         hidden: Annotated[int, AtLeast(1)] = 256,
@@ -99,7 +108,13 @@ class I2A(A2C):
         if imagination != "learned":
             env_model = None
         elif env_model is None:
-            env_model = self._pretrained_env_model(env, device, seed, pretrain_iterations)
+            env_model = self._pretrained_env_model(env, device, seed, model,
+                                                   pretrain_iterations)
+        elif (kind := env_model_kind(env_model)) != model:
+            raise SettingError("env_model_run", (
+                f"holds an env model of kind {kind}, not the {model} model agent.model={model} "
+                f"asks for: set agent.model={kind}, or name a run of agent=env_model "
+                f"agent.model={model}"))
         if env_model is not None:
             env_model.requires_grad_(finetune_env_model)
 
@@ -117,12 +132,14 @@ class I2A(A2C):
                                                         lr=env_model_lr)
 
     @staticmethod
-    def _pretrained_env_model(env: Any, device: torch.device, seed: int,
-                              pretrain_iterations: int) -> EnvModel:
-        """An env model pretrained on random-policy data of a copy of ``env`` (warning)."""
-        warnings.warn(PRETRAIN_WARNING.format(iterations=pretrain_iterations), stacklevel=4)
+    def _pretrained_env_model(env: Any, device: torch.device, seed: int, model: str,
+                              pretrain_iterations: int) -> EnvModel | StateSpaceModel:
+        """An env model of kind ``model`` pretrained on random-policy data of a copy of
+        ``env`` (warning)."""
+        warnings.warn(PRETRAIN_WARNING.format(iterations=pretrain_iterations, model=model),
+                      stacklevel=4)
         data_env = copy.deepcopy(env)
-        trainer = EnvModelTrainer(data_env, data_env, device, seed + 1)
+        trainer = EnvModelTrainer(data_env, data_env, device, seed + 1, model=model)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the trainer's own random-policy warning
             for _ in range(pretrain_iterations):
@@ -167,7 +184,8 @@ class I2A(A2C):
         if self.distill_optimizer is None:
             return metrics
         frames = self.rollout.get("obs").float()
-        loss = distillation_loss(self.net.rollout_policy(frames), self.rollout.get("logits"))
+        loss = distillation_loss(self.net.rollout_policy_logits(frames),
+                                 self.rollout.get("logits"))
         check_finite("the distillation loss", loss)
         self.distill_optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -217,15 +235,15 @@ class I2A(A2C):
             return None
         seed = self.seed + RECORD_SEED_OFFSET
         obs, _ = self.eval_env.reset(seed=seed)
-        imagined_frame = torch.as_tensor(obs[:1], device=self.device).float()
-        real, imagined = [], []
+        first = torch.as_tensor(obs[:1], device=self.device).float()
+        real, actions = [], []
         steps = policy_steps(self.eval_env, self.net, self.device, obs, seed)
         for step in itertools.islice(steps, self.net.depth):
-            action = torch.as_tensor(step.action[:1], device=self.device)
-            imagined_frame, _ = self.net.model.predict(imagined_frame, action)
+            actions.append(int(step.action[0]))
             ended = step.terminated[0] or step.truncated[0]
             real.append(step.info["final_obs"][0] if ended else step.next_obs[0])
-            imagined.append(imagined_frame[0].cpu().numpy())
             if ended:
                 break
-        return np.stack(real), np.stack(imagined)
+        imagined = self.net.model.open_loop_frames(
+            first, torch.as_tensor([actions], device=self.device))  # decoded for the picture
+        return np.stack(real), imagined[:, 0].cpu().numpy()

@@ -18,7 +18,13 @@ from procmem.envs.minipacman import EVENTS
 from procmem.models.distinct import per_distinct_row
 from procmem.models.env_model_loss import prediction_loss
 from procmem.models.fused_kernels import conv_nhwc, first_argmax, spatial_max, tap_sums
-from procmem.models.pixel_classes import PACMAN, PIXEL_CLASSES, class_frames, frame_classes
+from procmem.models.pixel_classes import (
+    PACMAN,
+    PIXEL_CLASSES,
+    class_frames,
+    class_planes,
+    frame_classes,
+)
 from procmem.models.row_memory import RowMemory, weights_version
 
 
@@ -173,8 +179,7 @@ class EnvModel(nn.Module):
         batch, _, height, width = frames.shape
         planes = F.one_hot(actions.long(), self.num_actions).to(frames.dtype)
         planes = planes[:, :, None, None].expand(batch, self.num_actions, height, width)
-        classes = F.one_hot(frame_classes(frames), len(PIXEL_CLASSES)).permute(0, 3, 1, 2)
-        classes = classes.to(frames.dtype)
+        classes = class_planes(frames)
         x = F.relu(self.stem(torch.cat([frames, classes, planes], dim=1)))
         for block in self.blocks:
             x = block.forward_unfused(x)
@@ -211,6 +216,18 @@ class EnvModel(nn.Module):
                              x.flatten(0, 2).T)
         classes = first_argmax(logits).view(x.shape[:3])
         return class_frames(classes), event_logits.argmax(2).float()
+
+    @torch.no_grad()
+    def open_loop_frames(self, frames: Tensor, actions: Tensor) -> Tensor:
+        """The most likely frames ``[T, B, 3, H, W]`` of the open-loop rollout from ``frames``
+        ``[B, 3, H, W]`` through ``actions`` ``[B, T]``: :meth:`predict` fed its own
+        predicted frames (edible ghosts with green 1, so the pill timer does not run down
+        inside a rollout)."""
+        frame, imagined = frames, []
+        for t in range(actions.shape[1]):
+            frame, _ = self.predict(frame, actions[:, t])
+            imagined.append(frame)
+        return torch.stack(imagined)
 
     def loss(
         self,

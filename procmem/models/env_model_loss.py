@@ -69,22 +69,20 @@ def rollout_accuracy(
 ) -> dict[str, list[float]]:
     """Open-loop accuracy of an env model over ``1..steps`` imagined steps.
 
-    From ``frames`` ``[B, 3, H, W]`` the model (``model.predict(frames, actions)``, as
-    :meth:`~procmem.models.env_model.EnvModel.predict`) is fed ``actions`` ``[B, T]`` and its
-    own predicted frames (``steps <= T``); step ``k`` is compared with ``next_frames_seq``
-    ``[B, T, 3, H, W]``, by pixel class, over the rows whose transitions ``1..k`` are all
-    real (``mask`` ``[B, T]`` true, e.g. no episode boundary). Returns, one entry per step
-    (NaN where no row is kept), ``pixel_accuracy`` and ``frame_accuracy``. Predicted
-    frames render edible ghosts with green 1, so the model does not see the pill timer
-    run down inside a rollout."""
+    From ``frames`` ``[B, 3, H, W]`` the model imagines the rollout through ``actions``
+    ``[B, T]`` (``model.open_loop_frames(frames, actions)``: the pixel model fed its own
+    predicted frames, the state-space model its own latent states; ``steps <= T``); step
+    ``k`` is compared with ``next_frames_seq`` ``[B, T, 3, H, W]``, by pixel class, over the
+    rows whose transitions ``1..k`` are all real (``mask`` ``[B, T]`` true, e.g. no episode
+    boundary). Returns, one entry per step (NaN where no row is kept), ``pixel_accuracy``
+    and ``frame_accuracy``."""
     if steps > actions.shape[1]:
         raise ValueError(f"steps must be <= {actions.shape[1]}, got {steps}")
     keep = torch.cumprod(mask.to(torch.int64), dim=1).bool()
-    frame = frames
+    imagined = model.open_loop_frames(frames, actions[:, :steps])
     pixel, whole = [], []
     for k in range(steps):
-        frame, _ = model.predict(frame, actions[:, k])
-        right = frame_classes(frame) == frame_classes(next_frames_seq[:, k])
+        right = frame_classes(imagined[k]) == frame_classes(next_frames_seq[:, k])
         rows = keep[:, k]
         if rows.any():
             pixel.append(right[rows].float().mean().item())

@@ -10,11 +10,14 @@ the policy and value heads.
 
 ``imagination`` picks the agent and its baselines (:data:`IMAGINATION`):
 
-- ``learned``: the trained :class:`~procmem.models.env_model.EnvModel` imagines;
+- ``learned``: the trained env model imagines: the pixel model
+  (:class:`~procmem.models.env_model.EnvModel`) in frames, the state-space model
+  (:class:`~procmem.models.state_space_model.StateSpaceModel`) in its latent space, where
+  the rollout policy and the encoder read its states and no frame is decoded;
 - ``copy``: a :class:`~procmem.models.imagination.CopyModel` returns the input frame and no
   reward, so the imagination path has the same parameters and inputs but no foresight;
 - ``none``: the standard model-free agent; its hidden layer is widened so it trains as many
-  parameters as the I2A network (rollout policy and env model aside).
+  parameters as the I2A network with the pixel model (rollout policy and env model aside).
 """
 
 from __future__ import annotations
@@ -25,8 +28,17 @@ import torch
 from torch import Tensor, nn
 
 from procmem.models.env_model import EnvModel
-from procmem.models.imagination import CopyModel, RolloutEncoder, RolloutPolicy, imagine
+from procmem.models.imagination import (
+    CopyModel,
+    LatentRolloutEncoder,
+    LatentRolloutPolicy,
+    RolloutEncoder,
+    RolloutPolicy,
+    imagine,
+    imagine_latent,
+)
 from procmem.models.networks import flat_size, pixel_body
+from procmem.models.state_space_model import StateSpaceModel
 
 IMAGINATION = ("learned", "copy", "none")
 
@@ -55,7 +67,7 @@ class I2APolicy(nn.Module):
         self,
         env: Any,
         imagination: str,
-        env_model: EnvModel | None,
+        env_model: EnvModel | StateSpaceModel | None,
         depth: int,
         channels: int,
         hidden: int,
@@ -68,6 +80,7 @@ class I2APolicy(nn.Module):
         self.imagination, self.depth = imagination, depth
         self.body = pixel_body(frame_shape[0], channels)
         features = flat_size(self.body, frame_shape)
+        self.latent = imagination == "learned" and isinstance(env_model, StateSpaceModel)
         if imagination == "none":
             self.model = self.rollout_policy = self.encoder = None
             body = sum(p.numel() for p in self.body.parameters())
@@ -75,8 +88,13 @@ class I2APolicy(nn.Module):
                 env, depth, channels, hidden, code_size), body, features, num_actions)
         else:
             self.model = env_model if imagination == "learned" else CopyModel(num_actions)
-            self.rollout_policy = RolloutPolicy(frame_shape, num_actions, channels)
-            self.encoder = RolloutEncoder(frame_shape, channels, code_size)
+            if self.latent:
+                self.rollout_policy = LatentRolloutPolicy(env_model.latent_size, num_actions,
+                                                          code_size)
+                self.encoder = LatentRolloutEncoder(env_model.latent_size, code_size)
+            else:
+                self.rollout_policy = RolloutPolicy(frame_shape, num_actions, channels)
+                self.encoder = RolloutEncoder(frame_shape, channels, code_size)
             features += num_actions * code_size
         self.register_buffer("reward_vector",
                              torch.as_tensor(env.reward_vector, dtype=torch.float32))
@@ -102,9 +120,20 @@ class I2APolicy(nn.Module):
         return torch.zeros(batch, 0, device=self.policy.weight.device)
 
     def imagine(self, frames: Tensor) -> tuple[Tensor, Tensor]:
-        """The imagined rollouts of ``frames``: frames ``[depth, B, A, 3, H, W]`` and rewards
-        ``[depth, B, A]`` (see :func:`~procmem.models.imagination.imagine`)."""
-        return imagine(self.model, self.rollout_policy, frames, self.depth, self.reward_vector)
+        """The imagined rollouts of ``frames``: frames ``[depth, B, A, 3, H, W]`` (latent
+        states ``[depth, B, A, latent_size]`` with a state-space model) and rewards ``[depth,
+        B, A]`` (see :func:`~procmem.models.imagination.imagine` and
+        :func:`~procmem.models.imagination.imagine_latent`)."""
+        rollouts = imagine_latent if self.latent else imagine
+        return rollouts(self.model, self.rollout_policy, frames, self.depth, self.reward_vector)
+
+    def rollout_policy_logits(self, frames: Tensor) -> Tensor:
+        """The rollout policy's action logits on real frames ``[B, 3, H, W]`` (what
+        distillation trains): on the frames, or on their latent states."""
+        if self.latent:
+            with torch.no_grad():
+                frames = self.model.encode(frames)
+        return self.rollout_policy(frames)
 
     def forward(self, obs: Tensor, state: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         frames = obs.float()

@@ -8,7 +8,11 @@ code ends on the step nearest the present). :class:`CopyModel` is the baseline m
 imagines nothing: it returns its input frame and no events. Rollouts often coincide, so the
 rollout policy reads each distinct imagined frame once, the encoder's body each distinct
 frame once and its LSTM each distinct rollout once (:mod:`procmem.models.distinct`).
-"""
+
+With a :class:`~procmem.models.state_space_model.StateSpaceModel` the rollouts stay in its
+latent space (:func:`imagine_latent`): the rollout policy (:class:`LatentRolloutPolicy`) and
+the encoder (:class:`LatentRolloutEncoder`) read the latent states, and no frame is
+decoded."""
 
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from torch.nn import functional as F
 from procmem.envs.minipacman import EVENTS
 from procmem.models.distinct import distinct_rows, per_distinct_row
 from procmem.models.networks import flat_size, pixel_body
+from procmem.models.state_space_model import StateSpaceModel
 
 
 class CopyModel(nn.Module):
@@ -34,6 +39,11 @@ class CopyModel(nn.Module):
     def predict(self, frames: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
         """The input frames, unchanged, and zero event counts ``[B, 5]``."""
         return frames.clone(), frames.new_zeros(len(frames), len(EVENTS))
+
+    @torch.no_grad()
+    def open_loop_frames(self, frames: Tensor, actions: Tensor) -> Tensor:
+        """The input frames once per action of ``actions`` ``[B, T]``: ``[T, B, 3, H, W]``."""
+        return frames[None].repeat(actions.shape[1], 1, 1, 1, 1)
 
 
 class RolloutPolicy(nn.Module):
@@ -73,6 +83,60 @@ def imagine(model: nn.Module, rollout_policy: nn.Module, frames: Tensor, depth: 
             action = per_distinct_row(rollout_policy, frame, frame).argmax(1)
     shape = (depth, batch, num_actions)
     return torch.stack(imagined).view(*shape, *frames.shape[1:]), torch.stack(rewards).view(shape)
+
+
+@torch.no_grad()
+def imagine_latent(model: StateSpaceModel, rollout_policy: nn.Module, frames: Tensor,
+                   depth: int, reward_vector: Tensor) -> tuple[Tensor, Tensor]:
+    """One imagined rollout per action from each frame ``[B, 3, H, W]``, ``depth`` steps of
+    the state-space model's latent transition, no frame decoded.
+
+    Rollout ``a`` takes action ``a`` first, then the rollout policy's most likely action on
+    each imagined state; a step's reward is its most likely event counts ``@
+    reward_vector``. Returns the states ``[depth, B, A, latent_size]`` and rewards
+    ``[depth, B, A]``, in time order, as :func:`imagine` returns frames."""
+    if depth < 1:
+        raise ValueError(f"depth must be >= 1, got {depth}")
+    batch, num_actions = len(frames), model.num_actions
+    states = [model.encode(frames).repeat_interleave(num_actions, dim=0)]
+    action = torch.arange(num_actions, device=frames.device).repeat(batch)
+    for step in range(depth):
+        states.append(model.transition(states[-1], action))
+        if step + 1 < depth:
+            action = rollout_policy(states[-1]).argmax(1)
+    states = torch.stack(states)
+    events = model.events(states[:-1], states[1:]).argmax(-1).to(states.dtype)
+    shape = (depth, batch, num_actions)
+    return states[1:].view(*shape, -1), (events @ reward_vector.to(states)).view(shape)
+
+
+class LatentRolloutPolicy(nn.Module):
+    """The rollout policy of imagination in a latent space: a ReLU layer of ``hidden`` units
+    on the state and a linear layer to action logits."""
+
+    def __init__(self, latent_size: int, num_actions: int, hidden: int) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(nn.Linear(latent_size, hidden), nn.ReLU(),
+                                    nn.Linear(hidden, num_actions))
+
+    def forward(self, states: Tensor) -> Tensor:
+        return self.layers(states)
+
+
+class LatentRolloutEncoder(nn.Module):
+    """Encodes imagined latent rollouts ``states [T, N, latent_size]``, ``rewards [T, N]``
+    into codes ``[N, hidden]``: each state with its reward appended, an LSTM over the steps
+    in reverse order, the code its last output (:class:`RolloutEncoder` without the frame
+    body: the states are already features)."""
+
+    def __init__(self, latent_size: int, hidden: int) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(latent_size + 1, hidden)
+
+    def forward(self, states: Tensor, rewards: Tensor) -> Tensor:
+        inputs = torch.cat([states, rewards.unsqueeze(-1)], dim=-1)
+        outputs, _ = self.lstm(inputs.flip(0))
+        return outputs[-1]
 
 
 class RolloutEncoder(nn.Module):

@@ -51,6 +51,12 @@ def frame_classes(frames: Tensor) -> Tensor:
     return CLASS_TABLE.to(frames.device)[code.long()]
 
 
+def class_planes(frames: Tensor) -> Tensor:
+    """The one-hot pixel classes of RGB frames ``[N, 3, H, W]``, float ``[N, 7, H, W]``."""
+    planes = F.one_hot(frame_classes(frames), len(PIXEL_CLASSES)).permute(0, 3, 1, 2)
+    return planes.to(frames.dtype)
+
+
 def class_frames(classes: Tensor, power: Tensor | float | None = None) -> Tensor:
     """RGB frames float32 ``[N, 3, H, W]`` (in channels-last memory) of pixel classes int
     ``[N, H, W]``.
