@@ -197,6 +197,26 @@ def test_truncation_bootstraps_from_the_final_observation_only_when_asked(bootst
     assert agent.train_iteration()["train/loss_value"] == pytest.approx(expected)
 
 
+class Rewarding(TimeLimited):
+    """:class:`TimeLimited` with a reward of 2 on every step."""
+
+    def step(self, actions: np.ndarray) -> tuple:
+        obs, zeros, terminated, cut, info = super().step(actions)
+        return obs, zeros + 2.0, terminated, cut, info
+
+
+@pytest.mark.parametrize(("scale", "expected"), [(1.0, 2.5), (0.5, 0.125)])
+def test_the_loss_sees_scaled_rewards_and_the_log_the_envs(scale, expected):
+    """gamma 0.5, rewards 2, two steps ending the episode: returns (3, 2) scaled to (1.5, 1)
+    with ``reward_scale=0.5``; values are 1, so the value loss is (4 + 1) / 2 = 2.5 or
+    (0.25 + 0) / 2 = 0.125. The logged return is the env's: 2 + 2."""
+    agent = A2C(Rewarding(), Rewarding(), CPU, 0, ValueOfInput, n_steps=2, gamma=0.5,
+                bootstrap_truncated=False, reward_scale=scale)
+    metrics = agent.train_iteration()
+    assert metrics["train/loss_value"] == pytest.approx(expected)
+    assert metrics["train/episode_return"] == 4.0
+
+
 def test_envs_without_success_get_no_success_metrics():
     agent = A2C(TimeLimited(), TimeLimited(), CPU, 0, ValueOfInput, n_steps=2)
     metrics = agent.train_iteration()

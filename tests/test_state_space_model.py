@@ -210,3 +210,23 @@ def test_a_mismatched_env_model_file_is_one_line_and_no_run(tmp_path: Path):
         "model agent.model=pixel asks for: set agent.model=ssm, or name a run of "
         "agent=env_model agent.model=pixel"]
     assert not run_dir.exists()
+
+
+@pytest.mark.slow
+def test_the_env_model_table_reads_both_kinds_side_by_side(tmp_path: Path):
+    runs = []
+    for kind in ("pixel", "ssm"):
+        run = tmp_path / kind
+        overrides = [*(o for o in TINY_MODEL_RUN if not o.startswith("agent.model=")),
+                     f"agent.model={kind}", "trainer.eval_every=2", f"hydra.run.dir={run}"]
+        run_cli("train.py", *overrides)
+        runs.append(str(run))
+    out = run_cli("benchmarks/env_models.py", *runs, "--rounds", "2", "--repeats", "1").stdout
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ")][1:]
+    assert [(row[0].strip(), row[1].strip()) for row in rows] == [("pixel", "pixel"),
+                                                                  ("ssm", "ssm")]
+    for row in rows:
+        assert 0.0 <= float(row[3]) <= 1.0  # held-out pixel accuracy
+        assert len(row[7].split("/")) == 5 and float(row[-1].replace(",", "")) > 0
+    bad = run_cli("benchmarks/env_models.py", "README.md", check=False)
+    assert bad.returncode == 2 and "README.md: unreadable env model" in bad.stderr

@@ -75,7 +75,9 @@ class A2C:
     usual A2C settings (RMSprop 7e-4, 5 steps, gamma 0.99, gradients clipped at 0.5). The loss is
     the policy gradient with (optionally normalised) advantages, plus ``value_coef`` times the
     value MSE, minus ``entropy_coef`` times the entropy;
-    gradients are clipped to ``max_grad_norm`` and taken by ``optimizer`` at ``lr``.
+    gradients are clipped to ``max_grad_norm`` and taken by ``optimizer`` at ``lr``. The
+    loss sees rewards times ``reward_scale`` (values are learned in those units); logged
+    returns are the env's.
     Recurrent states are carried across updates and reset where episodes end.
     ``network(env)`` builds the actor-critic; ``train/episode_return`` and
     ``train/success_rate`` are means over the last ``stats_window`` episodes.
@@ -128,6 +130,7 @@ class A2C:
         entropy_coef: Annotated[float, AtLeast(0.0)] = 0.01,
         max_grad_norm: GradNorm = 0.5,
         normalize_advantages: bool = False,
+        reward_scale: Annotated[float, Above(0.0)] = 1.0,
         bootstrap_truncated: bool = True,
         stats_window: Annotated[int, AtLeast(1)] = 100,
         eval_policy: EvalPolicy = "greedy",
@@ -141,6 +144,7 @@ class A2C:
         self.value_coef, self.entropy_coef = value_coef, entropy_coef
         self.max_grad_norm = max_grad_norm
         self.normalize_advantages = normalize_advantages
+        self.reward_scale = reward_scale
         self.bootstrap_truncated = bootstrap_truncated
         self.stats_window = stats_window
         self.eval_policy = eval_policy
@@ -224,6 +228,7 @@ class A2C:
             obs, reward, terminated, truncated, info = self.env.step(action.cpu().numpy())
             done = terminated | truncated
             self._track_episodes(reward, done, info)
+            reward = reward * self.reward_scale
             if self.bootstrap_truncated:
                 reward = reward + self.gamma * self.final_values(truncated & ~terminated, info)
             log_probs.append(dist.log_prob(action))

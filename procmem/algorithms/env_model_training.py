@@ -129,7 +129,7 @@ class EnvModelTrainer:
         updates_per_iteration: Annotated[int, AtLeast(1)] = 2,
         event_coef: Annotated[float, AtLeast(0.0)] = 1.0,
         lr_decay_iterations: Annotated[int, AtLeast(0)] = 0,
-        latent_size: Annotated[int, AtLeast(1)] = 128,
+        latent_size: Annotated[int, AtLeast(1)] = 64,
         sequence_length: Annotated[int, AtLeast(1)] = 5,
     ) -> None:
         require_env(self, env)

@@ -71,7 +71,7 @@ class DecisionCollector:
             obs, outcome, info = options.step(learner.obs)
             steps += b
             rows = np.flatnonzero(outcome.ended)
-            gain = outcome.gain
+            gain = outcome.gain * learner.reward_scale
             cut = outcome.truncated & outcome.ended
             if cut.any() and learner.bootstrap_truncated:  # a time limit the obs may not show
                 gain = gain + learner.gamma ** outcome.steps * learner.final_values(cut, info)
