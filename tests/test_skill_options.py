@@ -158,10 +158,11 @@ def test_a2c_without_a_memory_is_unchanged_by_the_options():
     assert not any(k.startswith("memory/") for k in agent.train_iteration())
 
 
-def test_a_rollout_of_decisions_discounts_each_env_s_chain_by_its_skills_lengths():
+@pytest.mark.parametrize("scale", [1.0, 0.5])
+def test_a_rollout_of_decisions_discounts_each_env_s_chain_by_its_skills_lengths(scale):
     env, eval_env = (GridWorld(num_envs=4, layout="fixed", size=5) for _ in range(2))
     agent = A2C(env, eval_env, CPU, 0, KeyDoorMLPPolicy, SkillLibrary(embedding_dim=32),
-                n_steps=2, gamma=GAMMA, skill_kind="open_loop")
+                n_steps=2, gamma=GAMMA, skill_kind="open_loop", reward_scale=scale)
     kit = agent.kit
     kit.memory.add("acquire_key", TO_THE_KEY, {"has_key": False, "door_open": False},
                    kit.embed(agent.obs[:1], np.array([0]))[0])
@@ -176,5 +177,6 @@ def test_a_rollout_of_decisions_discounts_each_env_s_chain_by_its_skills_lengths
     assert batch.actions[:4].tolist() == [env.num_actions] * 4  # the skills end first
     assert (batch.actions[4:] < env.num_actions).all()
     # R(skill) = G + gamma^5 R(next decision): the next decision is discounted by its length
+    # (the loss sees rewards times reward_scale)
     assert batch.returns[:4].tolist() == pytest.approx(
-        (gain + GAMMA ** 5 * batch.returns[4:]).tolist(), rel=1e-5)
+        (scale * gain + GAMMA ** 5 * batch.returns[4:]).tolist(), rel=1e-5)
