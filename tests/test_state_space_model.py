@@ -155,6 +155,18 @@ def test_the_trainer_masks_the_steps_after_an_episode_ends():
     assert (mask.int().cummin(1).values == mask.int()).all()  # real, then masked for good
 
 
+def test_the_latent_encoder_reads_the_states_last_first():
+    torch.manual_seed(0)
+    encoder = LatentRolloutEncoder(16, hidden=8)
+    states, rewards = torch.randn(3, 6, 16), torch.randn(3, 6)
+    code = encoder(states, rewards)
+    state = None
+    for t in (2, 1, 0):  # the LSTM stepped by hand, last imagined step first
+        output, state = encoder.lstm(torch.cat([states[t], rewards[t, :, None]], 1)[None], state)
+    assert code.shape == (6, 8) and torch.allclose(code, output[0], atol=1e-6)
+    assert not torch.allclose(code, encoder(states.flip(0), rewards.flip(0)), atol=1e-4)
+
+
 def test_a_saved_model_loads_with_its_kind_and_the_same_outputs(tmp_path: Path):
     model, frames = tiny_model(), real_frames()
     loaded = load_env_model(save_env_model(model, tmp_path / "env_model.pt"))

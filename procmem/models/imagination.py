@@ -134,9 +134,16 @@ class LatentRolloutEncoder(nn.Module):
         self.lstm = nn.LSTM(latent_size + 1, hidden)
 
     def forward(self, states: Tensor, rewards: Tensor) -> Tensor:
-        inputs = torch.cat([states, rewards.unsqueeze(-1)], dim=-1)
-        outputs, _ = self.lstm(inputs.flip(0))
-        return outputs[-1]
+        return last_step_first(self.lstm, states, rewards)
+
+
+def last_step_first(lstm: nn.LSTM, features: Tensor, rewards: Tensor) -> Tensor:
+    """The last output ``[N, hidden]`` of ``lstm`` run over the steps of imagined rollouts,
+    ``T-1`` down to 0: each step's features ``[T, N, F]`` with its reward ``[T, N]``
+    appended."""
+    inputs = torch.cat([features, rewards.unsqueeze(-1)], dim=-1)
+    outputs, _ = lstm(inputs.flip(0))
+    return outputs[-1]
 
 
 class RolloutEncoder(nn.Module):
@@ -178,9 +185,7 @@ class RolloutEncoder(nn.Module):
         the ``nn.LSTM`` on every rollout."""
         steps, rows = rewards.shape
         features = self.body(frames.flatten(0, 1)).view(steps, rows, -1)
-        inputs = torch.cat([features, rewards.unsqueeze(-1)], dim=-1)
-        outputs, _ = self.lstm(inputs.flip(0))
-        return outputs[-1]
+        return last_step_first(self.lstm, features, rewards)
 
     def _recur(self, from_frames: Tensor, rewards: Tensor) -> Tensor:
         """The LSTM's last output ``[N, hidden]`` over steps ``T-1`` down to 0, given the
