@@ -131,7 +131,8 @@ class I2APolicy(nn.Module):
         """The rollout policy's action logits on real frames ``[B, 3, H, W]`` (what
         distillation trains): on the frames, or on their latent states."""
         if self.latent:
-            frames = self.model.encode_remembered(frames)
+            with torch.no_grad():
+                frames = self.model.encode(frames)
         return self.rollout_policy(frames)
 
     def forward(self, obs: Tensor, state: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -98,7 +98,7 @@ def imagine_latent(model: StateSpaceModel, rollout_policy: nn.Module, frames: Te
     if depth < 1:
         raise ValueError(f"depth must be >= 1, got {depth}")
     batch, num_actions = len(frames), model.num_actions
-    states = [model.encode_remembered(frames).repeat_interleave(num_actions, dim=0)]
+    states = [model.encode(frames).repeat_interleave(num_actions, dim=0)]
     action = torch.arange(num_actions, device=frames.device).repeat(batch)
     for step in range(depth):
         states.append(model.transition(states[-1], action))

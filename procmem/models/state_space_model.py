@@ -27,7 +27,6 @@ from procmem.envs.minipacman import EVENTS
 from procmem.models.env_model_loss import prediction_loss
 from procmem.models.networks import flat_size, pixel_body
 from procmem.models.pixel_classes import PIXEL_CLASSES, class_frames, class_planes
-from procmem.models.row_memory import RowMemory, weights_version
 
 FRAME_PLANES = 3 + len(PIXEL_CLASSES)  # RGB and the one-hot pixel classes
 
@@ -48,8 +47,6 @@ class StateSpaceModel(nn.Module):
       convolution (ReLU) and a 1x1 convolution to the 7 class logits of each pixel.
 
     ``event_coef`` weighs the event loss next to the pixel loss in :meth:`loss`.
-    :meth:`encode_remembered` remembers its last distinct encodings in ``memory`` (a
-    :class:`~procmem.models.row_memory.RowMemory`) until the weights change.
     """
 
     def __init__(
@@ -83,7 +80,6 @@ class StateSpaceModel(nn.Module):
         self.decode_frame = nn.Conv2d(FRAME_PLANES, channels, 1)
         self.decode_mix = nn.Conv2d(channels, channels, 3, padding=1)
         self.decode_classes = nn.Conv2d(channels, len(PIXEL_CLASSES), 1)
-        self.memory = RowMemory()
 
     # --- the parts ----------------------------------------------------------------------------
 
@@ -103,14 +99,6 @@ class StateSpaceModel(nn.Module):
         ``next_states`` (``[..., latent_size]`` each)."""
         logits = self.event_head(torch.cat([states, next_states], dim=-1))
         return logits.view(*states.shape[:-1], self.num_events, self.num_counts)
-
-    @torch.no_grad()
-    def encode_remembered(self, frames: Tensor) -> Tensor:
-        """:meth:`encode` without gradients, not computed again for the frames ``memory``
-        remembers from earlier calls with the same weights (I2A encodes the frames it acts
-        on, then the same frames again to distil its rollout policy)."""
-        return self.memory(lambda rows: (self.encode(rows),), frames.flatten(1), frames,
-                           version=weights_version(self))[0]
 
     def step(self, states: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
         """The next states ``[B, latent_size]`` after ``actions`` ``[B]`` and the step's event
