@@ -33,6 +33,8 @@ RUNS = {
     "envmodel_minipacman": [*SMALL_MINIPACMAN, "agent.collect_steps=2", "agent.channels=4"],
     "i2a_minipacman": [*SMALL_MINIPACMAN, "agent.depth=2", "agent.pretrain_iterations=1",
                        "agent.finetune_env_model=true"],
+    "i2a_minipacman_ambush": [*SMALL_MINIPACMAN, "agent.depth=2", "agent.pretrain_iterations=1"],
+    "i2a_minipacman_hunt": [*SMALL_MINIPACMAN, "agent.depth=2", "agent.pretrain_iterations=1"],
 }
 
 
