@@ -66,11 +66,6 @@ def experiment_using(group: str, option: str) -> str | None:
     return DEFAULTS["experiment"] if DEFAULTS["experiment"] in users else next(iter(users), None)
 
 
-# Overrides that keep building an option quick: I2A without an env model run pretrains one.
-QUICK_BUILD = {(group, option): ["agent.pretrain_iterations=1"]
-               for group, option in (("agent", "i2a"), ("experiment", "i2a_minipacman"))}
-
-
 def overrides_for(group: str, option: str) -> list[str]:
     """A run that builds ``group=option``: an experiment that picks it where one does, else
     the option with what it pairs with (A2C for networks, tool use for curricula)."""
@@ -81,7 +76,11 @@ def overrides_for(group: str, option: str) -> list[str]:
         pairing = {"agent/network": ["agent=a2c", "memory=none"],
                    "curriculum": ["experiment=model_native_toolenv"]}.get(group, [])
         overrides = [*pairing, f"{group}={option}"]
-    return [*overrides, *QUICK_BUILD.get((group, option), [])]
+    # An agent that pretrains its env model when given no run (I2A) builds quickly with one
+    # pretraining iteration.
+    if "pretrain_iterations" in compose_config(overrides).agent:
+        overrides.append("agent.pretrain_iterations=1")
+    return overrides
 
 
 @pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS)

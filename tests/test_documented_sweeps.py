@@ -4,11 +4,13 @@ fails the suite."""
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shlex
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,8 +24,10 @@ BUDGET = {"trainer.iterations": "2", "trainer.env_steps": "0", "trainer.eval_eve
           "trainer.progress": "false", "logger": "none", "hydra.sweeper.n_trials": "2"}
 # Commands that need a cluster this machine does not have, by what marks them.
 NEEDS_A_CLUSTER = ("hydra.launcher.ray.init.address=auto", "hydra/launcher=submitit_slurm")
-# The documentation's stand-ins for an environment model run (made tiny by a fixture).
-ENV_MODEL_RUN = ("<step 2 run dir>", "<env model run>")
+# The documentation's stand-ins for an environment model run, by the model kind they hold
+# (made tiny by a fixture).
+ENV_MODEL_RUNS = {"<step 2 run dir>": "pixel", "<env model run>": "pixel",
+                  "<ssm env model run>": "ssm"}
 # ... and for skill-library runs whose library another run loads, by the env they learnt on.
 LIBRARY_RUNS = {"<DoorKey-8x8 library run>": ["env=minigrid",
                                                "env.env_id=MiniGrid-DoorKey-8x8-v0",
@@ -95,15 +99,23 @@ def runnable_params() -> list:
 
 
 @pytest.fixture(scope="module")
-def env_model_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny environment model run, trained on a tiny A2C policy run."""
-    policy, model = (tmp_path_factory.mktemp("docs") / name for name in ("policy", "model"))
+def env_model_runs(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """Tiny environment model runs by model kind (each made when first asked for), trained on
+    one tiny A2C policy run."""
+    root = tmp_path_factory.mktemp("docs")
     tiny = ["logger=none", "trainer.progress=false", "trainer.iterations=2",
             "trainer.checkpoint_every=2", "env.num_envs=2"]
-    run_cli("train.py", "experiment=a2c_minipacman", *tiny, f"hydra.run.dir={policy}")
-    run_cli("train.py", "experiment=envmodel_minipacman", *tiny, f"agent.policy_run={policy}",
-            "agent.collect_steps=2", f"hydra.run.dir={model}")
-    return model
+    run_cli("train.py", "experiment=a2c_minipacman", *tiny, f"hydra.run.dir={root / 'policy'}")
+
+    @functools.cache
+    def run_of(kind: str) -> Path:
+        model = root / f"model_{kind}"
+        run_cli("train.py", "experiment=envmodel_minipacman", *tiny, f"agent.model={kind}",
+                f"agent.policy_run={root / 'policy'}", "agent.collect_steps=8",
+                f"hydra.run.dir={model}")
+        return model
+
+    return run_of
 
 
 @pytest.fixture(scope="module")
@@ -121,9 +133,10 @@ def library_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.mark.parametrize("command", runnable_params())
 def test_a_documented_sweep_command_starts_and_runs_every_job(
         command: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    for stand_in in ENV_MODEL_RUN:
+    for stand_in, kind in ENV_MODEL_RUNS.items():
         if stand_in in command:
-            command = command.replace(stand_in, str(request.getfixturevalue("env_model_run")))
+            env_model_run = request.getfixturevalue("env_model_runs")(kind)
+            command = command.replace(stand_in, str(env_model_run))
     for stand_in in LIBRARY_RUNS:
         if stand_in in command:
             command = command.replace(stand_in,

@@ -123,4 +123,10 @@ class StateEmbedding:
                           *(o / self.scale for o in offsets), ones], dim=1)
 
     def __call__(self, obs: np.ndarray) -> torch.Tensor:
-        return torch.nn.functional.normalize(self.features(obs) @ self.projection, dim=1)
+        # A fixed-order sum of products rather than a matmul: BLAS kernels may round
+        # differently from one process to the next, and the keys must be bit-identical.
+        features = self.features(obs)
+        projected = features[:, :1] * self.projection[0]
+        for i in range(1, self.num_features):
+            projected = projected + features[:, i:i + 1] * self.projection[i]
+        return torch.nn.functional.normalize(projected, dim=1)
