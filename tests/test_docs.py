@@ -69,3 +69,12 @@ def test_the_site_builds_strictly(tmp_path):
     assert result.returncode == 0, result.stderr[-5000:]
     assert (tmp_path / "reference" / "config" / "index.html").is_file()
     assert "env.max_steps" in (tmp_path / "reference" / "config" / "index.html").read_text()
+
+
+@pytest.mark.parametrize("group", ["env", "agent", "agent/network", "memory", "curriculum",
+                                   "logger", "experiment"])
+def test_the_configuration_page_names_every_option_of_a_group(group):
+    page = (ROOT / "docs" / "concepts" / "configuration.md").read_text(encoding="utf-8")
+    row = next(line for line in page.splitlines() if line.startswith(f"| `{group}` |"))
+    options = sorted(path.stem for path in (ROOT / "conf" / group).glob("*.yaml"))
+    assert options and [o for o in options if f"`{o}`" not in row] == []
