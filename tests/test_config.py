@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from procmem.algorithms.protocols import Algorithm
@@ -66,14 +67,26 @@ def experiment_using(group: str, option: str) -> str | None:
     return DEFAULTS["experiment"] if DEFAULTS["experiment"] in users else next(iter(users), None)
 
 
+def env_read_by(network: str) -> list[str]:
+    """The first env option (the default first) whose observations ``network`` reads, as an
+    override; none for ``auto``, which reads them all."""
+    cls = import_target(OmegaConf.load(CONF / "agent" / "network" / f"{network}.yaml")._target_)
+    if not hasattr(cls, "accepts"):
+        return []
+    envs = sorted(options("env"), key=lambda env: env != DEFAULTS["env"])
+    return [next(f"env={env}" for env in envs
+                 if cls.accepts(instantiate(compose_config([f"env={env}"]).env)))]
+
+
 def overrides_for(group: str, option: str) -> list[str]:
     """A run that builds ``group=option``: an experiment that picks it where one does, else
-    the option with what it pairs with (A2C for networks, tool use for curricula)."""
+    the option with what it pairs with (A2C and an env it reads for networks, tool use for
+    curricula)."""
     experiment = experiment_using(group, option)
     if group == "experiment" or experiment is not None:
         overrides = [f"experiment={experiment or option}"]
     else:
-        pairing = {"agent/network": ["agent=a2c", "memory=none"],
+        pairing = {"agent/network": ["agent=a2c", "memory=none", *env_read_by(option)],
                    "curriculum": ["experiment=model_native_toolenv"]}.get(group, [])
         overrides = [*pairing, f"{group}={option}"]
     # An agent that pretrains its env model when given no run (I2A) builds quickly with one

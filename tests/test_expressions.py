@@ -27,6 +27,7 @@ from procmem.envs.toolenv_machine import (
 )
 from procmem.models.networks import ToolAttentionPolicy, ToolGRUPolicy
 from procmem.models.observations import as_tensors
+from procmem.models.tool_pointer import ToolPointerPolicy
 from procmem.settings import SettingError
 
 from helpers import run_program
@@ -244,13 +245,61 @@ def test_attention_network_encodes_a_context_once_per_episode():
     assert not torch.allclose(same, network(as_tensors(restarted, CPU), state)[0])
 
 
+def pointer_steps(network: ToolPointerPolicy, obs: dict, tokens: list[int]) -> torch.Tensor:
+    """The logits of ``network`` at every step of emitting ``tokens`` on ``obs``: [T, B, A]."""
+    batch = len(obs["context"])
+    state, logits = network.initial_state(batch), []
+    for step, previous in enumerate([CTX, *tokens]):
+        obs = {**obs, "step": np.full(batch, step), "prev_token": np.full(batch, previous)}
+        out, _, state = network(as_tensors(obs, CPU), state)
+        logits.append(out)
+    return torch.stack(logits)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+@pytest.mark.parametrize("relative", [True, False])
+def test_the_pointer_network_does_the_same_on_a_shifted_or_padded_context(relative):
+    """Trained weights on a deeper env's longer context, or on the context shifted right
+    behind EOS padding: the same logits at every step (content and offsets only)."""
+    env, obs = drawn(num_envs=8, stages=(2,), max_depth=3)
+    longer = ExpressionEnv(num_envs=8, max_depth=6, max_steps=14, stages=(2,))
+    torch.manual_seed(0)
+    network = ToolPointerPolicy(env, hidden=32, relative=relative)
+    on_longer = ToolPointerPolicy(longer, hidden=32, relative=relative)
+    on_longer.load_state_dict(network.state_dict())
+    tokens = [MUL, STO, ADD, SUB]
+    extra = longer.context_length - env.context_length
+    padded = np.pad(obs["context"], ((0, 0), (0, extra)), constant_values=EOS)
+    shifted = np.pad(obs["context"], ((0, 0), (extra, 0)), constant_values=EOS)
+    expected = pointer_steps(network, obs, tokens)
+    for context in (padded, shifted):
+        torch.testing.assert_close(pointer_steps(on_longer, {**obs, "context": context}, tokens),
+                                   expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_the_pointer_network_with_the_whole_context_encoder_tells_a_shift():
+    """The ablation that codes every token from the whole context (a bidirectional GRU) sees
+    where the problem sits: its logits change with the shift."""
+    env, obs = drawn(num_envs=8, stages=(2,), max_depth=3)
+    longer = ExpressionEnv(num_envs=8, max_depth=6, max_steps=14, stages=(2,))
+    torch.manual_seed(0)
+    network = ToolPointerPolicy(longer, hidden=32, encoder="gru")
+    extra = longer.context_length - env.context_length
+    padded = np.pad(obs["context"], ((0, 0), (0, extra)), constant_values=EOS)
+    shifted = np.pad(obs["context"], ((0, 0), (extra, 0)), constant_values=EOS)
+    assert not torch.allclose(pointer_steps(network, {**obs, "context": padded}, [MUL]),
+                              pointer_steps(network, {**obs, "context": shifted}, [MUL]))
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("one_torch_thread")
-def test_a_short_run_learns_to_read_depth_one_operators():
+@pytest.mark.parametrize("network", [ToolAttentionPolicy, ToolPointerPolicy])
+def test_a_short_run_learns_to_read_depth_one_operators(network):
     """Depth 1 (``a o b``) needs the operator read from the context: chance is 1/3."""
     env_kwargs = {"num_envs": 64, "stages": (0,), "eval_stages": (0,)}
     agent = A2C(ExpressionEnv(**env_kwargs), ExpressionEnv(**env_kwargs), CPU, 0,
-                partial(ToolAttentionPolicy, hidden=32), n_steps=4, lr=3e-3, gamma=1.0,
+                partial(network, hidden=32), n_steps=4, lr=3e-3, gamma=1.0,
                 optimizer="adam", max_grad_norm=1.0, bootstrap_truncated=False)
     before = agent.evaluate(128)["eval/success_rate_stage0"]
     for _ in range(80):
