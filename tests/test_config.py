@@ -86,9 +86,11 @@ def overrides_for(group: str, option: str) -> list[str]:
     if group == "experiment" or experiment is not None:
         overrides = [f"experiment={experiment or option}"]
     else:
-        pairing = {"agent/network": lambda: ["agent=a2c", "memory=none", *env_read_by(option)],
-                   "curriculum": lambda: ["experiment=model_native_toolenv"]}.get(
-                       group, list)()
+        pairing = []
+        if group == "agent/network":
+            pairing = ["agent=a2c", "memory=none", *env_read_by(option)]
+        elif group == "curriculum":
+            pairing = ["experiment=model_native_toolenv"]
         overrides = [*pairing, f"{group}={option}"]
     # An agent that pretrains its env model when given no run (I2A) builds quickly with one
     # pretraining iteration.
