@@ -10,6 +10,7 @@ names anything else is refused with :class:`UnsafeFileError` before any of it is
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import re
@@ -52,9 +53,13 @@ def _minigrid_globals() -> list[Any]:
     return [grid.Grid, actions.Actions, *objects]
 
 
-# ``bytes``: pickle protocol 2 (torch's) writes an empty bytes object, such as the data of an
-# empty numpy array, as a call ``bytes()``.
-ALLOWED_GLOBALS: list[Any] = [bytes, *_NUMPY_GLOBALS, *_minigrid_globals()]
+@functools.cache
+def allowed_globals() -> tuple[Any, ...]:
+    """What a data file may name: ``bytes`` (pickle protocol 2, torch's, writes an empty bytes
+    object, such as the data of an empty numpy array, as a call ``bytes()``), numpy's arrays
+    and generators, and MiniGrid's plain data classes (imported at the first load, not
+    before)."""
+    return (bytes, *_NUMPY_GLOBALS, *_minigrid_globals())
 
 
 class UnsafeFileError(ValueError):
@@ -67,7 +72,7 @@ def load_data_file(path: str | os.PathLike) -> Any:
     module docstring). A file that names other objects raises :class:`UnsafeFileError`; a
     missing file ``FileNotFoundError``; a damaged one the error ``torch.load`` gives."""
     path = Path(path)
-    with torch.serialization.safe_globals(ALLOWED_GLOBALS):
+    with torch.serialization.safe_globals(list(allowed_globals())):
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as error:

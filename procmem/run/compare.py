@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
-from scipy import stats as scipy_stats
 
 from procmem.io import atomic_write_text
 from procmem.run.plots import FEW_POINTS, figure_grid, mark_no_data, save_figure
@@ -196,6 +195,8 @@ def t_interval(values: Sequence[float]) -> tuple[float, float, float]:
     """Mean and two-sided 95% Student-t interval of two values or more."""
     n = len(values)
     mean = float(np.mean(values))
+    from scipy import stats as scipy_stats  # a second of import, for comparisons only
+
     half = float(scipy_stats.t.ppf(0.975, n - 1) * np.std(values, ddof=1) / math.sqrt(n))
     return mean, mean - half, mean + half
 
