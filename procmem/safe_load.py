@@ -3,7 +3,7 @@
 ``torch.save`` writes a pickle, and a pickle can name any Python callable to be called when
 it is loaded. :func:`load_data_file` loads with ``torch.load(weights_only=True)``, which
 builds only tensors and plain values (dicts, lists, tuples, strings, numbers), plus the few
-types in :data:`ALLOWED_GLOBALS`: bytes, numpy arrays, dtypes and scalars (RNG and env states), and
+types in :func:`allowed_globals`: bytes, numpy arrays, dtypes and scalars (RNG and env states), and
 the objects checkpoints of MiniGrid runs held before env states were plain data. A file that
 names anything else is refused with :class:`UnsafeFileError` before any of it is built.
 """
