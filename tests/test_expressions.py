@@ -257,15 +257,15 @@ def pointer_steps(network: ToolPointerPolicy, obs: dict, tokens: list[int]) -> t
 
 
 @pytest.mark.usefixtures("one_torch_thread")
-@pytest.mark.parametrize("relative", [True, False])
-def test_the_pointer_network_does_the_same_on_a_shifted_or_padded_context(relative):
+@pytest.mark.parametrize("relative, forward", [(True, False), (False, False), (True, True)])
+def test_the_pointer_network_does_the_same_on_a_shifted_or_padded_context(relative, forward):
     """Trained weights on a deeper env's longer context, or on the context shifted right
     behind EOS padding: the same logits at every step (content and offsets only)."""
     env, obs = drawn(num_envs=8, stages=(2,), max_depth=3)
     longer = ExpressionEnv(num_envs=8, max_depth=6, max_steps=14, stages=(2,))
     torch.manual_seed(0)
-    network = ToolPointerPolicy(env, hidden=32, relative=relative)
-    on_longer = ToolPointerPolicy(longer, hidden=32, relative=relative)
+    network = ToolPointerPolicy(env, hidden=32, relative=relative, forward=forward)
+    on_longer = ToolPointerPolicy(longer, hidden=32, relative=relative, forward=forward)
     on_longer.load_state_dict(network.state_dict())
     tokens = [MUL, STO, ADD, SUB]
     extra = longer.context_length - env.context_length
@@ -275,6 +275,27 @@ def test_the_pointer_network_does_the_same_on_a_shifted_or_padded_context(relati
     for context in (padded, shifted):
         torch.testing.assert_close(pointer_steps(on_longer, {**obs, "context": context}, tokens),
                                    expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+@pytest.mark.parametrize("forward", [True, False])
+def test_the_forward_pointer_reads_nothing_before_its_last_read(forward):
+    """With ``forward=true`` the codes of the tokens before the previous read's centre do not
+    reach the next step's logits; without it they do."""
+    env, obs = drawn(num_envs=8, stages=(2,), max_depth=3)
+    torch.manual_seed(0)
+    network = ToolPointerPolicy(env, hidden=32, forward=forward)
+    state = network(as_tensors({**obs, "step": np.zeros(8, dtype=np.int64),
+                                "prev_token": np.full(8, CTX)}, CPU), network.initial_state(8))[2]
+    h, centre = network.hidden, 4
+    state[:, 2 * h] = centre  # as if the last read was the fifth token
+    earlier = state.clone()
+    codes = earlier[:, 2 * h + 1:].view(8, env.context_length, h)
+    codes[:, :centre] = torch.randn(8, centre, h)
+    step = {**obs, "step": np.ones(8, dtype=np.int64), "prev_token": np.full(8, MUL)}
+    logits = network(as_tensors(step, CPU), state)[0]
+    changed = network(as_tensors(step, CPU), earlier)[0]
+    assert torch.allclose(logits, changed) == forward
 
 
 @pytest.mark.usefixtures("one_torch_thread")

@@ -65,6 +65,8 @@ class ToolPointerPolicy(nn.Module):
       (:class:`LocalEncoder`); ``encoder=gru`` codes it from the whole context.
     - ``relative=false`` drops the offset bias: content alone places every read (the
       ablation).
+    - ``forward=true`` reads only at or after the previous read's centre: an expression's
+      operators come in the program's order, so the read need never move back.
 
     The decoder starts from the ``CTX`` token's code; each step's input is the previous tool
     token's embedding and the previous read. The policy and value heads read the decoder state
@@ -86,6 +88,7 @@ class ToolPointerPolicy(nn.Module):
         layers: Annotated[int, AtLeast(1)] = 2,
         relative: bool = True,
         reach: Annotated[int, AtLeast(1)] = 8,
+        forward: bool = False,
     ) -> None:
         super().__init__()
         self.token = nn.Embedding(env.vocab_size, hidden)
@@ -98,7 +101,7 @@ class ToolPointerPolicy(nn.Module):
         self.combine = nn.Linear(2 * hidden, hidden)
         self.policy = nn.Linear(hidden, env.num_actions)
         self.value = nn.Linear(hidden, 1)
-        self.hidden, self.reach = hidden, reach
+        self.hidden, self.reach, self.forward_only = hidden, reach, forward
         self.context_length = env.context_length
         self.pad_token = env.pad_token
 
@@ -127,6 +130,8 @@ class ToolPointerPolicy(nn.Module):
             offsets = (positions - centre.unsqueeze(1)).clamp(-self.reach, self.reach)
             bias = self.offset_bias(decoder)  # [B, 2 reach + 1]
             scores = scores + bias.gather(1, (offsets + self.reach).long())
+        if self.forward_only:  # the centre lies among the tokens (contiguous): one is left
+            keep = keep & (positions >= centre.unsqueeze(1))
         attention = torch.softmax(scores.masked_fill(~keep, float("-inf")), dim=1)
         read = torch.einsum("bl,blh->bh", attention, encoded)
         centre = (attention.detach() * positions).sum(1).round()
