@@ -17,11 +17,13 @@ $(STAMP): pyproject.toml constraints.txt
 train: setup
 	$(PY) train.py $(ARGS)
 
-# The fast suite (tests marked `slow` left out, see pyproject.toml); under 4 minutes on 2 cores.
+# The fast suite (tests marked `slow` left out, see pyproject.toml), on two workers (a test
+# file to each in turn, so its module fixtures are made once); under 4 minutes on 2 cores.
 test: setup
-	$(PY) -m pytest $(ARGS)
+	$(PY) -m pytest -n 2 --dist loadfile $(ARGS)
 
-# Every test: learning runs, launchers, SIGKILL and long fault tests too (what CI runs).
+# Every test: learning runs, launchers, SIGKILL and long fault tests too (what CI runs), one at
+# a time: the fault tests time signals and the launchers start their own workers.
 test-all: setup
 	$(PY) -m pytest -m "slow or not slow" $(ARGS)
 
