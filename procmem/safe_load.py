@@ -3,9 +3,10 @@
 ``torch.save`` writes a pickle, and a pickle can name any Python callable to be called when
 it is loaded. :func:`load_data_file` loads with ``torch.load(weights_only=True)``, which
 builds only tensors and plain values (dicts, lists, tuples, strings, numbers), plus the few
-types in :func:`allowed_globals`: bytes, numpy arrays, dtypes and scalars (RNG and env states), and
-the objects checkpoints of MiniGrid runs held before env states were plain data. A file that
-names anything else is refused with :class:`UnsafeFileError` before any of it is built.
+types of :func:`allowed_globals`: bytes, numpy arrays, dtypes and scalars (RNG and env
+states), and the objects checkpoints of MiniGrid runs held before env states were plain data.
+A file that names anything else is refused with :class:`UnsafeFileError` before any of it is
+built.
 """
 
 from __future__ import annotations

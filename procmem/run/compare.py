@@ -193,10 +193,10 @@ def group_label(overrides: Sequence[str], ignore: Sequence[str] = ("seed", "resu
 
 def t_interval(values: Sequence[float]) -> tuple[float, float, float]:
     """Mean and two-sided 95% Student-t interval of two values or more."""
+    from scipy import stats as scipy_stats  # here: a second of import, for comparisons only
+
     n = len(values)
     mean = float(np.mean(values))
-    from scipy import stats as scipy_stats  # a second of import, for comparisons only
-
     half = float(scipy_stats.t.ppf(0.975, n - 1) * np.std(values, ddof=1) / math.sqrt(n))
     return mean, mean - half, mean + half
 
