@@ -80,8 +80,7 @@ def test_data_a_run_saves_loads_back_as_it_was(tmp_path: Path) -> None:
     assert (loaded["text"], loaded["nothing"]) == (b"ab", b"")
 
 
-@pytest.mark.slow  # the planted policy and env model files below keep the property in make test
-@pytest.mark.parametrize("command", ["evaluate", "resume"])
+@pytest.mark.parametrize("command", [pytest.param("evaluate", marks=pytest.mark.slow), "resume"])
 def test_a_planted_newest_checkpoint_is_refused_and_its_code_never_runs(
         finished_run: Path, tmp_path: Path, command: str) -> None:
     run_dir = stopped_copy(finished_run, tmp_path / "run")

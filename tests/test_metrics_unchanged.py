@@ -86,8 +86,7 @@ def expected(key: str, value: float) -> object:
         DRIFTING) else value
 
 
-@pytest.mark.parametrize("name", [pytest.param("default_short", marks=pytest.mark.slow),
-                                  "toolenv_short"])
+@pytest.mark.parametrize("name", ["default_short", "toolenv_short"])
 def test_a_short_run_logs_what_it_logged_before(name, tmp_path):
     now, recorded = run_and_recorded(name, tmp_path)
     assert now == [{key: expected(key, value) for key, value in row.items()} for row in recorded]

@@ -132,7 +132,6 @@ def test_multirun_logs_one_wandb_run_per_job_in_one_group(tmp_path: Path, launch
     assert "| memory=skill_library | train/episode_steps | 2 | 10 | [10, 10] |" in markdown
 
 
-@pytest.mark.slow  # the fault tests resume after SIGKILL and SIGTERM in make test-all too
 def test_resume_ends_with_the_same_metrics_as_an_uninterrupted_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
