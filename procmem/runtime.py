@@ -43,6 +43,17 @@ def step_checked(optimizer: torch.optim.Optimizer, name: str) -> None:
             f"the {name} step made parameters nan or inf (is the learning rate too high?)")
 
 
+def set_decayed_lr(optimizer: torch.optim.Optimizer, lr: float, update: int,
+                   decay_updates: int) -> float:
+    """Set every group of ``optimizer`` to ``lr`` decayed linearly to 0 over
+    ``decay_updates`` updates (0: constant), at ``update`` (counted from 1); return it."""
+    if decay_updates:
+        lr *= max(0.0, 1.0 - (update - 1) / decay_updates)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, numpy and torch (CPU and every CUDA device) from one integer."""
     random.seed(seed)

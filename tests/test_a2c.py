@@ -94,6 +94,20 @@ def test_state_dict_round_trip_continues_identically(make):
             agent.train_iteration())
 
 
+def test_the_learning_rate_decays_to_zero_and_carries_on_after_a_resume():
+    agent = make_a2c(num_envs=8, lr=1e-3, lr_decay_iterations=4)
+    rates = [agent.train_iteration()["train/lr"] for _ in range(2)]
+    resumed = make_a2c(num_envs=8, lr=1e-3, lr_decay_iterations=4)
+    resumed.load_state_dict(copy.deepcopy(agent.state_dict()))
+    rates += [resumed.train_iteration()["train/lr"] for _ in range(3)]
+    assert rates == pytest.approx([1e-3, 7.5e-4, 5e-4, 2.5e-4, 0.0])
+    weights = copy.deepcopy(resumed.net.state_dict())
+    resumed.train_iteration()  # at a rate of 0 the network no longer changes
+    assert all(torch.equal(value, resumed.net.state_dict()[name])
+               for name, value in weights.items())
+    assert {make_a2c(num_envs=8).train_iteration()["train/lr"] for _ in range(2)} == {3e-3}
+
+
 def test_a2c_refuses_unknown_optimizers_naming_the_setting():
     with pytest.raises(SettingError, match="^optimizer: 'sgd' is not one of: adam, rmsprop$"):
         make_a2c(optimizer="sgd")

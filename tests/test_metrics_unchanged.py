@@ -37,7 +37,7 @@ RENAMES = {
 DROPPED_WITHOUT_CURRICULUM = "curriculum/stage"
 # Keys added since (to runs that did not log them), which the changelog lists; every other
 # key logs what it logged before.
-ADDED = {"train/episodes"}
+ADDED = {"train/episodes", "train/lr"}
 DRIFT_TOLERANCE = 1e-3
 DRIFTING = ("loss", "bc_loss", "entropy", "grad_norm")
 RUNS = {  # the recorded runs: their overrides, and whether a curriculum ran

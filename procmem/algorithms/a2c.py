@@ -35,7 +35,7 @@ from procmem.algorithms.skill_kit import (
 from procmem.algorithms.skill_options import NUM_SKILL_ACTIONS, SkillOptions
 from procmem.envs.protocols import BatchedEnv, SubgoalEnv
 from procmem.models.observations import Observations, as_tensors, copy_observations, take_rows
-from procmem.runtime import check_finite, step_checked
+from procmem.runtime import check_finite, set_decayed_lr, step_checked
 from procmem.settings import Above, AtLeast, AtMost, Component, OneOf, configurable
 from procmem.skills.library import LIBRARY_FILE, SkillLibrary
 
@@ -75,8 +75,10 @@ class A2C:
     usual A2C settings (RMSprop 7e-4, 5 steps, gamma 0.99, gradients clipped at 0.5). The loss is
     the policy gradient with (optionally normalised) advantages, plus ``value_coef`` times the
     value MSE, minus ``entropy_coef`` times the entropy;
-    gradients are clipped to ``max_grad_norm`` and taken by ``optimizer`` at ``lr``. The
-    loss sees rewards times ``reward_scale`` (values are learned in those units); logged
+    gradients are clipped to ``max_grad_norm`` and taken by ``optimizer`` at ``lr``, decayed
+    linearly to 0 over ``lr_decay_iterations`` updates where that is set (Adam's steps do not
+    shrink with the gradient, so a policy that has solved its task keeps moving at a
+    constant rate; the decay lets it settle). The loss sees rewards times ``reward_scale`` (values are learned in those units); logged
     returns are the env's.
     Recurrent states are carried across updates and reset where episodes end.
     ``network(env)`` builds the actor-critic; ``train/episode_return`` and
@@ -126,6 +128,7 @@ class A2C:
         gamma: Discount = 0.99,
         lr: LearningRate = 7e-4,
         optimizer: OptimizerName = "rmsprop",
+        lr_decay_iterations: Annotated[int, AtLeast(0)] = 0,
         value_coef: Annotated[float, AtLeast(0.0)] = 0.5,
         entropy_coef: Annotated[float, AtLeast(0.0)] = 0.01,
         max_grad_norm: GradNorm = 0.5,
@@ -141,6 +144,7 @@ class A2C:
         self.env, self.eval_env = env, eval_env
         self.device, self.seed = device, seed
         self.n_steps, self.gamma = n_steps, gamma
+        self.lr, self.lr_decay_iterations, self.updates = lr, lr_decay_iterations, 0
         self.value_coef, self.entropy_coef = value_coef, entropy_coef
         self.max_grad_norm = max_grad_norm
         self.normalize_advantages = normalize_advantages
@@ -192,6 +196,8 @@ class A2C:
         check_finite("the A2C loss", loss)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self.updates += 1
+        lr = set_decayed_lr(self.optimizer, self.lr, self.updates, self.lr_decay_iterations)
         grad_norm = nn.utils.clip_grad_norm_(self.trained_parameters(), self.max_grad_norm)
         check_finite("the A2C gradient norm", grad_norm)
         step_checked(self.optimizer, "A2C")
@@ -202,6 +208,7 @@ class A2C:
             "train/loss_value": value_loss.item(),
             "train/entropy": entropy.item(),
             "train/grad_norm": float(grad_norm),
+            "train/lr": lr,
             "train/env_steps": float(self.env_steps),
             "train/episodes": float(self.episodes),
             **self.auxiliary_updates(),
@@ -317,6 +324,7 @@ class A2C:
             "finished": list(self.finished),
             "env_steps": self.env_steps,
             "episodes": self.episodes,
+            "updates": self.updates,
             **({} if self.kit is None else {"memory": self.kit.memory.state_dict(),
                                             "policies": self.kit.state_dict(),
                                             "decisions": self.collector.state_dict()}),
@@ -333,6 +341,7 @@ class A2C:
         self.finished = [tuple(e) for e in state["finished"]]
         self.env_steps = int(state["env_steps"])
         self.episodes = int(state["episodes"])
+        self.updates = int(state.get("updates", 0))  # checkpoints from before the lr decay
         if self.kit is not None:
             self.kit.memory.load_state_dict(state["memory"])
             self.kit.load_state_dict(state["policies"])

@@ -67,7 +67,7 @@ from procmem.models.env_model import EnvModel
 from procmem.models.env_model_file import ENV_MODELS, save_env_model
 from procmem.models.env_model_loss import rollout_accuracy
 from procmem.models.state_space_model import StateSpaceModel
-from procmem.runtime import check_finite, step_checked
+from procmem.runtime import check_finite, set_decayed_lr, step_checked
 from procmem.settings import Above, AtLeast, OneOf, configurable
 
 EVAL_SEGMENT_STEPS = 64  # batch steps per held-out segment
@@ -171,9 +171,8 @@ class EnvModelTrainer:
             self.replay.add(**{**transitions, "frames": encode_frames(transitions["frames"]),
                                "next_frames": encode_frames(transitions["next_frames"])})
         self.env_steps += self.collect_steps * self.env.num_envs
-        lr = self._learning_rate()
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        iteration = self.env_steps // (self.collect_steps * self.env.num_envs)
+        lr = set_decayed_lr(self.optimizer, self.lr, iteration, self.lr_decay_iterations)
         self.env_model.train()
         totals: dict[str, float] = {}
         for _ in range(self.updates_per_iteration):
@@ -249,13 +248,6 @@ class EnvModelTrainer:
         self.generator.set_state(state["generator"])
         self.env_steps = int(state["env_steps"])
         self.warned = bool(state["warned"])
-
-    def _learning_rate(self) -> float:
-        """``lr``, decayed linearly to 0 over ``lr_decay_iterations`` iterations (0: constant)."""
-        if self.lr_decay_iterations == 0:
-            return self.lr
-        iteration = self.env_steps // (self.collect_steps * self.env.num_envs)
-        return self.lr * max(0.0, 1.0 - (iteration - 1) / self.lr_decay_iterations)
 
     # --- data ---------------------------------------------------------------------------------
 

@@ -135,6 +135,12 @@ class KeyDoorMLPPolicy(nn.Module):
                 state)
 
 
+def context_gru(hidden: int) -> nn.GRU:
+    """A bidirectional GRU over ``hidden``-wide token codes, ``hidden`` wide out (each half a
+    direction): every token coded from the whole context."""
+    return nn.GRU(hidden, hidden // 2, batch_first=True, bidirectional=True)
+
+
 @configurable
 class ToolAttentionPolicy(nn.Module):
     """Reads the context in order, for problems whose program depends on it (expressions).
@@ -155,7 +161,7 @@ class ToolAttentionPolicy(nn.Module):
     def __init__(self, env: Any, *, hidden: Annotated[int, AtLeast(2), Even()] = 128) -> None:
         super().__init__()
         self.token = nn.Embedding(env.vocab_size, hidden)
-        self.encoder = nn.GRU(hidden, hidden // 2, batch_first=True, bidirectional=True)
+        self.encoder = context_gru(hidden)
         self.start = nn.Linear(hidden, hidden)
         self.cell = nn.GRUCell(2 * hidden, hidden)
         self.query = nn.Linear(hidden, hidden)

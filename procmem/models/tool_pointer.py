@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from procmem.envs.toolenv_machine import CTX
-from procmem.models.networks import ToolGRUPolicy
+from procmem.models.networks import ToolGRUPolicy, context_gru
 from procmem.settings import AtLeast, Even, OneOf, configurable
 
 ENCODERS = ("local", "gru")
@@ -48,7 +48,7 @@ class ContextGRU(nn.Module):
     def __init__(self, token: nn.Embedding, hidden: int) -> None:
         super().__init__()
         self.token = token
-        self.gru = nn.GRU(hidden, hidden // 2, batch_first=True, bidirectional=True)
+        self.gru = context_gru(hidden)
 
     def forward(self, context: Tensor) -> Tensor:
         return self.gru(self.token(context))[0]
