@@ -4,10 +4,13 @@ For every seed, trains `experiment=model_native_expressions` (extra overrides ar
 then evaluates its last checkpoint greedily on `--episodes` fresh problems per depth (the
 eval env's `eval_stages`: stage s is depth s + 1) and prints, per depth, the exact-answer
 accuracy of every seed and the mean, marking the depths the runs trained on; then the env
-samples and wall time of each run.
+samples and wall time of each run. The runs are trained in temp dirs, or kept under
+`--keep DIR` (one run dir per seed, for `evaluate.py run=DIR/seed0 episodes=20` to spell out
+their programs).
 
     python benchmarks/expressions_depth.py                          # 3 seeds
     python benchmarks/expressions_depth.py --seeds 1 trainer.iterations=200
+    python benchmarks/expressions_depth.py agent/network=tool_pointer --keep runs/pointer
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from contextlib import nullcontext
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -28,13 +32,13 @@ from procmem.run.run_dir import RunDir
 COMMON = ["experiment=model_native_expressions", "logger=none", "trainer.progress=false"]
 
 
-def run(seed: int, overrides: list[str], episodes: int) -> dict:
-    """Train and evaluate one seed in a temp dir."""
+def run(seed: int, overrides: list[str], episodes: int, keep: Path | None) -> dict:
+    """Train and evaluate one seed in a temp dir, or in ``keep/seed<seed>``."""
     cfg = app.compose_config([*COMMON, f"seed={seed}", *overrides])
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as run_dir:
+    with (nullcontext(keep / f"seed{seed}") if keep else tempfile.TemporaryDirectory()) as run_dir:
         saved = RunDir(run_dir).config_file  # the config evaluate_run reads
-        saved.parent.mkdir()
+        saved.parent.mkdir(parents=True)
         OmegaConf.save(cfg, saved)
         app.train(cfg, run_dir)
         wall = time.perf_counter() - start
@@ -56,13 +60,16 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--episodes", type=int, default=1000, help="problems per depth")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--keep", type=Path, help="keep the run dirs here (DIR/seed<n>)")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. agent.lr=0.002")
     args = parser.parse_args()
 
     seeds = list(range(args.seeds))
+    if args.keep and any((args.keep / f"seed{seed}").exists() for seed in seeds):
+        parser.error(f"--keep {args.keep}: it already holds a seed<n> run dir")
     with ProcessPoolExecutor(args.workers) as pool:
         runs = list(pool.map(run, seeds, [args.overrides] * len(seeds),
-                             [args.episodes] * len(seeds)))
+                             [args.episodes] * len(seeds), [args.keep] * len(seeds)))
 
     first = runs[0]
     print(f"experiment=model_native_expressions {' '.join(args.overrides)}: "

@@ -30,7 +30,7 @@ from procmem.models.observations import as_tensors
 from procmem.models.tool_pointer import ToolPointerPolicy
 from procmem.settings import SettingError
 
-from helpers import run_program
+from helpers import run_cli, run_program
 
 CPU = torch.device("cpu")
 ACTION = {token: TOOL_TOKENS.index(token) for token in TOOL_TOKENS}
@@ -207,6 +207,19 @@ def test_the_config_preset_evaluates_a_depth_it_never_trains_and_can_reach_it():
     assert env.max_steps >= 2 * env.max_depth + 2  # every eval depth reachable
 
 
+def test_training_never_draws_a_depth_that_only_evaluation_reads():
+    """So every problem of an untrained depth an evaluation scores is one training never
+    saw: the depths themselves never come up."""
+    env = instantiate(compose_config(["experiment=model_native_expressions", "env.num_envs=64",
+                                      "env.max_depth=6", "env.max_steps=14"]).env)
+    env.reset(seed=0)
+    rng, seen = np.random.default_rng(0), set()
+    for _ in range(200):  # random programs: episodes end and new problems are drawn
+        env.step(rng.integers(0, env.num_actions, size=env.num_envs))
+        seen |= {problem["depth"] for problem in env.describe()}
+    assert seen == {1, 2, 3}
+
+
 # --- the attention network ------------------------------------------------------------------
 
 
@@ -328,3 +341,17 @@ def test_a_short_run_learns_to_read_depth_one_operators(network):
     after = agent.evaluate(128)["eval/success_rate_stage0"]
     assert before < 0.5
     assert after > 0.9, after
+
+
+def test_the_depth_benchmark_prints_every_depth_and_keeps_its_runs_when_asked(tmp_path):
+    tiny = ["--seeds", "1", "--episodes", "4", "--workers", "1", "--keep", str(tmp_path),
+            "trainer.iterations=2", "trainer.eval_every=2", "env.num_envs=4"]
+    out = run_cli("benchmarks/expressions_depth.py", *tiny).stdout
+    rows = [line.split() for line in out.splitlines() if line[:5].strip().isdigit()]
+    assert [(row[0], row[1]) for row in rows] == [
+        ("1", "yes"), ("2", "yes"), ("3", "yes"), ("4", "no")]
+    assert all(0.0 <= float(value) <= 1.0 for row in rows for value in row[2:])
+    assert (tmp_path / "seed0" / "policy.pt").is_file()  # a run dir evaluate.py reads
+    again = run_cli("benchmarks/expressions_depth.py", *tiny, check=False)
+    assert again.returncode == 2 and "already holds a seed<n> run dir" in again.stderr
+
