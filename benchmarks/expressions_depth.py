@@ -18,8 +18,8 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from contextlib import nullcontext
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np

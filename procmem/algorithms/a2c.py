@@ -78,8 +78,8 @@ class A2C:
     gradients are clipped to ``max_grad_norm`` and taken by ``optimizer`` at ``lr``, decayed
     linearly to 0 over ``lr_decay_iterations`` updates where that is set (Adam's steps do not
     shrink with the gradient, so a policy that has solved its task keeps moving at a
-    constant rate; the decay lets it settle). The loss sees rewards times ``reward_scale`` (values are learned in those units); logged
-    returns are the env's.
+    constant rate; the decay lets it settle). The loss sees rewards times ``reward_scale``
+    (values are learned in those units); logged returns are the env's.
     Recurrent states are carried across updates and reset where episodes end.
     ``network(env)`` builds the actor-critic; ``train/episode_return`` and
     ``train/success_rate`` are means over the last ``stats_window`` episodes.
