@@ -270,15 +270,18 @@ def pointer_steps(network: ToolPointerPolicy, obs: dict, tokens: list[int]) -> t
 
 
 @pytest.mark.usefixtures("one_torch_thread")
-@pytest.mark.parametrize("relative, forward", [(True, False), (False, False), (True, True)])
-def test_the_pointer_network_does_the_same_on_a_shifted_or_padded_context(relative, forward):
+@pytest.mark.parametrize("relative, forward, decoder", [
+    (True, False, "gru"), (False, False, "gru"), (True, True, "gru"), (True, False, "feedforward")])
+def test_the_pointer_network_does_the_same_on_a_shifted_or_padded_context(relative, forward,
+                                                                           decoder):
     """Trained weights on a deeper env's longer context, or on the context shifted right
     behind EOS padding: the same logits at every step (content and offsets only)."""
     env, obs = drawn(num_envs=8, stages=(2,), max_depth=3)
     longer = ExpressionEnv(num_envs=8, max_depth=6, max_steps=14, stages=(2,))
     torch.manual_seed(0)
-    network = ToolPointerPolicy(env, hidden=32, relative=relative, forward=forward)
-    on_longer = ToolPointerPolicy(longer, hidden=32, relative=relative, forward=forward)
+    settings = {"hidden": 32, "relative": relative, "forward": forward, "decoder": decoder}
+    network = ToolPointerPolicy(env, **settings)
+    on_longer = ToolPointerPolicy(longer, **settings)
     on_longer.load_state_dict(network.state_dict())
     tokens = [MUL, STO, ADD, SUB]
     extra = longer.context_length - env.context_length
@@ -309,6 +312,24 @@ def test_the_forward_pointer_reads_nothing_before_its_last_read(forward):
     logits = network(as_tensors(step, CPU), state)[0]
     changed = network(as_tensors(step, CPU), earlier)[0]
     assert torch.allclose(logits, changed) == forward
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+@pytest.mark.parametrize("decoder", ["gru", "feedforward"])
+def test_the_feedforward_decoder_carries_nothing_but_the_read_from_step_to_step(decoder):
+    """With ``decoder=feedforward`` a step's logits depend on the previous token, the read
+    and its centre, not on the decoder state the step before left; with the GRU they do."""
+    env, obs = drawn(num_envs=8, stages=(2,), max_depth=3)
+    torch.manual_seed(0)
+    network = ToolPointerPolicy(env, hidden=32, decoder=decoder)
+    state = network(as_tensors({**obs, "step": np.zeros(8, dtype=np.int64),
+                                "prev_token": np.full(8, CTX)}, CPU), network.initial_state(8))[2]
+    other = state.clone()
+    other[:, :network.hidden] = torch.randn(8, network.hidden)
+    step = {**obs, "step": np.ones(8, dtype=np.int64), "prev_token": np.full(8, MUL)}
+    same = torch.allclose(network(as_tensors(step, CPU), state)[0],
+                          network(as_tensors(step, CPU), other)[0])
+    assert same == (decoder == "feedforward")
 
 
 @pytest.mark.usefixtures("one_torch_thread")

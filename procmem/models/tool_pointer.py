@@ -16,6 +16,7 @@ from procmem.models.networks import ToolGRUPolicy, context_gru
 from procmem.settings import AtLeast, Even, OneOf, configurable
 
 ENCODERS = ("local", "gru")
+DECODERS = ("gru", "feedforward")
 
 
 class LocalEncoder(nn.Module):
@@ -67,9 +68,12 @@ class ToolPointerPolicy(nn.Module):
       ablation).
     - ``forward=true`` reads only at or after the previous read's centre: an expression's
       operators come in the program's order, so the read need never move back.
+    - ``decoder=feedforward`` keeps no decoder state: each step's is a layer of the previous
+      tool token and the previous read alone, so where the program is lies in the read's
+      centre only, and a longer program than any trained passes through no new state.
 
-    The decoder starts from the ``CTX`` token's code; each step's input is the previous tool
-    token's embedding and the previous read. The policy and value heads read the decoder state
+    The (GRU) decoder starts from the ``CTX`` token's code; each step's input is the previous
+    tool token's embedding and the previous read. The policy and value heads read the decoder state
     with the read. The recurrent state holds the decoder state, the read, the read's centre
     and the encoded context, flattened. With ``encoder=local`` and ``relative=true`` nothing
     depends on where in the context the problem sits or how much ``EOS`` follows it.
@@ -89,13 +93,16 @@ class ToolPointerPolicy(nn.Module):
         relative: bool = True,
         reach: Annotated[int, AtLeast(1)] = 8,
         forward: bool = False,
+        decoder: Annotated[str, OneOf(DECODERS)] = "gru",
     ) -> None:
         super().__init__()
         self.token = nn.Embedding(env.vocab_size, hidden)
         self.encoder = (LocalEncoder(self.token, hidden, window, layers, env.pad_token)
                         if encoder == "local" else ContextGRU(self.token, hidden))
-        self.start = nn.Linear(hidden, hidden)
-        self.cell = nn.GRUCell(2 * hidden, hidden)
+        self.recurrent = decoder == "gru"
+        self.start = nn.Linear(hidden, hidden) if self.recurrent else None
+        self.cell = nn.GRUCell(2 * hidden, hidden) if self.recurrent else nn.Linear(
+            2 * hidden, hidden)
         self.query = nn.Linear(hidden, hidden)
         self.offset_bias = nn.Linear(hidden, 2 * reach + 1) if relative else None
         self.combine = nn.Linear(2 * hidden, hidden)
@@ -119,11 +126,14 @@ class ToolPointerPolicy(nn.Module):
             fresh = self.encoder(context[starting])
             start = (context[starting] == CTX).float().argmax(1)
             encoded = encoded.index_copy(0, starting, fresh)
-            decoder = decoder.index_copy(0, starting, torch.tanh(self.start(
-                fresh[torch.arange(len(starting)), start])))
+            if self.recurrent:
+                decoder = decoder.index_copy(0, starting, torch.tanh(self.start(
+                    fresh[torch.arange(len(starting)), start])))
             read = read.index_copy(0, starting, torch.zeros_like(read[starting]))
             centre = centre.index_copy(0, starting, start.to(centre.dtype))
-        decoder = self.cell(torch.cat([self.token(obs["prev_token"]), read], dim=1), decoder)
+        step_input = torch.cat([self.token(obs["prev_token"]), read], dim=1)
+        decoder = (self.cell(step_input, decoder) if self.recurrent
+                   else torch.tanh(self.cell(step_input)))
         scores = torch.einsum("blh,bh->bl", encoded, self.query(decoder)) / math.sqrt(h)
         positions = torch.arange(self.context_length, device=context.device)
         if self.offset_bias is not None:
