@@ -1,4 +1,4 @@
-"""Exact accuracy by expression depth: depths trained on, and a deeper one never trained on.
+"""Exact accuracy by expression depth: depths trained on, and deeper ones never trained on.
 
 For every seed, trains `experiment=model_native_expressions` (extra overrides are passed on),
 then evaluates its last checkpoint greedily on `--episodes` fresh problems per depth (the
@@ -8,9 +8,9 @@ samples and wall time of each run. The runs are trained in temp dirs, or kept un
 `--keep DIR` (one run dir per seed, for `evaluate.py run=DIR/seed0 episodes=20` to spell out
 their programs).
 
-    python benchmarks/expressions_depth.py                          # 3 seeds
-    python benchmarks/expressions_depth.py --seeds 1 trainer.iterations=200
-    python benchmarks/expressions_depth.py agent/network=tool_pointer --keep runs/pointer
+    python benchmarks/expressions_depth.py                          # 3 seeds, the pointer
+    python benchmarks/expressions_depth.py agent/network=tool_attention   # the attention net
+    python benchmarks/expressions_depth.py --seeds 1 trainer.iterations=200 --keep runs/short
 """
 
 from __future__ import annotations
@@ -29,7 +29,10 @@ from procmem import app
 from procmem.run.loggers import read_metrics
 from procmem.run.run_dir import RunDir
 
-COMMON = ["experiment=model_native_expressions", "logger=none", "trainer.progress=false"]
+# Evaluations along the way change nothing in training (fixed seeds, their own env) and
+# nobody reads them here: the table is the last checkpoint's.
+COMMON = ["experiment=model_native_expressions", "logger=none", "trainer.progress=false",
+          "trainer.eval_every=500"]
 
 
 def run(seed: int, overrides: list[str], episodes: int, keep: Path | None) -> dict:
@@ -58,13 +61,14 @@ def run(seed: int, overrides: list[str], episodes: int, keep: Path | None) -> di
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds run from this one")
     parser.add_argument("--episodes", type=int, default=1000, help="problems per depth")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--keep", type=Path, help="keep the run dirs here (DIR/seed<n>)")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. agent.lr=0.002")
     args = parser.parse_args()
 
-    seeds = list(range(args.seeds))
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     if args.keep and any((args.keep / f"seed{seed}").exists() for seed in seeds):
         parser.error(f"--keep {args.keep}: it already holds a seed<n> run dir")
     with ProcessPoolExecutor(args.workers) as pool:
@@ -73,8 +77,8 @@ def main() -> None:
 
     first = runs[0]
     print(f"experiment=model_native_expressions {' '.join(args.overrides)}: "
-          f"{first['updates']} updates, {args.seeds} seeds; greedy exact accuracy on "
-          f"{args.episodes} problems per depth\n")
+          f"{first['updates']} updates, seeds {', '.join(map(str, seeds))}; greedy exact "
+          f"accuracy on {args.episodes} problems per depth\n")
     print(f"{'depth':>5} {'trained':>7} {'mean':>6} {'min':>6}  per seed")
     for depth in sorted(first["accuracy"]):
         values = [r["accuracy"][depth] for r in runs]

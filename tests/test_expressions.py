@@ -201,17 +201,17 @@ def test_bad_arguments_name_the_argument(kwargs, name):
     assert error.value.key == name
 
 
-def test_the_config_preset_evaluates_a_depth_it_never_trains_and_can_reach_it():
+def test_the_config_preset_evaluates_depths_it_never_trains_and_can_reach_them():
     env = instantiate(compose_config(["experiment=model_native_expressions"]).env)
-    assert (env.stages, env.eval_stages) == ((0, 1, 2), (0, 1, 2, 3))
+    assert (env.stages, env.eval_stages) == ((0, 1, 2), (0, 1, 2, 3, 4, 5))
     assert env.max_steps >= 2 * env.max_depth + 2  # every eval depth reachable
 
 
 def test_training_never_draws_a_depth_that_only_evaluation_reads():
     """So every problem of an untrained depth an evaluation scores is one training never
     saw: the depths themselves never come up."""
-    env = instantiate(compose_config(["experiment=model_native_expressions", "env.num_envs=64",
-                                      "env.max_depth=6", "env.max_steps=14"]).env)
+    env = instantiate(compose_config(["experiment=model_native_expressions",
+                                      "env.num_envs=64"]).env)
     env.reset(seed=0)
     rng, seen = np.random.default_rng(0), set()
     for _ in range(200):  # random programs: episodes end and new problems are drawn
@@ -370,7 +370,7 @@ def test_the_depth_benchmark_prints_every_depth_and_keeps_its_runs_when_asked(tm
     out = run_cli("benchmarks/expressions_depth.py", *tiny).stdout
     rows = [line.split() for line in out.splitlines() if line[:5].strip().isdigit()]
     assert [(row[0], row[1]) for row in rows] == [
-        ("1", "yes"), ("2", "yes"), ("3", "yes"), ("4", "no")]
+        ("1", "yes"), ("2", "yes"), ("3", "yes"), ("4", "no"), ("5", "no"), ("6", "no")]
     assert all(0.0 <= float(value) <= 1.0 for row in rows for value in row[2:])
     assert (tmp_path / "seed0" / "policy.pt").is_file()  # a run dir evaluate.py reads
     again = run_cli("benchmarks/expressions_depth.py", *tiny, check=False)
