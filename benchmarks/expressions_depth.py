@@ -68,6 +68,8 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. agent.lr=0.002")
     args = parser.parse_args()
 
+    if args.seeds < 1 or args.first_seed < 0 or args.episodes < 1:
+        parser.error("--seeds and --episodes must be >= 1, --first-seed >= 0")
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     if args.keep and any((args.keep / f"seed{seed}").exists() for seed in seeds):
         parser.error(f"--keep {args.keep}: it already holds a seed<n> run dir")

@@ -372,7 +372,10 @@ def test_the_depth_benchmark_prints_every_depth_and_keeps_its_runs_when_asked(tm
     assert [(row[0], row[1]) for row in rows] == [
         ("1", "yes"), ("2", "yes"), ("3", "yes"), ("4", "no"), ("5", "no"), ("6", "no")]
     assert all(0.0 <= float(value) <= 1.0 for row in rows for value in row[2:])
-    assert (tmp_path / "seed0" / "policy.pt").is_file()  # a run dir evaluate.py reads
+    spelled = run_cli("evaluate.py", f"run={tmp_path / 'seed0'}", "episodes=2").stdout
+    assert "reference=" in spelled and "program=" in spelled  # the documented next step
     again = run_cli("benchmarks/expressions_depth.py", *tiny, check=False)
     assert again.returncode == 2 and "already holds a seed<n> run dir" in again.stderr
+    zero = run_cli("benchmarks/expressions_depth.py", "--seeds", "0", check=False)
+    assert zero.returncode == 2 and "--seeds and --episodes must be >= 1" in zero.stderr
 
